@@ -1,0 +1,3 @@
+from qwendeploy.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""The ``qwendeploy`` command line: parse, call the core or an adapter, render. Nothing else lives here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from qwendeploy import __version__
+
+app = typer.Typer(
+    name="qwendeploy",
+    help="Plan, serve and diagnose Qwen models on NVIDIA GPUs with vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qwendeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Plan, serve and diagnose Qwen models on NVIDIA GPUs with vLLM."""
+
+
+def _register() -> None:
+    # Each command lives in its own module; importing them must stay cheap (no vllm, torch, pynvml, hub).
+    from qwendeploy.cli import doctor, plan, schema, serve
+
+    app.command(name="plan")(plan.plan)
+    app.command(name="serve")(serve.serve)
+    app.command(name="doctor")(doctor.doctor)
+    app.command(name="schema")(schema.schema)
+
+
+_register()
+
+
+def main() -> None:
+    app()

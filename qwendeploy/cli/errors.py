@@ -1,0 +1,35 @@
+"""The CLI edge: turn a QwendeployError into a one-paragraph message and an exit code, no traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from qwendeploy.errors import QwendeployError
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Run a command body; a QwendeployError becomes ``Error: …`` on stderr and its exit code.
+
+    ``QWENDEPLOY_DEBUG=1`` re-raises for the full traceback.
+    """
+    try:
+        yield
+    except QwendeployError as e:
+        if os.environ.get("QWENDEPLOY_DEBUG"):
+            raise
+        from rich.console import Console
+
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]Error:[/] {e.message}", markup=True)
+        if e.hint:
+            err.print(f"[dim]Hint:[/] {e.hint}")
+        raise typer.Exit(code=e.exit_code) from None
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        raise typer.Exit(code=130) from None

@@ -1,0 +1,264 @@
+"""The deployment profile: a versioned YAML file written by ``plan`` and read by ``serve`` and ``doctor``.
+
+Field names follow the vLLM flags they become (``tensor_parallel_size`` → ``--tensor-parallel-size``), so
+``vllm_args.py`` is a table rather than a translation layer. Every field has a default and a docstring;
+the docstrings are the JSON Schema descriptions that docs/reference/profile.md is generated from.
+Secrets never live here: ``server.api_key_env`` names an environment variable.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qwendeploy.errors import ProfileInvalid
+
+PROFILE_VERSION = 1
+SCHEMA_ID = "urn:qwendeploy:profile:v1"
+SCHEMA_FILE = "profile.schema.json"
+"""Editors look for the schema beside the profile; ``qwendeploy schema > profile.schema.json`` writes it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelSection(_Section):
+    id: str = Field(min_length=1)
+    """Hugging Face repo id, or the local checkpoint directory vLLM loads (the positional ``vllm serve MODEL``)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) → --revision."""
+    dtype: Literal["auto", "bfloat16", "float16", "half", "float", "float32"] = "auto"
+    """Weight and activation dtype → --dtype."""
+    quantization: str | None = None
+    """Quantization method (awq, gptq, fp8, …) → --quantization; None lets vLLM read it from the checkpoint."""
+    max_model_len: int = Field(default=32768, ge=16)
+    """Longest request (prompt + output) in tokens → --max-model-len."""
+    hf_overrides: dict[str, Any] | None = None
+    """Overrides merged into config.json → --hf-overrides (JSON). Long-context YaRN goes here."""
+    trust_remote_code: bool = False
+    """→ --trust-remote-code. Qwen2/2.5/3 do not need it."""
+
+
+class PlacementSection(_Section):
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs that shard every layer → --tensor-parallel-size. Must divide num_attention_heads."""
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    """Stages that split the layers → --pipeline-parallel-size."""
+    data_parallel_size: int = Field(default=1, ge=1)
+    """Independent replicas; each gets tensor_parallel_size × pipeline_parallel_size GPUs."""
+    data_parallel_mode: Literal["servers", "vllm"] = "servers"
+    """``servers``: one vLLM server per replica on its own GPUs and port (port, port+1, …), each supervised.
+    ``vllm``: one server with vLLM's own --data-parallel-size (one endpoint; vLLM balances)."""
+    gpus: list[str] = Field(default_factory=list)
+    """GPU indices (NVML/PCI order) or UUIDs → CUDA_VISIBLE_DEVICES. Empty: the first N GPUs."""
+    nodes: int = Field(default=1, ge=1)
+    """Machines the placement spans (multi-node runs on Ray)."""
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    """→ --distributed-executor-backend. None lets vLLM choose (mp on one host)."""
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_replica * self.data_parallel_size
+
+
+class EngineSection(_Section):
+    gpu_memory_utilization: float = Field(default=0.92, gt=0.0, le=1.0)
+    """Fraction of each GPU's memory vLLM may use → --gpu-memory-utilization (vLLM's default is 0.92)."""
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    """Requests batched at once → --max-num-seqs. None: vLLM's default."""
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    """Tokens per scheduler step (prefill chunk) → --max-num-batched-tokens. None: vLLM's default (8192)."""
+    kv_cache_dtype: str = "auto"
+    """KV-cache element type → --kv-cache-dtype (auto = model dtype; fp8 halves KV memory)."""
+    block_size: int | None = Field(default=None, ge=1)
+    """KV-cache block in tokens → --block-size. None: vLLM's default (16)."""
+    enforce_eager: bool = False
+    """→ --enforce-eager: no CUDA graphs and no torch.compile (less memory, slower decode)."""
+    enable_prefix_caching: bool | None = None
+    """→ --enable-prefix-caching / --no-enable-prefix-caching. None: vLLM's default (on)."""
+    disable_custom_all_reduce: bool = False
+    """→ --disable-custom-all-reduce (use NCCL's all-reduce; for PCIe cards without P2P)."""
+    extra_args: list[str] = Field(default_factory=list)
+    """Further vLLM flags passed verbatim, e.g. ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]."""
+
+
+class ServerSection(_Section):
+    host: str = "127.0.0.1"
+    """Address to bind → --host. Anything but loopback needs api_key_env (or serve --insecure)."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port → --port (data-parallel servers use port, port+1, …)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key → --api-key. The key itself is never stored."""
+    served_model_name: str | None = None
+    """Name clients send as "model" → --served-model-name. None: the model id."""
+    ready_timeout_s: float = Field(default=900.0, gt=0)
+    """Seconds from launch until /health must answer 200 (first boots compile kernels: allow minutes)."""
+    health_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between /health probes once ready."""
+    health_failures: int = Field(default=3, ge=1)
+    """Consecutive failed probes that count as a crash."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL to the server's process group."""
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not v.replace("_", "").isalnum():
+            raise ValueError("must be an environment variable name (letters, digits, underscore), not a key")
+        return v
+
+
+class RestartSection(_Section):
+    policy: Literal["on-failure", "never", "always"] = "on-failure"
+    """When to restart a server that exited: on-failure (non-zero exit or failed health), never, always."""
+    max_restarts: int = Field(default=5, ge=0)
+    """Restarts before giving up (exit 1)."""
+    backoff_initial_s: float = Field(default=2.0, ge=0)
+    """Delay before the first restart; doubles each time."""
+    backoff_max_s: float = Field(default=60.0, ge=0)
+    """Upper bound of the delay."""
+
+
+class GpuEstimate(_Section):
+    weights_bytes: int = 0
+    """Weight shard on this GPU."""
+    activation_bytes: int = 0
+    """Peak activations of vLLM's profiling forward pass."""
+    overhead_bytes: int = 0
+    """CUDA context, NCCL/custom all-reduce buffers, CUDA graphs, sampler."""
+    kv_cache_bytes: int = 0
+    """KV-cache pool."""
+    total_bytes: int = 0
+    """Everything vLLM will hold on this GPU."""
+    capacity_bytes: int = 0
+    """gpu_memory_utilization × the GPU's total (CUDA runtime's total)."""
+
+
+class EstimateSection(_Section):
+    kv_cache_tokens: int = 0
+    """Tokens the KV cache holds per replica (vLLM: "GPU KV cache size: N tokens")."""
+    max_concurrency: float = 0.0
+    """Full-length requests one replica holds at once ("Maximum concurrency for L tokens per request")."""
+    per_gpu: list[GpuEstimate] = Field(default_factory=list)
+    """One entry per GPU of a replica."""
+    vllm_version: str | None = None
+    """vLLM release whose accounting the estimate follows."""
+
+
+class HardwareSection(_Section):
+    fingerprint: str = ""
+    """Hash of the GPUs planned for (names, memory, count, interconnect); serve warns when it differs."""
+    gpus: list[str] = Field(default_factory=list)
+    """Card names planned for, in order."""
+    interconnect: Literal["nvlink", "pcie"] = "pcie"
+    """NVLink or PCIe between the GPUs."""
+    simulated: bool = False
+    """True when planned for a simulated inventory (--gpus NxNAME)."""
+
+
+class Profile(_Section):
+    """A qwendeploy deployment profile (version 1)."""
+
+    version: Literal[1] = 1
+    """Profile format version."""
+    name: str = "qwen"
+    """Used for log file names (<name>.<restart>.log) and the served model name by default."""
+    generated_by: str | None = None
+    """The qwendeploy plan command that wrote this profile (curated profiles are regenerated from it)."""
+    model: ModelSection
+    """What to serve."""
+    placement: PlacementSection = Field(default_factory=PlacementSection)
+    """How the model is spread over GPUs."""
+    engine: EngineSection = Field(default_factory=EngineSection)
+    """vLLM engine arguments."""
+    server: ServerSection = Field(default_factory=ServerSection)
+    """The OpenAI-compatible HTTP server and its supervision."""
+    restart: RestartSection = Field(default_factory=RestartSection)
+    """Restart policy of the supervisor."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment variables for the server (NCCL_*, VLLM_*). No secrets: name them in server.api_key_env."""
+    estimate: EstimateSection = Field(default_factory=EstimateSection)
+    """What plan predicted (informational; serve's preflight compares free memory against it)."""
+    hardware: HardwareSection = Field(default_factory=HardwareSection)
+    """The hardware the profile was planned for."""
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the profile, for editors (``# yaml-language-server: $schema=...``) and the docs."""
+    schema = Profile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = SCHEMA_ID
+    return schema
+
+
+def dump_yaml(profile: Profile, *, header: str | None = None) -> str:
+    """Serialise a profile; ``header`` lines become leading comments (e.g. the command that wrote it)."""
+    data = profile.model_dump(mode="json", exclude_none=False)
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)
+    lines = [f"# yaml-language-server: $schema={SCHEMA_FILE}"]
+    if header:
+        lines += [f"# {line}" if line else "#" for line in header.splitlines()]
+    return "\n".join(lines) + "\n" + body
+
+
+def _field_names(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    """Known field names at ``loc`` (for did-you-mean on an unknown key)."""
+    current: type[BaseModel] = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return []
+        ann = info.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return []
+        current = nxt
+    return list(current.model_fields)
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        known = _field_names(Profile, loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        tip = f" Did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
+        return f"{path}: unknown field.{tip}"
+    return f"{path}: {err['msg']} (got {err.get('input')!r})"
+
+
+def load_yaml(text: str, *, source: str = "profile") -> Profile:
+    """Parse and validate a profile (``yaml.safe_load`` only). Errors name the field path and a close key.
+
+    Raises:
+        ProfileInvalid: the text is not YAML, not a mapping, or does not validate.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ProfileInvalid(f"{source} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ProfileInvalid(f"{source} must be a YAML mapping with version, model, placement, … at the top.")
+    version = data.get("version")
+    if version != PROFILE_VERSION:
+        raise ProfileInvalid(
+            f"{source} has version {version!r}; this qwendeploy reads version {PROFILE_VERSION}.",
+            hint="Regenerate it with `qwendeploy plan ... -o PROFILE --force`.",
+        )
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors())
+        raise ProfileInvalid(f"{source} is not a valid profile: {problems}") from None
