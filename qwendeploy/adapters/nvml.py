@@ -1,0 +1,761 @@
+"""NVML adapter: ask the driver about every GPU, the links between them and the processes holding memory.
+
+``probe(backend)`` gathers an :class:`NvmlReport` — plain, serialisable data (``to_dict`` / ``from_dict``) — and
+``NvmlReport.to_machine()`` turns it into the planner's :class:`~qwendeploy.core.hardware.Machine`.
+
+``backend`` is the ``pynvml`` module (nvidia-ml-py) by default, imported only here. Tests pass a fake module object
+with the same function names, constants and exception classes (``tests/fakes/fake_nvml.py``).
+
+What real NVML does that a naive caller trips over, and how this module copes:
+
+* Any query may raise ``NVMLError_NotSupported`` (consumer cards, vGPU, MIG instances), ``NoPermission``
+  (containers) or ``FunctionNotFound`` (an older driver than the bindings). Every query goes through ``_ask``: the
+  field becomes ``None`` and the reason is kept in ``NvmlGpu.unavailable`` — never a crash.
+* NVML's memory total is the physical size; the CUDA runtime (and so vLLM, which multiplies it by
+  ``--gpu-memory-utilization``) sees that minus the driver's reserve. ``nvmlDeviceGetMemoryInfo_v2`` reports the
+  reserve; older drivers do not, and then a catalog value or a size-based fallback stands in.
+* ``pynvml.NVML_P2P_CAPS_INDEX_READ`` is the tuple ``(0,)`` in nvidia-ml-py (a stray comma), so the P2P capability
+  indices are spelled out here as plain integers.
+* NVLink queries on a card without NVLink (PCIe cards, a single H100 PCIe) answer NotSupported for every link;
+  links past the card's count answer InvalidArgument. Both mean "no link".
+* With MIG enabled the whole card's memory is not what CUDA sees: CUDA sees MIG instances.
+* Process ids are the host's. Inside a container a process of another container is not in our PID namespace:
+  psutil cannot find it (or finds an unrelated process with the same number), so it is reported as "not visible
+  here" and never offered for ``kill``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwendeploy.core.hardware import Gpu, GpuProcess, Link, LinkKind, Machine
+from qwendeploy.core.units import MiB
+from qwendeploy.errors import BadInput, ProbeError
+
+NO_NVML_HINT = "To plan for hardware you don't have here, pass --gpus 4xRTX4090D (any NxNAME from the GPU catalog)."
+
+# nvidia-ml-py spells NVML_P2P_CAPS_INDEX_READ as the tuple (0,); these are the C enum values.
+P2P_READ, P2P_WRITE, P2P_NVLINK = 0, 1, 2
+P2P_STATUS_NAMES = {
+    0: "OK",
+    1: "CHIPSET_NOT_SUPPORTED",
+    2: "GPU_NOT_SUPPORTED",
+    3: "IOH_TOPOLOGY_NOT_SUPPORTED",
+    4: "DISABLED_BY_REGKEY",
+    5: "NOT_SUPPORTED",
+    6: "UNKNOWN",
+}
+# nvmlGpuTopologyLevel_t → the labels `nvidia-smi topo -m` prints.
+TOPOLOGY_NAMES = {0: "SELF", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
+NVLINK_DEVICE_TYPE = {0: "gpu", 1: "ibmnpu", 2: "switch", 255: "unknown"}
+MAX_NVLINKS = 18  # Hopper/Blackwell expose 18 per GPU; nvidia-ml-py's NVML_NVLINK_MAX_LINKS (36) is a buffer size
+# When the driver cannot tell the reserve (nvmlDeviceGetMemoryInfo_v2 missing): shared/reference/gpus.yaml
+# fallback_reserve_mib — ≈450 MiB on cards under 40 GB, ≈650 MiB from 40 GB up.
+FALLBACK_RESERVE_MIB_SMALL = 450
+FALLBACK_RESERVE_MIB_LARGE = 650
+FALLBACK_RESERVE_THRESHOLD_BYTES = 40 * 10**9
+
+VLLM_PROCESS_MARKERS = (
+    ("VLLM::EngineCore", "engine_core"),
+    ("VLLM::Worker", "worker"),
+    ("ray::RayWorkerWrapper", "ray_worker"),
+)
+# Parents that adopt orphans: PID 1 (unless it is itself vLLM, as in `docker run ... vllm serve`) and subreapers.
+_REAPER_NAMES = ("systemd", "init", "tini", "dumb-init", "docker-init", "containerd-shim", "catatonit")
+
+
+# ---------------------------------------------------------------- report values (serialisable)
+
+
+@dataclass
+class ProcessInfo:
+    """What the OS says about a PID (psutil), as far as this PID namespace can see it."""
+
+    name: str = ""
+    cmdline: str = ""
+    ppid: int | None = None
+    parent_name: str = ""
+    parent_cmdline: str = ""
+    username: str | None = None
+    holds_gpu: bool | None = None
+    """Whether the process has /dev/nvidia* open (None: not readable). False means a PID collision: the NVML
+    process lives in another PID namespace (another container) and this one only shares its number."""
+
+
+@dataclass
+class NvmlProcess:
+    pid: int
+    used_bytes: int | None
+    kind: str = "compute"
+    """compute or graphics."""
+    name: str = ""
+    cmdline: str = ""
+    ppid: int | None = None
+    username: str | None = None
+    visible: bool = False
+    """Found in this PID namespace (psutil) and really holding the GPU."""
+    vllm_role: str | None = None
+    """engine_core, worker, ray_worker, api_server or None."""
+    orphan: bool = False
+    """A vLLM process whose parent is gone (adopted by PID 1 or a subreaper)."""
+
+
+@dataclass
+class NvLinkState:
+    link: int
+    active: bool
+    remote_bus_id: str | None = None
+    remote_type: str | None = None
+    """gpu, switch, ibmnpu or unknown."""
+
+
+@dataclass
+class MigDevice:
+    index: int
+    uuid: str | None = None
+    memory_total: int | None = None
+
+
+@dataclass
+class NvmlGpu:
+    index: int
+    name: str
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    memory_total: int | None = None
+    """NVML's total (physical size, what nvidia-smi prints as memory.total)."""
+    memory_reserved: int | None = None
+    """Driver reserve (nvmlDeviceGetMemoryInfo_v2); None on drivers that do not report it."""
+    memory_used: int | None = None
+    memory_free: int | None = None
+    compute_capability: tuple[int, int] | None = None
+    mig_mode: bool | None = None
+    mig_pending: bool | None = None
+    mig_devices: list[MigDevice] = field(default_factory=list)
+    ecc_enabled: bool | None = None
+    ecc_pending: bool | None = None
+    ecc_volatile_corrected: int | None = None
+    ecc_volatile_uncorrected: int | None = None
+    ecc_aggregate_corrected: int | None = None
+    ecc_aggregate_uncorrected: int | None = None
+    retired_pages_sbe: int | None = None
+    retired_pages_dbe: int | None = None
+    retired_pages_pending: bool | None = None
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    remapped_rows_pending: bool | None = None
+    remapped_rows_failure: bool | None = None
+    pcie_gen_current: int | None = None
+    pcie_gen_max: int | None = None
+    pcie_width_current: int | None = None
+    pcie_width_max: int | None = None
+    nvlinks: list[NvLinkState] = field(default_factory=list)
+    processes: list[NvmlProcess] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Field → why NVML gave no answer (NotSupported, NoPermission, FunctionNotFound, …)."""
+
+    @property
+    def active_nvlinks(self) -> int:
+        return sum(1 for link in self.nvlinks if link.active)
+
+
+@dataclass
+class NvmlPair:
+    a: int
+    b: int
+    topology: str | None = None
+    """Common ancestor as `nvidia-smi topo -m` labels it: PIX, PXB, PHB, NODE, SYS (SELF for one board)."""
+    nvlinks: int = 0
+    """Active NVLink links between the pair (through an NVSwitch: the smaller side's link count)."""
+    p2p_read: str | None = None
+    p2p_write: str | None = None
+    p2p_nvlink: str | None = None
+
+    @property
+    def label(self) -> str:
+        """`nvidia-smi topo -m` cell: NV# when NVLink joins the pair, else the PCIe ancestor."""
+        if self.nvlinks:
+            return f"NV{self.nvlinks}"
+        return self.topology or "?"
+
+    @property
+    def p2p(self) -> bool | None:
+        if self.p2p_read is None and self.p2p_write is None:
+            return None
+        return self.p2p_read == "OK" and self.p2p_write == "OK"
+
+
+@dataclass
+class NvmlReport:
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    """CUDA version the driver supports, "13.0"."""
+    nvml_version: str | None = None
+    gpus: list[NvmlGpu] = field(default_factory=list)
+    pairs: list[NvmlPair] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def pair(self, a: int, b: int) -> NvmlPair | None:
+        lo, hi = min(a, b), max(a, b)
+        return next((p for p in self.pairs if p.a == lo and p.b == hi), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON/YAML-safe); ``from_dict`` and ``FakeNvml.from_report_dict`` read it back."""
+        d = dataclasses.asdict(self)
+        for g in d["gpus"]:
+            if g["compute_capability"] is not None:
+                g["compute_capability"] = list(g["compute_capability"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NvmlReport:
+        gpus = []
+        for g in d.get("gpus", []):
+            g = dict(g)
+            cc = g.get("compute_capability")
+            g["compute_capability"] = tuple(cc) if cc is not None else None
+            g["nvlinks"] = [NvLinkState(**x) for x in g.get("nvlinks", [])]
+            g["processes"] = [NvmlProcess(**x) for x in g.get("processes", [])]
+            g["mig_devices"] = [MigDevice(**x) for x in g.get("mig_devices", [])]
+            gpus.append(NvmlGpu(**g))
+        return cls(
+            driver_version=d.get("driver_version"),
+            cuda_driver_version=d.get("cuda_driver_version"),
+            nvml_version=d.get("nvml_version"),
+            gpus=gpus,
+            pairs=[NvmlPair(**p) for p in d.get("pairs", [])],
+            unavailable=dict(d.get("unavailable", {})),
+        )
+
+    # ------------------------------------------------------------ planner view
+
+    def select(self, selection: str = "auto") -> list[NvmlGpu]:
+        """The GPUs ``selection`` names: ``auto`` (all) or NVML indices like ``0,2,3``."""
+        sel = selection.strip().lower()
+        if sel in ("", "auto", "all"):
+            return list(self.gpus)
+        by_index = {g.index: g for g in self.gpus}
+        chosen: list[NvmlGpu] = []
+        for part in sel.split(","):
+            part = part.strip()
+            if not part.isdigit():
+                raise BadInput(
+                    f"--gpus {selection!r}: {part!r} is not a GPU index.",
+                    hint="Use auto, indices like 0,2,3, or a simulated inventory like 4xRTX4090D.",
+                )
+            idx = int(part)
+            if idx not in by_index:
+                have = ", ".join(str(i) for i in sorted(by_index)) or "none"
+                raise BadInput(f"--gpus {selection!r}: there is no GPU {idx} here (NVML sees: {have}).")
+            if by_index[idx] in chosen:
+                raise BadInput(f"--gpus {selection!r}: GPU {idx} is named twice.")
+            chosen.append(by_index[idx])
+        return chosen
+
+    def to_machine(self, selection: str = "auto") -> Machine:
+        """The planner's view of the selected GPUs (CUDA-runtime totals, free memory, links).
+
+        Raises:
+            BadInput: ``selection`` names a GPU that is not here.
+            ProbeError: NVML sees no GPU.
+        """
+        if not self.gpus:
+            raise ProbeError("NVML answered but sees no GPU.", hint=NO_NVML_HINT)
+        chosen = self.select(selection)
+        gpus = tuple(_to_gpu(g) for g in chosen)
+        notes: list[str] = []
+        links: list[Link] = []
+        for i, a in enumerate(chosen):
+            for b in chosen[i + 1 :]:
+                p = self.pair(a.index, b.index)
+                if p is None:
+                    continue
+                links.append(Link(a=p.a, b=p.b, kind=_link_kind(p), nvlinks=p.nvlinks, p2p=p.p2p))
+        for g in chosen:
+            if g.mig_mode:
+                notes.append(
+                    f"GPU {g.index} has MIG enabled: CUDA sees its {len(g.mig_devices)} MIG instance(s), not the card."
+                )
+            if g.memory_reserved is None and g.memory_total is not None:
+                notes.append(f"GPU {g.index}: the driver does not report its memory reserve; a catalog value is used.")
+        interconnect = "nvlink" if len(chosen) > 1 and links and all(lk.kind == "nvlink" for lk in links) else "pcie"
+        return Machine(
+            gpus=gpus,
+            links=tuple(links),
+            interconnect=interconnect,
+            simulated=False,
+            nodes=1,
+            driver_version=self.driver_version,
+            cuda_driver_version=self.cuda_driver_version,
+            source="nvml",
+            notes=tuple(notes),
+        )
+
+
+def _link_kind(p: NvmlPair) -> LinkKind:
+    if p.nvlinks or p.p2p_nvlink == "OK":
+        return "nvlink"
+    if p.topology == "SYS":
+        return "sys"
+    return "pcie"
+
+
+def _catalog_match(name: str, nvml_total: int) -> Any | None:
+    """The GPU catalog entry for this card, if the catalog module is there and knows it."""
+    try:
+        from qwendeploy.core import gpus as catalog
+    except ImportError:
+        return None
+    match = getattr(catalog, "match_nvml", None)
+    if match is None:
+        return None
+    try:
+        return match(name, nvml_total)
+    except Exception:  # a catalog lookup must never break probing
+        return None
+
+
+def _attr(obj: Any, *names: str) -> Any:
+    for n in names:
+        v = getattr(obj, n, None)
+        if v is not None:
+            return v
+    return None
+
+
+def cuda_total_bytes(g: NvmlGpu, entry: Any | None = None) -> int:
+    """The total the CUDA runtime reports (what vLLM budgets from): NVML total − the driver's reserve.
+
+    The reserve comes from NVML when the driver reports it, else from the catalog entry's torch total when the
+    catalog knows this card with the same NVML total, else the size-based fallback.
+    """
+    total = g.memory_total or 0
+    if g.memory_reserved is not None:
+        return max(0, total - g.memory_reserved)
+    if entry is not None:
+        cat_nvml_mib = _attr(entry, "nvml_total_mib")
+        cat_torch = _attr(entry, "torch_total_bytes")
+        if cat_nvml_mib is not None and cat_torch is not None and int(cat_nvml_mib) * MiB == total:
+            return int(cat_torch)
+    reserve = FALLBACK_RESERVE_MIB_LARGE if total >= FALLBACK_RESERVE_THRESHOLD_BYTES else FALLBACK_RESERVE_MIB_SMALL
+    return max(0, total - reserve * MiB)
+
+
+def _to_gpu(g: NvmlGpu) -> Gpu:
+    entry = _catalog_match(g.name, g.memory_total or 0)
+    total = cuda_total_bytes(g, entry)
+    free = min(g.memory_free if g.memory_free is not None else total, total)
+    cc = g.compute_capability or (0, 0)
+    bf16 = _attr(entry, "bf16") if entry is not None else None
+    fp8 = _attr(entry, "fp8") if entry is not None else None
+    return Gpu(
+        index=g.index,
+        name=g.name,
+        total_bytes=total,
+        free_bytes=free,
+        compute_capability=cc,
+        uuid=g.uuid,
+        nvml_total_bytes=g.memory_total,
+        memory_bandwidth_gbps=_attr(entry, "memory_bandwidth_gbps", "bandwidth_gbps") if entry is not None else None,
+        bf16=bool(bf16) if bf16 is not None else cc >= (8, 0),
+        fp8=bool(fp8) if fp8 is not None else cc >= (8, 9),
+        pci_bus_id=g.pci_bus_id,
+        catalog_id=_attr(entry, "id", "catalog_id") if entry is not None else None,
+        processes=tuple(
+            GpuProcess(pid=p.pid, used_bytes=p.used_bytes, name=p.cmdline or p.name, ppid=p.ppid) for p in g.processes
+        ),
+    )
+
+
+# ---------------------------------------------------------------- processes
+
+
+ProcessLookup = Callable[[int], "ProcessInfo | None"]
+
+
+def psutil_lookup(pid: int) -> ProcessInfo | None:
+    """What this PID namespace knows about ``pid`` (None: no such process here)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            name = proc.name()
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except (psutil.AccessDenied, psutil.ZombieProcess):
+                cmdline = ""
+            ppid = proc.ppid()
+            try:
+                username: str | None = proc.username()
+            except (psutil.AccessDenied, KeyError):
+                username = None
+        parent_name = parent_cmd = ""
+        try:
+            parent = psutil.Process(ppid)
+            parent_name = parent.name()
+            parent_cmd = " ".join(parent.cmdline())
+        except (psutil.Error, OSError):
+            pass
+    except (psutil.Error, OSError):
+        return None
+    return ProcessInfo(
+        name=name,
+        cmdline=cmdline,
+        ppid=ppid,
+        parent_name=parent_name,
+        parent_cmdline=parent_cmd,
+        username=username,
+        holds_gpu=_holds_nvidia_device(pid),
+    )
+
+
+def _holds_nvidia_device(pid: int) -> bool | None:
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"{fd_dir}/{fd}").startswith("/dev/nvidia"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def vllm_role(name: str, cmdline: str) -> str | None:
+    """Which vLLM process this is, from its name/command line (vLLM renames its processes via setproctitle)."""
+    text = f"{name} {cmdline}"
+    for marker, role in VLLM_PROCESS_MARKERS:
+        if marker in text:
+            return role
+    lowered = cmdline.lower()
+    if "vllm serve" in lowered or "vllm.entrypoints" in lowered or "vllm::apiserver" in lowered.replace(" ", ""):
+        return "api_server"
+    return None
+
+
+def _is_orphan(role: str | None, info: ProcessInfo) -> bool:
+    """A vLLM engine/worker whose parent is gone: adopted by PID 1 (when PID 1 is not vLLM) or a subreaper."""
+    if role in (None, "api_server") or info.ppid is None:
+        return False
+    parent_is_vllm = vllm_role(info.parent_name, info.parent_cmdline) is not None or "vllm" in (
+        info.parent_cmdline.lower()
+    )
+    if info.ppid == 1:
+        return not parent_is_vllm
+    parent = info.parent_name.lower()
+    return any(parent.startswith(r) for r in _REAPER_NAMES) and not parent_is_vllm
+
+
+def describe_process(pid: int, used: int | None, kind: str, lookup: ProcessLookup) -> NvmlProcess:
+    info = None
+    try:
+        info = lookup(pid)
+    except Exception:  # a lookup failure only loses the process name
+        info = None
+    if info is None or info.holds_gpu is False:
+        return NvmlProcess(pid=pid, used_bytes=used, kind=kind, visible=False)
+    role = vllm_role(info.name, info.cmdline)
+    return NvmlProcess(
+        pid=pid,
+        used_bytes=used,
+        kind=kind,
+        name=info.name,
+        cmdline=info.cmdline,
+        ppid=info.ppid,
+        username=info.username,
+        visible=True,
+        vllm_role=role,
+        orphan=_is_orphan(role, info),
+    )
+
+
+# ---------------------------------------------------------------- probing
+
+
+class _Asker:
+    """Calls NVML and turns every NVMLError into None, recording why."""
+
+    def __init__(self, backend: Any) -> None:
+        self.nvml = backend
+        self.error_class: type[BaseException] = getattr(backend, "NVMLError", Exception)
+
+    def __call__(self, sink: dict[str, str], key: str, fn_name: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.nvml, fn_name, None)
+        if fn is None:
+            sink[key] = "FunctionNotFound (not in these bindings)"
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except self.error_class as e:
+            sink[key] = _error_name(e)
+            return None
+        except (TypeError, ValueError, AttributeError, OSError) as e:  # ctypes argument errors, odd bindings
+            sink[key] = f"{type(e).__name__}: {e}"
+            return None
+
+
+def _error_name(e: BaseException) -> str:
+    name = type(e).__name__
+    if name.startswith("NVMLError_"):
+        return name[len("NVMLError_") :]
+    return f"{name}: {e}"
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    return str(v)
+
+
+def _init_error(backend: Any, e: BaseException) -> ProbeError:
+    name = _error_name(e)
+    if name in ("LibraryNotFound", "DriverNotLoaded"):
+        why = (
+            "the NVIDIA driver's NVML library (libnvidia-ml.so.1) was not found"
+            if name == "LibraryNotFound"
+            else "the NVIDIA driver is not loaded"
+        )
+        return ProbeError(f"No NVIDIA GPU can be queried here: {why}.", hint=NO_NVML_HINT)
+    if name == "NoPermission":
+        return ProbeError("NVML refused access (NoPermission).", hint="Check /dev/nvidia* permissions. " + NO_NVML_HINT)
+    return ProbeError(f"NVML could not be initialised: {name}.", hint=NO_NVML_HINT)
+
+
+def probe(backend: Any | None = None, *, processes: ProcessLookup | None = None) -> NvmlReport:
+    """Ask NVML about the driver, every GPU, each pair of GPUs and the processes holding memory.
+
+    Args:
+        backend: the ``pynvml`` module or a stand-in with the same names; default: ``import pynvml``.
+        processes: PID → :class:`ProcessInfo` lookup; default: psutil in this PID namespace.
+
+    Raises:
+        ProbeError: no NVML library, no driver, or NVML refused to start (with a hint for --gpus NxNAME).
+    """
+    if backend is None:
+        try:
+            import pynvml as backend_module
+        except ImportError as e:
+            raise ProbeError(
+                "The NVML bindings (nvidia-ml-py) are not installed.",
+                hint="pip install nvidia-ml-py. " + NO_NVML_HINT,
+            ) from e
+        backend = backend_module
+    lookup = processes or psutil_lookup
+    error_class = getattr(backend, "NVMLError", Exception)
+    try:
+        backend.nvmlInit()
+    except error_class as e:
+        raise _init_error(backend, e) from None
+    except OSError as e:
+        raise ProbeError(f"NVML could not be loaded: {e}", hint=NO_NVML_HINT) from None
+    try:
+        return _gather(backend, lookup)
+    finally:
+        with contextlib.suppress(Exception):  # shutting down NVML cannot fail the probe
+            backend.nvmlShutdown()
+
+
+def _gather(backend: Any, lookup: ProcessLookup) -> NvmlReport:
+    ask = _Asker(backend)
+    report = NvmlReport()
+    sink = report.unavailable
+    report.driver_version = _text(ask(sink, "driver_version", "nvmlSystemGetDriverVersion"))
+    report.nvml_version = _text(ask(sink, "nvml_version", "nvmlSystemGetNVMLVersion"))
+    cuda = ask(sink, "cuda_driver_version", "nvmlSystemGetCudaDriverVersion")
+    if isinstance(cuda, int) and cuda > 0:
+        report.cuda_driver_version = f"{cuda // 1000}.{(cuda % 1000) // 10}"
+    count = ask(sink, "device_count", "nvmlDeviceGetCount") or 0
+    handles: list[Any] = []
+    for i in range(int(count)):
+        h = ask(sink, f"gpu[{i}]", "nvmlDeviceGetHandleByIndex", i)
+        if h is None:
+            continue
+        handles.append(h)
+        report.gpus.append(_gather_gpu(ask, i, h, lookup))
+    _gather_pairs(ask, report, handles)
+    return report
+
+
+def _gather_gpu(ask: _Asker, index: int, h: Any, lookup: ProcessLookup) -> NvmlGpu:
+    g = NvmlGpu(index=index, name="")
+    u = g.unavailable
+    g.name = _text(ask(u, "name", "nvmlDeviceGetName", h)) or f"GPU {index}"
+    g.uuid = _text(ask(u, "uuid", "nvmlDeviceGetUUID", h))
+    pci = ask(u, "pci_bus_id", "nvmlDeviceGetPciInfo", h)
+    if pci is not None:
+        g.pci_bus_id = _text(getattr(pci, "busId", None) or getattr(pci, "busIdLegacy", None))
+
+    v2 = getattr(ask.nvml, "nvmlMemory_v2", None)
+    mem2 = ask(u, "memory_reserved", "nvmlDeviceGetMemoryInfo", h, version=v2) if v2 is not None else None
+    mem = mem2 if mem2 is not None else ask(u, "memory", "nvmlDeviceGetMemoryInfo", h)
+    if mem is not None:
+        g.memory_total = _int(getattr(mem, "total", None))
+        g.memory_free = _int(getattr(mem, "free", None))
+        g.memory_used = _int(getattr(mem, "used", None))
+        if mem2 is not None:
+            g.memory_reserved = _int(getattr(mem2, "reserved", None))
+    cc = ask(u, "compute_capability", "nvmlDeviceGetCudaComputeCapability", h)
+    if cc is not None:
+        g.compute_capability = (int(cc[0]), int(cc[1]))
+
+    mig = ask(u, "mig_mode", "nvmlDeviceGetMigMode", h)
+    if mig is not None:
+        g.mig_mode, g.mig_pending = bool(mig[0]), bool(mig[1])
+    if g.mig_mode:
+        n = ask(u, "mig_devices", "nvmlDeviceGetMaxMigDeviceCount", h) or 0
+        for k in range(int(n)):
+            mh = ask({}, "mig", "nvmlDeviceGetMigDeviceHandleByIndex", h, k)
+            if mh is None:
+                continue
+            mmem = ask({}, "mig_memory", "nvmlDeviceGetMemoryInfo", mh)
+            g.mig_devices.append(
+                MigDevice(
+                    index=k,
+                    uuid=_text(ask({}, "mig_uuid", "nvmlDeviceGetUUID", mh)),
+                    memory_total=_int(getattr(mmem, "total", None)) if mmem is not None else None,
+                )
+            )
+
+    ecc = ask(u, "ecc_mode", "nvmlDeviceGetEccMode", h)
+    if ecc is not None:
+        g.ecc_enabled, g.ecc_pending = bool(ecc[0]), bool(ecc[1])
+    if g.ecc_enabled:
+        # errorType: 0 corrected, 1 uncorrected; counterType: 0 volatile (since boot), 1 aggregate (lifetime)
+        g.ecc_volatile_corrected = _int(ask(u, "ecc_volatile_corrected", "nvmlDeviceGetTotalEccErrors", h, 0, 0))
+        g.ecc_volatile_uncorrected = _int(ask(u, "ecc_volatile_uncorrected", "nvmlDeviceGetTotalEccErrors", h, 1, 0))
+        g.ecc_aggregate_corrected = _int(ask(u, "ecc_aggregate_corrected", "nvmlDeviceGetTotalEccErrors", h, 0, 1))
+        g.ecc_aggregate_uncorrected = _int(ask(u, "ecc_aggregate_uncorrected", "nvmlDeviceGetTotalEccErrors", h, 1, 1))
+    sbe = ask(u, "retired_pages", "nvmlDeviceGetRetiredPages", h, 0)
+    dbe = ask(u, "retired_pages", "nvmlDeviceGetRetiredPages", h, 1)
+    g.retired_pages_sbe = len(sbe) if sbe is not None else None
+    g.retired_pages_dbe = len(dbe) if dbe is not None else None
+    pending = ask(u, "retired_pages_pending", "nvmlDeviceGetRetiredPagesPendingStatus", h)
+    g.retired_pages_pending = bool(pending) if pending is not None else None
+    rows = ask(u, "remapped_rows", "nvmlDeviceGetRemappedRows", h)
+    if rows is not None:
+        g.remapped_rows_correctable, g.remapped_rows_uncorrectable = int(rows[0]), int(rows[1])
+        g.remapped_rows_pending, g.remapped_rows_failure = bool(rows[2]), bool(rows[3])
+
+    g.pcie_gen_current = _int(ask(u, "pcie_gen_current", "nvmlDeviceGetCurrPcieLinkGeneration", h))
+    g.pcie_gen_max = _int(ask(u, "pcie_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration", h))
+    g.pcie_width_current = _int(ask(u, "pcie_width_current", "nvmlDeviceGetCurrPcieLinkWidth", h))
+    g.pcie_width_max = _int(ask(u, "pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth", h))
+
+    g.nvlinks = _gather_nvlinks(ask, h, u)
+    g.processes = _gather_processes(ask, h, u, lookup)
+    return g
+
+
+def _gather_nvlinks(ask: _Asker, h: Any, u: dict[str, str]) -> list[NvLinkState]:
+    links: list[NvLinkState] = []
+    for link in range(MAX_NVLINKS):
+        why: dict[str, str] = {}
+        state = ask(why, "nvlink", "nvmlDeviceGetNvLinkState", h, link)
+        if state is None:
+            # NotSupported on link 0: no NVLink on this card. InvalidArgument: past the card's link count.
+            if link == 0:
+                u["nvlink"] = why.get("nvlink", "NotSupported")
+            break
+        active = bool(state)
+        remote_bus = remote_type = None
+        if active:
+            pci = ask({}, "nvlink_remote", "nvmlDeviceGetNvLinkRemotePciInfo", h, link)
+            if pci is not None:
+                remote_bus = _text(getattr(pci, "busId", None))
+            rtype = ask({}, "nvlink_remote_type", "nvmlDeviceGetNvLinkRemoteDeviceType", h, link)
+            if rtype is not None:
+                remote_type = NVLINK_DEVICE_TYPE.get(int(rtype), "unknown")
+        links.append(NvLinkState(link=link, active=active, remote_bus_id=remote_bus, remote_type=remote_type))
+    return links
+
+
+def _gather_processes(ask: _Asker, h: Any, u: dict[str, str], lookup: ProcessLookup) -> list[NvmlProcess]:
+    out: list[NvmlProcess] = []
+    seen: set[int] = set()
+    for kind, fn in (
+        ("compute", "nvmlDeviceGetComputeRunningProcesses"),
+        ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
+    ):
+        procs = ask(u, f"processes_{kind}", fn, h)
+        for p in procs or []:
+            pid = int(p.pid)
+            if pid in seen:
+                continue
+            seen.add(pid)
+            out.append(describe_process(pid, _int(getattr(p, "usedGpuMemory", None)), kind, lookup))
+    return out
+
+
+def _norm_bus(bus: str | None) -> str | None:
+    """NVML bus ids come as 00000000:17:00.0 or 0000:17:00.0; compare them without the domain's width."""
+    if not bus:
+        return None
+    parts = bus.lower().split(":")
+    if len(parts) == 3:
+        return f"{int(parts[0], 16):x}:{parts[1]}:{parts[2]}"
+    return bus.lower()
+
+
+def _gather_pairs(ask: _Asker, report: NvmlReport, handles: list[Any]) -> None:
+    gpus = report.gpus
+    by_bus = {_norm_bus(g.pci_bus_id): g.index for g in gpus if g.pci_bus_id}
+    for i in range(len(gpus)):
+        for j in range(i + 1, len(gpus)):
+            a, b = gpus[i], gpus[j]
+            ha, hb = handles[i], handles[j]
+            why: dict[str, str] = {}
+            pair = NvmlPair(a=a.index, b=b.index)
+            level = ask(why, "topology", "nvmlDeviceGetTopologyCommonAncestor", ha, hb)
+            if level is not None:
+                pair.topology = TOPOLOGY_NAMES.get(int(level), str(level))
+            for attr, idx in (("p2p_read", P2P_READ), ("p2p_write", P2P_WRITE), ("p2p_nvlink", P2P_NVLINK)):
+                status = ask(why, attr, "nvmlDeviceGetP2PStatus", ha, hb, idx)
+                if status is not None:
+                    setattr(pair, attr, P2P_STATUS_NAMES.get(int(status), str(status)))
+            pair.nvlinks = _pair_nvlinks(a, b, by_bus)
+            for k, v in why.items():
+                report.unavailable[f"pair[{a.index},{b.index}].{k}"] = v
+            report.pairs.append(pair)
+
+
+def _pair_nvlinks(a: NvmlGpu, b: NvmlGpu, by_bus: dict[str | None, int]) -> int:
+    """Links joining a and b: direct links whose far end is b, or, through NVSwitches, min of both sides."""
+    direct = sum(
+        1
+        for lk in a.nvlinks
+        if lk.active and lk.remote_type in (None, "gpu") and by_bus.get(_norm_bus(lk.remote_bus_id)) == b.index
+    )
+    if direct:
+        return direct
+    a_sw = sum(1 for lk in a.nvlinks if lk.active and lk.remote_type == "switch")
+    b_sw = sum(1 for lk in b.nvlinks if lk.active and lk.remote_type == "switch")
+    return min(a_sw, b_sw)
+
+
+def _int(v: Any) -> int | None:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def probe_machine(
+    selection: str = "auto", backend: Any | None = None, *, processes: ProcessLookup | None = None
+) -> Machine:
+    """``--gpus auto`` / ``--gpus 0,2,3``: probe NVML and return the planner's Machine for the selected GPUs."""
+    return probe(backend, processes=processes).to_machine(selection)
