@@ -1,0 +1,342 @@
+"""Resolve a MODEL argument to a ModelSpec: the built-in catalog, a local directory, or the Hugging Face Hub.
+
+Only config.json and safetensors *headers* are ever read (8-byte little-endian length + JSON header); never
+weights. huggingface_hub is imported inside the functions that need it, so ``plan`` with a catalog model or a
+local directory does not import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from qwendeploy.core.models import ModelSpec, catalog, find_model, spec_from_hf_config, suggest_models
+from qwendeploy.errors import BadInput, UnknownModel
+
+# A safetensors header is small (a few MB even for 1000s of tensors); refuse anything absurd instead of
+# allocating it.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+# safetensors dtype names → bytes per element
+DTYPE_BYTES = {
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# safetensors headers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of one .safetensors file (tensor name → dtype, shape, data_offsets), without the weights."""
+    try:
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) != 8:
+                raise BadInput(f"{path} is not a safetensors file (shorter than 8 bytes).")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > _MAX_HEADER_BYTES:
+                raise BadInput(f"{path} is not a safetensors file (header length {length} bytes).")
+            raw = f.read(length)
+    except OSError as e:
+        raise BadInput(f"Cannot read {path}: {e.strerror or e}.") from e
+    if len(raw) != length:
+        raise BadInput(f"{path} is truncated: its safetensors header is incomplete.")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"{path} has a safetensors header that is not valid JSON.") from e
+    if not isinstance(header, dict):
+        raise BadInput(f"{path} has a safetensors header that is not a JSON object.")
+    return header
+
+
+def bytes_by_dtype(headers: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Sum tensor bytes per safetensors dtype over one or more headers (``data_offsets`` end − start)."""
+    totals: dict[str, int] = {}
+    for header in headers:
+        for name, info in header.items():
+            if name == "__metadata__" or not isinstance(info, dict):
+                continue
+            start, end = info["data_offsets"]
+            dtype = str(info["dtype"])
+            totals[dtype] = totals.get(dtype, 0) + int(end) - int(start)
+    return dict(sorted(totals.items()))
+
+
+def _safetensors_files(folder: Path) -> list[Path] | None:
+    """The checkpoint's .safetensors files (from the index when there is one); None if any listed one is missing."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BadInput(f"{index} is not a valid safetensors index (needs a 'weight_map').") from e
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        return files if all(f.is_file() for f in files) else None
+    files = sorted(folder.glob("*.safetensors"))
+    return files or None
+
+
+def _with_weights(spec: ModelSpec, by_dtype: dict[str, int]) -> ModelSpec:
+    if not by_dtype:
+        return spec
+    return replace(spec, weight_bytes=sum(by_dtype.values()), weight_bytes_by_dtype=by_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# matching a config against the catalog
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _shape_key(spec: ModelSpec) -> tuple[Any, ...]:
+    q = spec.quantization
+    return (
+        spec.architecture,
+        spec.num_hidden_layers,
+        spec.hidden_size,
+        spec.intermediate_size,
+        spec.num_attention_heads,
+        spec.num_key_value_heads,
+        spec.head_dim,
+        spec.vocab_size,
+        spec.tie_word_embeddings,
+        spec.max_position_embeddings,
+        spec.moe,
+        (q.method, q.bits) if q else None,
+    )
+
+
+def _adopt_catalog_facts(spec: ModelSpec) -> ModelSpec:
+    """Keep the published parameter count and YaRN factor when the config is shaped like a catalog model.
+
+    Several catalog entries can share a shape (Qwen2.5-7B-Instruct and Qwen2.5-Coder-7B-Instruct); a fact is
+    adopted only where all of them agree on it.
+    """
+    key = _shape_key(spec)
+    matches = [c for c in catalog() if _shape_key(c) == key]
+    if not matches:
+        return spec
+    updates: dict[str, Any] = {}
+    if spec.published_params is None and len({c.published_params for c in matches}) == 1:
+        updates["published_params"] = matches[0].published_params
+    if spec.yarn_factor is None and spec.rope_scaling is None and len({c.yarn_factor for c in matches}) == 1:
+        updates["yarn_factor"] = matches[0].yarn_factor
+    return replace(spec, **updates) if updates else spec
+
+
+def _read_config(path: Path, label: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UnknownModel(f"Cannot read {path}: {e.strerror or e}.") from e
+    except ValueError as e:
+        raise BadInput(f"config.json of {label} is not valid JSON: {e}.") from e
+    if not isinstance(data, dict):
+        raise BadInput(f"config.json of {label} is not a JSON object.")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------
+# local directory
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_local_dir(folder: Path) -> ModelSpec:
+    """A model from a directory holding config.json (and optionally safetensors files and their index)."""
+    folder = folder.expanduser().resolve()
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UnknownModel(
+            f"{folder} is a directory but holds no config.json.",
+            hint="Point MODEL at a Hugging Face model folder (config.json next to the *.safetensors files).",
+        )
+    config = _read_config(config_path, str(folder))
+    spec = spec_from_hf_config(config, id=str(folder), source=f"local:{folder}")
+    spec = _adopt_catalog_facts(spec)
+    files = _safetensors_files(folder)
+    if files:
+        spec = _with_weights(spec, bytes_by_dtype(read_safetensors_header(f) for f in files))
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face Hub
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _cache_dir() -> Path:
+    """The hub cache, resolved from the environment now (huggingface_hub fixes its default at import time)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def _not_found(ref: str, why: str, hint: str | None = None) -> UnknownModel:
+    close = suggest_models(ref)
+    tip = f" Did you mean {', '.join(close)}?" if close else ""
+    return UnknownModel(f"{why}{tip}", hint=hint)
+
+
+def _hub_error_kind(exc: BaseException) -> str:
+    """Classify a huggingface_hub error by class name (stable across 0.2x–1.x where the modules moved)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    for kind in (
+        "GatedRepoError",
+        "RepositoryNotFoundError",
+        "RevisionNotFoundError",
+        "EntryNotFoundError",
+        "LocalEntryNotFoundError",
+        "OfflineModeIsEnabled",
+    ):
+        if kind in names:
+            return kind
+    return "other"
+
+
+def load_hub(repo_id: str, *, revision: str | None = None) -> ModelSpec:
+    """config.json and safetensors headers of a Hub repo: from the local cache first, then the Hub if online."""
+    from huggingface_hub import hf_hub_download
+
+    cache = _cache_dir()
+    offline = _offline()
+    config_file: str | None = None
+    try:
+        config_file = str(
+            hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache, local_files_only=True)
+        )
+    except Exception as e:
+        if _hub_error_kind(e) not in ("LocalEntryNotFoundError", "EntryNotFoundError", "OfflineModeIsEnabled"):
+            raise _hub_failure(repo_id, revision, e) from e
+    if config_file is None:
+        if offline:
+            raise _not_found(
+                repo_id,
+                f"{repo_id} is not in the local Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids "
+                "downloading its config.json.",
+                hint="Unset HF_HUB_OFFLINE to fetch config.json (a few KB; never the weights), or pass a local "
+                "model directory.",
+            )
+        try:
+            config_file = str(hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache))
+        except Exception as e:
+            raise _hub_failure(repo_id, revision, e) from e
+
+    config = _read_config(Path(config_file), repo_id)
+    spec = spec_from_hf_config(config, id=repo_id, source=f"hub:{repo_id}")
+    spec = _adopt_catalog_facts(spec)
+    by_dtype = {} if offline else _remote_safetensors_bytes(repo_id, revision)
+    if not by_dtype:
+        files = _safetensors_files(Path(config_file).parent)
+        if files:
+            by_dtype = bytes_by_dtype(read_safetensors_header(f) for f in files)
+    return _with_weights(spec, by_dtype)
+
+
+def _remote_safetensors_bytes(repo_id: str, revision: str | None) -> dict[str, int]:
+    """Bytes per dtype from the Hub's safetensors-metadata API (HTTP range reads of the headers only)."""
+    from huggingface_hub import get_safetensors_metadata
+
+    try:
+        meta = get_safetensors_metadata(repo_id, revision=revision)
+    except Exception:
+        # No safetensors (a .bin checkpoint) or the API is unreachable: the estimate falls back to counting
+        # parameters from the config, which is what it does for catalog models too.
+        return {}
+    totals: dict[str, int] = {}
+    for file_meta in meta.files_metadata.values():
+        for info in file_meta.tensors.values():
+            start, end = info.data_offsets
+            totals[info.dtype] = totals.get(info.dtype, 0) + int(end) - int(start)
+    return dict(sorted(totals.items()))
+
+
+def _hub_failure(repo_id: str, revision: str | None, exc: BaseException) -> UnknownModel:
+    kind = _hub_error_kind(exc)
+    if kind == "GatedRepoError":
+        return UnknownModel(
+            f"{repo_id} is gated on the Hugging Face Hub: accept its licence on the model page first.",
+            hint="Then log in (`hf auth login`) or set HF_TOKEN.",
+        )
+    if kind == "RepositoryNotFoundError":
+        return _not_found(
+            repo_id,
+            f"{repo_id} was not found on the Hugging Face Hub (or it is private).",
+            hint="Check the spelling, or set HF_TOKEN for a private repo.",
+        )
+    if kind == "RevisionNotFoundError":
+        return UnknownModel(f"{repo_id} has no revision {revision!r} on the Hugging Face Hub.")
+    if kind == "EntryNotFoundError":
+        return UnknownModel(f"{repo_id} has no config.json on the Hugging Face Hub; it is not a transformers model.")
+    return _not_found(
+        repo_id,
+        f"Could not fetch config.json of {repo_id} from the Hugging Face Hub: {exc}.",
+        hint="Check the network, or set HF_HUB_OFFLINE=1 to use only the local cache, or pass a local directory.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_model(ref: str, *, revision: str | None = None) -> ModelSpec:
+    """Resolve ``ref``: (1) the built-in catalog, (2) a local directory with config.json, (3) a Hub repo id.
+
+    Raises:
+        UnknownModel: nothing matches (close catalog names suggested), or the Hub cannot be reached and the
+            model is not cached (the message says which, and mentions HF_HUB_OFFLINE).
+        BadInput: the config.json found is missing a field the estimator needs.
+    """
+    ref = ref.strip()
+    if not ref:
+        raise UnknownModel("No model given.", hint="For example: qwendeploy plan Qwen/Qwen2.5-7B-Instruct")
+    spec = find_model(ref)
+    if spec is not None:
+        return spec
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return load_local_dir(path)
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1
+    if path.exists() and not path.is_dir():
+        raise UnknownModel(f"{ref} is a file; MODEL must be a repo id, a catalog alias or a model directory.")
+    if looks_like_path or not _REPO_ID_RE.match(ref):
+        raise _not_found(
+            ref,
+            f"Unknown model {ref!r}: not in the built-in catalog, not a directory, not a Hugging Face repo id.",
+            hint="Use a repo id (Qwen/Qwen2.5-7B-Instruct), an alias (qwen2.5-7b-instruct) or a local directory.",
+        )
+    return load_hub(ref, revision=revision)

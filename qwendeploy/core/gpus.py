@@ -1,0 +1,261 @@
+"""The GPU catalog (``qwendeploy/data/gpus.yaml``), name matching, and simulated inventories (``4xRTX4090D``)."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+
+from qwendeploy.core.hardware import Gpu, Link, Machine
+from qwendeploy.errors import BadInput, UnknownGpu
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class GpuType:
+    """One NVIDIA card model."""
+
+    id: str
+    """Catalog id (``rtx-4090d``, ``h100-80gb-sxm``)."""
+    name: str
+    """Display name."""
+    nvml_name: str
+    """Exactly what NVML / nvidia-smi print."""
+    aliases: tuple[str, ...]
+    memory_type: str
+    nvml_total_bytes: int
+    """nvidia-smi ``memory.total`` on a current driver, ECC at the board's default."""
+    total_bytes: int
+    """CUDA runtime total (NVML total − driver reserve): what vLLM multiplies by --gpu-memory-utilization."""
+    bandwidth_gbps: float
+    """Peak memory bandwidth, GB/s."""
+    compute_capability: tuple[int, int]
+    bf16: bool
+    fp8: bool
+    """FP8 tensor cores (compute capability ≥ 8.9)."""
+    interconnect: Literal["nvlink", "pcie"]
+    """How two cards of this kind in one node are usually connected."""
+    nvlink_gbps: float | None
+    """Total NVLink bandwidth per GPU (both directions), GB/s; None for PCIe cards."""
+    pcie_gen: int
+    p2p: bool
+    """Whether CUDA peer-to-peer works between two such cards (GeForce: no)."""
+    nvlink_links: int = 0
+    confidence: str = ""
+    """``total=high`` etc.: how well the memory total is backed by public logs."""
+
+
+def _norm(name: str) -> str:
+    s = name.strip().lower()
+    s = re.sub(r"^(nvidia|geforce|tesla|quadro)[\s_-]*", "", s)
+    s = re.sub(r"^(geforce|tesla)[\s_-]*", "", s)
+    s = re.sub(r"[\s_\-]+", "", s)
+    s = re.sub(r"(\d)gb\b", r"\1g", s)
+    s = re.sub(r"(\d)gb", r"\1g", s)
+    return s
+
+
+def _gpu_from_yaml(entry: dict[str, Any]) -> GpuType:
+    cc_major, cc_minor = (int(x) for x in str(entry["compute_capability"]).split("."))
+    conf = entry.get("confidence") or {}
+    return GpuType(
+        id=entry["id"],
+        name=entry["name"],
+        nvml_name=entry["nvml_name"],
+        aliases=tuple(str(a) for a in entry.get("aliases", ())),
+        memory_type=entry["memory_type"],
+        nvml_total_bytes=int(entry["nvml_total_mib"]) * MiB,
+        total_bytes=int(entry["total_bytes"]),
+        bandwidth_gbps=float(entry["bandwidth_gbps"]),
+        compute_capability=(cc_major, cc_minor),
+        bf16=bool(entry["bf16"]),
+        fp8=bool(entry["fp8"]),
+        interconnect=entry["interconnect"],
+        nvlink_gbps=float(entry["nvlink_gbps"]) if entry.get("nvlink_gbps") is not None else None,
+        pcie_gen=int(entry["pcie_gen"]),
+        p2p=bool(entry["p2p"]),
+        nvlink_links=int(entry.get("nvlink_links", 0)),
+        confidence=", ".join(f"{k}={v}" for k, v in conf.items()),
+    )
+
+
+@functools.cache
+def _doc() -> dict[str, Any]:
+    text = resources.files("qwendeploy").joinpath("data/gpus.yaml").read_text(encoding="utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
+
+
+@functools.cache
+def gpu_catalog() -> tuple[GpuType, ...]:
+    """Every card in the catalog, in file order (loaded once)."""
+    return tuple(_gpu_from_yaml(e) for e in _doc()["gpus"])
+
+
+@functools.cache
+def _names() -> tuple[dict[str, GpuType], dict[str, tuple[str, ...]]]:
+    by_id = {g.id: g for g in gpu_catalog()}
+    index: dict[str, GpuType] = {}
+    for g in gpu_catalog():
+        for n in (g.id, g.name, g.nvml_name, *g.aliases):
+            index.setdefault(_norm(n), g)
+    ambiguous = {_norm(k): tuple(v) for k, v in (_doc().get("ambiguous") or {}).items()}
+    for ids in ambiguous.values():
+        for i in ids:
+            assert i in by_id, f"gpus.yaml: ambiguous entry names unknown id {i}"
+    return index, ambiguous
+
+
+def _display_names() -> list[str]:
+    return [g.aliases[0] if g.aliases else g.id for g in gpu_catalog()]
+
+
+def find_gpu(name: str) -> GpuType:
+    """The catalog card called ``name``, tolerant of case, spaces, '-', '_' and a leading ``NVIDIA``.
+
+    Args:
+        name: ``RTX4090D``, ``4090D``, ``H100-80GB``, ``A100-40GB``, ``L40S``, ``NVIDIA H100 80GB HBM3`` …
+
+    Returns:
+        The card.
+
+    Raises:
+        UnknownGpu: the name is unknown (close matches listed) or could mean cards of different memory sizes.
+    """
+    index, ambiguous = _names()
+    key = _norm(name)
+    if key in ambiguous:
+        by_id = {g.id: g for g in gpu_catalog()}
+        options = ", ".join(by_id[i].aliases[0] if by_id[i].aliases else i for i in ambiguous[key])
+        raise UnknownGpu(
+            f"GPU name {name!r} is ambiguous: it could be {options}.",
+            hint="Name the memory size and form factor, e.g. 8xA100-80GB or 4xA100-40GB.",
+        )
+    if key in index:
+        return index[key]
+    # "RTX4090-24GB": drop a trailing memory size if the rest names a card of that size.
+    for digits in (2, 3):
+        sized = re.fullmatch(rf"(.+?)(\d{{{digits}}})g", key)
+        if sized and sized.group(1) in index:
+            gpu, size = index[sized.group(1)], int(sized.group(2))
+            if abs(gpu.nvml_total_bytes / (1 << 30) - size) <= 0.1 * size:
+                return gpu
+    close = difflib.get_close_matches(key, list(index), n=8, cutoff=0.6)
+    names: list[str] = []
+    for c in close:
+        g = index[c]
+        label = g.aliases[0] if g.aliases else g.id
+        if label not in names:
+            names.append(label)
+    tip = f" Did you mean {', '.join(names[:4])}?" if names else ""
+    raise UnknownGpu(
+        f"Unknown GPU {name!r}.{tip}",
+        hint="Known GPUs: " + ", ".join(_display_names()) + ".",
+    )
+
+
+def match_nvml(nvml_name: str, nvml_total_bytes: int | None = None) -> GpuType | None:
+    """The catalog card a real GPU is, from NVML's name (and total, to pick between same-named boards).
+
+    Returns None for a card the catalog does not know; the caller then uses NVML's own figures.
+    """
+    exact = [g for g in gpu_catalog() if g.nvml_name.lower() == nvml_name.strip().lower()]
+    if not exact:
+        index, ambiguous = _names()
+        key = _norm(nvml_name)
+        if key in index and key not in ambiguous:
+            exact = [index[key]]
+    if not exact:
+        return None
+    if nvml_total_bytes is None or len(exact) == 1:
+        return exact[0]
+    return min(exact, key=lambda g: abs(g.nvml_total_bytes - nvml_total_bytes))
+
+
+_INVENTORY_RE = re.compile(r"^\s*(?:(\d+)\s*[x×*]\s*)?([A-Za-z0-9][A-Za-z0-9 _\-.]*?)\s*$", re.IGNORECASE)
+
+_EXAMPLE = "4xRTX4090D, 8xH100-80GB, 1xL4 or 2xA100-40GB"
+
+
+def parse_inventory(text: str, nodes: int = 1) -> Machine:
+    """A simulated machine from ``NxNAME`` (``4xRTX4090D``, ``8x H100-80GB``), repeated over ``nodes`` nodes.
+
+    Args:
+        text: the ``--gpus`` value.
+        nodes: identical nodes (``--nodes``); GPUs are indexed 0..N×nodes−1, node by node.
+
+    Returns:
+        A ``Machine`` with ``simulated=True``, free memory equal to the CUDA total, and a link for every pair
+        of GPUs within a node (NVLink or PCIe as the card is usually built, with its peer-to-peer support).
+
+    Raises:
+        BadInput: the text is not ``NxNAME`` or the counts are out of range (the message gives an example).
+        UnknownGpu: the name is not in the catalog.
+    """
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise BadInput(f"--nodes must be a positive integer, got {nodes!r}.")
+    m = _INVENTORY_RE.match(text or "")
+    if not m or re.fullmatch(r"\d+\s*[x×*]", m.group(2), re.IGNORECASE):
+        raise BadInput(
+            f"Cannot read the GPU inventory {text!r}: expected COUNTxNAME.",
+            hint=f"For example {_EXAMPLE}; or --gpus auto to use the GPUs of this machine.",
+        )
+    count = int(m.group(1)) if m.group(1) else 1
+    if count < 1 or count > 64:
+        raise BadInput(
+            f"GPU count in {text!r} must be between 1 and 64 per node, got {count}.",
+            hint=f"For example {_EXAMPLE}; use --nodes for more than one node.",
+        )
+    gpu_type = find_gpu(m.group(2))
+    gpus: list[Gpu] = []
+    links: list[Link] = []
+    kind: Literal["nvlink", "pcie"] = gpu_type.interconnect
+    for node in range(nodes):
+        base = node * count
+        for i in range(count):
+            gpus.append(
+                Gpu(
+                    index=base + i,
+                    name=gpu_type.nvml_name,
+                    total_bytes=gpu_type.total_bytes,
+                    free_bytes=gpu_type.total_bytes,
+                    compute_capability=gpu_type.compute_capability,
+                    nvml_total_bytes=gpu_type.nvml_total_bytes,
+                    memory_bandwidth_gbps=gpu_type.bandwidth_gbps,
+                    bf16=gpu_type.bf16,
+                    fp8=gpu_type.fp8,
+                    node=node,
+                    catalog_id=gpu_type.id,
+                )
+            )
+        for a in range(count):
+            for b in range(a + 1, count):
+                links.append(
+                    Link(
+                        a=base + a,
+                        b=base + b,
+                        kind=kind,
+                        nvlinks=gpu_type.nvlink_links if kind == "nvlink" else 0,
+                        p2p=gpu_type.p2p,
+                    )
+                )
+    notes: list[str] = []
+    if kind == "pcie" and not gpu_type.p2p:
+        notes.append(f"{gpu_type.name}: no CUDA peer-to-peer between cards; all-reduce goes through host memory.")
+    if nodes > 1:
+        notes.append(f"{nodes} nodes of {count}; GPUs of different nodes talk over the network.")
+    return Machine(
+        gpus=tuple(gpus),
+        links=tuple(links),
+        interconnect=kind,
+        simulated=True,
+        nodes=nodes,
+        source=text.strip(),
+        notes=tuple(notes),
+    )

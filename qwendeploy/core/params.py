@@ -1,0 +1,157 @@
+"""Parameter counts of a decoder-only model, tensor by tensor, unsharded.
+
+The estimator shards these per GPU (vocab-parallel embedding/LM head, column/row-parallel projections,
+replicated norms and routers), so every count here keeps weight and bias of one projection together and
+keeps the replicated pieces (norms, q/k norms, router) apart from the sharded ones.
+
+Counts are of *logical* elements (a bf16 model's parameters). A quantized checkpoint stores fewer bytes per
+element plus scales and zero points; turning elements into bytes is the estimator's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qwendeploy.core.models import ModelSpec
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """Elements of one decoder layer."""
+
+    q: int
+    """q_proj weight + bias (Qwen2 has q/k/v bias; Qwen3 has none)."""
+    k: int
+    v: int
+    o: int
+    qk_norm: int
+    """Qwen3 q_norm + k_norm (head_dim each; replicated under TP)."""
+    mlp_gate_up: int
+    """Dense MLP gate_proj + up_proj (0 for a pure-MoE layer)."""
+    mlp_down: int
+    experts_gate_up: int
+    """All routed experts' gate_proj + up_proj together."""
+    experts_down: int
+    router: int
+    """MoE gate (hidden × experts; replicated)."""
+    shared_gate_up: int
+    shared_down: int
+    shared_expert_gate: int
+    norms: int
+    """input_layernorm + post_attention_layernorm (replicated)."""
+
+    def total(self) -> int:
+        return (
+            self.q
+            + self.k
+            + self.v
+            + self.o
+            + self.qk_norm
+            + self.mlp_gate_up
+            + self.mlp_down
+            + self.experts_gate_up
+            + self.experts_down
+            + self.router
+            + self.shared_gate_up
+            + self.shared_down
+            + self.shared_expert_gate
+            + self.norms
+        )
+
+    def active(self, experts_per_tok: int, num_experts: int) -> int:
+        """Elements one token touches: everything but the routed experts it is not sent to."""
+        routed = self.experts_gate_up + self.experts_down
+        if num_experts == 0:
+            return self.total()
+        return self.total() - routed + routed * experts_per_tok // num_experts
+
+
+@dataclass(frozen=True)
+class ParamBreakdown:
+    """Every parameter of a model, grouped the way tensor and pipeline parallelism split them."""
+
+    embedding: int
+    """vocab_size × hidden_size (embed_tokens)."""
+    lm_head: int
+    """vocab_size × hidden_size, or 0 when tied to the embedding."""
+    final_norm: int
+    layers: tuple[LayerParams, ...]
+    experts_per_tok: int = 0
+    num_experts: int = 0
+
+    def total(self) -> int:
+        return self.embedding + self.lm_head + self.final_norm + sum(layer.total() for layer in self.layers)
+
+    def active(self) -> int:
+        """Parameters used per token (all of them for a dense model; top-k experts for MoE)."""
+        return (
+            self.embedding
+            + self.lm_head
+            + self.final_norm
+            + sum(layer.active(self.experts_per_tok, self.num_experts) for layer in self.layers)
+        )
+
+
+def is_moe_layer(spec: ModelSpec, layer: int) -> bool:
+    """Whether decoder layer ``layer`` (0-based) has routed experts, by the Qwen2-MoE/Qwen3-MoE rule."""
+    moe = spec.moe
+    if moe is None or moe.num_experts == 0:
+        return False
+    if layer in moe.mlp_only_layers:
+        return False
+    return (layer + 1) % moe.decoder_sparse_step == 0
+
+
+def param_breakdown(spec: ModelSpec) -> ParamBreakdown:
+    """Count the parameters of ``spec`` from its shape.
+
+    Args:
+        spec: the model.
+
+    Returns:
+        Element counts per embedding, LM head, final norm and decoder layer, unsharded.
+    """
+    h = spec.hidden_size
+    q_out = spec.num_attention_heads * spec.head_dim
+    kv_out = spec.num_key_value_heads * spec.head_dim
+    bias = spec.attention_bias
+    layers: list[LayerParams] = []
+    for i in range(spec.num_hidden_layers):
+        moe_layer = is_moe_layer(spec, i)
+        moe = spec.moe
+        if moe_layer and moe is not None:
+            e, mi, si = moe.num_experts, moe.moe_intermediate_size, moe.shared_expert_intermediate_size
+            experts_gate_up, experts_down, router = e * 2 * h * mi, e * mi * h, h * e
+            shared_gate_up, shared_down = 2 * h * si, si * h
+            shared_expert_gate = h if si else 0
+            mlp_gate_up = mlp_down = 0
+        else:
+            experts_gate_up = experts_down = router = shared_gate_up = shared_down = shared_expert_gate = 0
+            mlp_gate_up, mlp_down = 2 * h * spec.intermediate_size, spec.intermediate_size * h
+        layers.append(
+            LayerParams(
+                q=h * q_out + (q_out if bias else 0),
+                k=h * kv_out + (kv_out if bias else 0),
+                v=h * kv_out + (kv_out if bias else 0),
+                o=q_out * h,
+                qk_norm=2 * spec.head_dim if spec.qk_norm else 0,
+                mlp_gate_up=mlp_gate_up,
+                mlp_down=mlp_down,
+                experts_gate_up=experts_gate_up,
+                experts_down=experts_down,
+                router=router,
+                shared_gate_up=shared_gate_up,
+                shared_down=shared_down,
+                shared_expert_gate=shared_expert_gate,
+                norms=2 * h,
+            )
+        )
+    embedding = spec.vocab_size * h
+    return ParamBreakdown(
+        embedding=embedding,
+        lm_head=0 if spec.tie_word_embeddings else embedding,
+        final_norm=h,
+        layers=tuple(layers),
+        experts_per_tok=spec.moe.num_experts_per_tok if spec.moe else 0,
+        num_experts=spec.moe.num_experts if spec.moe else 0,
+    )
