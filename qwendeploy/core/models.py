@@ -76,6 +76,9 @@ class ModelSpec:
     """The config's own rope scaling, if it ships one."""
     yarn_factor: float | None = None
     """Published YaRN factor for long context (4.0 for Qwen2.5 7B+ → 131072 tokens); None if not supported."""
+    yarn_original_max_position_embeddings: int | None = None
+    """The window YaRN's factor multiplies when the config's own max_position_embeddings is larger (Qwen3 and
+    QwQ: 40960 in config.json, 32768 pretrained); None means max_position_embeddings."""
     attention_bias: bool = False
     """Qwen2/2.5 have q/k/v biases; Qwen3 has q/k norms instead."""
     qk_norm: bool = False
@@ -92,7 +95,7 @@ class ModelSpec:
     model_type: str = ""
     """config.json ``model_type`` (``qwen2``, ``qwen3``, ``qwen3_moe`` …)."""
     base_model: str | None = None
-    """For a quantized or base variant in the catalog: the catalog entry it was derived from."""
+    """For a quantized checkpoint in the catalog: the unquantized catalog entry it was made from."""
     rms_norm_eps: float = 1e-6
 
     @property
@@ -104,9 +107,28 @@ class ModelSpec:
 
     @property
     def original_max_position_embeddings(self) -> int:
+        """The pretraining window YaRN scales from (32768 for Qwen2.5 and Qwen3, whose config may say 40960)."""
         if self.rope_scaling and "original_max_position_embeddings" in self.rope_scaling:
             return int(self.rope_scaling["original_max_position_embeddings"])
+        if self.yarn_original_max_position_embeddings:
+            return self.yarn_original_max_position_embeddings
         return self.max_position_embeddings
+
+    def yarn_rope_parameters(self, factor: float | None = None) -> dict[str, Any] | None:
+        """The rope dict that enables the published YaRN recipe (for ``--hf-overrides``); None if there is none.
+
+        Args:
+            factor: a smaller factor than the published one (Qwen suggests 2.0 for 65536-token contexts).
+        """
+        chosen = factor if factor is not None else self.yarn_factor
+        if not chosen:
+            return None
+        return {
+            "rope_type": "yarn",
+            "factor": float(chosen),
+            "original_max_position_embeddings": self.original_max_position_embeddings,
+            "rope_theta": self.rope_theta,
+        }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -482,6 +504,7 @@ def _load_catalog_yaml(text: str) -> tuple[ModelSpec, ...]:
         spec = replace(
             spec,
             yarn_factor=merged.get("yarn_factor", spec.yarn_factor),
+            yarn_original_max_position_embeddings=merged.get("yarn_original_max_position_embeddings"),
             aliases=tuple(dict.fromkeys(aliases)),
             base_model=(parent_id if "quantization_config" in merged["config"] else None),
         )
