@@ -144,10 +144,10 @@ def _adopt_catalog_facts(spec: ModelSpec) -> ModelSpec:
     updates: dict[str, Any] = {}
     if spec.published_params is None and len({c.published_params for c in matches}) == 1:
         updates["published_params"] = matches[0].published_params
-    if spec.yarn_factor is None and spec.rope_scaling is None:
-        if len({(c.yarn_factor, c.yarn_original_max_position_embeddings) for c in matches}) == 1:
-            updates["yarn_factor"] = matches[0].yarn_factor
-            updates["yarn_original_max_position_embeddings"] = matches[0].yarn_original_max_position_embeddings
+    yarn_facts = {(c.yarn_factor, c.yarn_original_max_position_embeddings) for c in matches}
+    if spec.yarn_factor is None and spec.rope_scaling is None and len(yarn_facts) == 1:
+        updates["yarn_factor"] = matches[0].yarn_factor
+        updates["yarn_original_max_position_embeddings"] = matches[0].yarn_original_max_position_embeddings
     return replace(spec, **updates) if updates else spec
 
 
