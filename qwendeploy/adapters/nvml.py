@@ -27,17 +27,41 @@ What real NVML does that a naive caller trips over, and how this module copes:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from qwendeploy.core.hardware import Gpu, GpuProcess, Link, LinkKind, Machine
-from qwendeploy.core.units import MiB
-from qwendeploy.errors import BadInput, ProbeError
+from qwendeploy.core.hardware import Machine
+from qwendeploy.core.machine_facts import (
+    NO_NVML_HINT,
+    MigDevice,
+    NvLinkState,
+    NvmlGpu,
+    NvmlPair,
+    NvmlProcess,
+    NvmlReport,
+    ProcessInfo,
+    cuda_total_bytes,
+    is_orphan,
+    vllm_role,
+)
+from qwendeploy.errors import ProbeError
 
-NO_NVML_HINT = "To plan for hardware you don't have here, pass --gpus 4xRTX4090D (any NxNAME from the GPU catalog)."
+__all__ = [
+    "NO_NVML_HINT",
+    "MigDevice",
+    "NvLinkState",
+    "NvmlGpu",
+    "NvmlPair",
+    "NvmlProcess",
+    "NvmlReport",
+    "ProcessInfo",
+    "cuda_total_bytes",
+    "describe_process",
+    "probe",
+    "probe_machine",
+    "psutil_lookup",
+]
 
 # nvidia-ml-py spells NVML_P2P_CAPS_INDEX_READ as the tuple (0,); these are the C enum values.
 P2P_READ, P2P_WRITE, P2P_NVLINK = 0, 1, 2
@@ -54,322 +78,6 @@ P2P_STATUS_NAMES = {
 TOPOLOGY_NAMES = {0: "SELF", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
 NVLINK_DEVICE_TYPE = {0: "gpu", 1: "ibmnpu", 2: "switch", 255: "unknown"}
 MAX_NVLINKS = 18  # Hopper/Blackwell expose 18 per GPU; nvidia-ml-py's NVML_NVLINK_MAX_LINKS (36) is a buffer size
-# When the driver cannot tell the reserve (nvmlDeviceGetMemoryInfo_v2 missing): shared/reference/gpus.yaml
-# fallback_reserve_mib — ≈450 MiB on cards under 40 GB, ≈650 MiB from 40 GB up.
-FALLBACK_RESERVE_MIB_SMALL = 450
-FALLBACK_RESERVE_MIB_LARGE = 650
-FALLBACK_RESERVE_THRESHOLD_BYTES = 40 * 10**9
-
-VLLM_PROCESS_MARKERS = (
-    ("VLLM::EngineCore", "engine_core"),
-    ("VLLM::Worker", "worker"),
-    ("ray::RayWorkerWrapper", "ray_worker"),
-)
-# Parents that adopt orphans: PID 1 (unless it is itself vLLM, as in `docker run ... vllm serve`) and subreapers.
-_REAPER_NAMES = ("systemd", "init", "tini", "dumb-init", "docker-init", "containerd-shim", "catatonit")
-
-
-# ---------------------------------------------------------------- report values (serialisable)
-
-
-@dataclass
-class ProcessInfo:
-    """What the OS says about a PID (psutil), as far as this PID namespace can see it."""
-
-    name: str = ""
-    cmdline: str = ""
-    ppid: int | None = None
-    parent_name: str = ""
-    parent_cmdline: str = ""
-    username: str | None = None
-    holds_gpu: bool | None = None
-    """Whether the process has /dev/nvidia* open (None: not readable). False means a PID collision: the NVML
-    process lives in another PID namespace (another container) and this one only shares its number."""
-
-
-@dataclass
-class NvmlProcess:
-    pid: int
-    used_bytes: int | None
-    kind: str = "compute"
-    """compute or graphics."""
-    name: str = ""
-    cmdline: str = ""
-    ppid: int | None = None
-    username: str | None = None
-    visible: bool = False
-    """Found in this PID namespace (psutil) and really holding the GPU."""
-    vllm_role: str | None = None
-    """engine_core, worker, ray_worker, api_server or None."""
-    orphan: bool = False
-    """A vLLM process whose parent is gone (adopted by PID 1 or a subreaper)."""
-
-
-@dataclass
-class NvLinkState:
-    link: int
-    active: bool
-    remote_bus_id: str | None = None
-    remote_type: str | None = None
-    """gpu, switch, ibmnpu or unknown."""
-
-
-@dataclass
-class MigDevice:
-    index: int
-    uuid: str | None = None
-    memory_total: int | None = None
-
-
-@dataclass
-class NvmlGpu:
-    index: int
-    name: str
-    uuid: str | None = None
-    pci_bus_id: str | None = None
-    memory_total: int | None = None
-    """NVML's total (physical size, what nvidia-smi prints as memory.total)."""
-    memory_reserved: int | None = None
-    """Driver reserve (nvmlDeviceGetMemoryInfo_v2); None on drivers that do not report it."""
-    memory_used: int | None = None
-    memory_free: int | None = None
-    compute_capability: tuple[int, int] | None = None
-    mig_mode: bool | None = None
-    mig_pending: bool | None = None
-    mig_devices: list[MigDevice] = field(default_factory=list)
-    ecc_enabled: bool | None = None
-    ecc_pending: bool | None = None
-    ecc_volatile_corrected: int | None = None
-    ecc_volatile_uncorrected: int | None = None
-    ecc_aggregate_corrected: int | None = None
-    ecc_aggregate_uncorrected: int | None = None
-    retired_pages_sbe: int | None = None
-    retired_pages_dbe: int | None = None
-    retired_pages_pending: bool | None = None
-    remapped_rows_correctable: int | None = None
-    remapped_rows_uncorrectable: int | None = None
-    remapped_rows_pending: bool | None = None
-    remapped_rows_failure: bool | None = None
-    pcie_gen_current: int | None = None
-    pcie_gen_max: int | None = None
-    pcie_width_current: int | None = None
-    pcie_width_max: int | None = None
-    nvlinks: list[NvLinkState] = field(default_factory=list)
-    processes: list[NvmlProcess] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
-    """Field → why NVML gave no answer (NotSupported, NoPermission, FunctionNotFound, …)."""
-
-    @property
-    def active_nvlinks(self) -> int:
-        return sum(1 for link in self.nvlinks if link.active)
-
-
-@dataclass
-class NvmlPair:
-    a: int
-    b: int
-    topology: str | None = None
-    """Common ancestor as `nvidia-smi topo -m` labels it: PIX, PXB, PHB, NODE, SYS (SELF for one board)."""
-    nvlinks: int = 0
-    """Active NVLink links between the pair (through an NVSwitch: the smaller side's link count)."""
-    p2p_read: str | None = None
-    p2p_write: str | None = None
-    p2p_nvlink: str | None = None
-
-    @property
-    def label(self) -> str:
-        """`nvidia-smi topo -m` cell: NV# when NVLink joins the pair, else the PCIe ancestor."""
-        if self.nvlinks:
-            return f"NV{self.nvlinks}"
-        return self.topology or "?"
-
-    @property
-    def p2p(self) -> bool | None:
-        if self.p2p_read is None and self.p2p_write is None:
-            return None
-        return self.p2p_read == "OK" and self.p2p_write == "OK"
-
-
-@dataclass
-class NvmlReport:
-    driver_version: str | None = None
-    cuda_driver_version: str | None = None
-    """CUDA version the driver supports, "13.0"."""
-    nvml_version: str | None = None
-    gpus: list[NvmlGpu] = field(default_factory=list)
-    pairs: list[NvmlPair] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
-
-    def pair(self, a: int, b: int) -> NvmlPair | None:
-        lo, hi = min(a, b), max(a, b)
-        return next((p for p in self.pairs if p.a == lo and p.b == hi), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON/YAML-safe); ``from_dict`` and ``FakeNvml.from_report_dict`` read it back."""
-        d = dataclasses.asdict(self)
-        for g in d["gpus"]:
-            if g["compute_capability"] is not None:
-                g["compute_capability"] = list(g["compute_capability"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NvmlReport:
-        gpus = []
-        for g in d.get("gpus", []):
-            g = dict(g)
-            cc = g.get("compute_capability")
-            g["compute_capability"] = tuple(cc) if cc is not None else None
-            g["nvlinks"] = [NvLinkState(**x) for x in g.get("nvlinks", [])]
-            g["processes"] = [NvmlProcess(**x) for x in g.get("processes", [])]
-            g["mig_devices"] = [MigDevice(**x) for x in g.get("mig_devices", [])]
-            gpus.append(NvmlGpu(**g))
-        return cls(
-            driver_version=d.get("driver_version"),
-            cuda_driver_version=d.get("cuda_driver_version"),
-            nvml_version=d.get("nvml_version"),
-            gpus=gpus,
-            pairs=[NvmlPair(**p) for p in d.get("pairs", [])],
-            unavailable=dict(d.get("unavailable", {})),
-        )
-
-    # ------------------------------------------------------------ planner view
-
-    def select(self, selection: str = "auto") -> list[NvmlGpu]:
-        """The GPUs ``selection`` names: ``auto`` (all) or NVML indices like ``0,2,3``."""
-        sel = selection.strip().lower()
-        if sel in ("", "auto", "all"):
-            return list(self.gpus)
-        by_index = {g.index: g for g in self.gpus}
-        chosen: list[NvmlGpu] = []
-        for part in sel.split(","):
-            part = part.strip()
-            if not part.isdigit():
-                raise BadInput(
-                    f"--gpus {selection!r}: {part!r} is not a GPU index.",
-                    hint="Use auto, indices like 0,2,3, or a simulated inventory like 4xRTX4090D.",
-                )
-            idx = int(part)
-            if idx not in by_index:
-                have = ", ".join(str(i) for i in sorted(by_index)) or "none"
-                raise BadInput(f"--gpus {selection!r}: there is no GPU {idx} here (NVML sees: {have}).")
-            if by_index[idx] in chosen:
-                raise BadInput(f"--gpus {selection!r}: GPU {idx} is named twice.")
-            chosen.append(by_index[idx])
-        return chosen
-
-    def to_machine(self, selection: str = "auto") -> Machine:
-        """The planner's view of the selected GPUs (CUDA-runtime totals, free memory, links).
-
-        Raises:
-            BadInput: ``selection`` names a GPU that is not here.
-            ProbeError: NVML sees no GPU.
-        """
-        if not self.gpus:
-            raise ProbeError("NVML answered but sees no GPU.", hint=NO_NVML_HINT)
-        chosen = self.select(selection)
-        gpus = tuple(_to_gpu(g) for g in chosen)
-        notes: list[str] = []
-        links: list[Link] = []
-        for i, a in enumerate(chosen):
-            for b in chosen[i + 1 :]:
-                p = self.pair(a.index, b.index)
-                if p is None:
-                    continue
-                links.append(Link(a=p.a, b=p.b, kind=_link_kind(p), nvlinks=p.nvlinks, p2p=p.p2p))
-        for g in chosen:
-            if g.mig_mode:
-                notes.append(
-                    f"GPU {g.index} has MIG enabled: CUDA sees its {len(g.mig_devices)} MIG instance(s), not the card."
-                )
-            if g.memory_reserved is None and g.memory_total is not None:
-                notes.append(f"GPU {g.index}: the driver does not report its memory reserve; a catalog value is used.")
-        interconnect = "nvlink" if len(chosen) > 1 and links and all(lk.kind == "nvlink" for lk in links) else "pcie"
-        return Machine(
-            gpus=gpus,
-            links=tuple(links),
-            interconnect=interconnect,
-            simulated=False,
-            nodes=1,
-            driver_version=self.driver_version,
-            cuda_driver_version=self.cuda_driver_version,
-            source="nvml",
-            notes=tuple(notes),
-        )
-
-
-def _link_kind(p: NvmlPair) -> LinkKind:
-    if p.nvlinks or p.p2p_nvlink == "OK":
-        return "nvlink"
-    if p.topology == "SYS":
-        return "sys"
-    return "pcie"
-
-
-def _catalog_match(name: str, nvml_total: int) -> Any | None:
-    """The GPU catalog entry for this card, if the catalog module is there and knows it."""
-    try:
-        from qwendeploy.core import gpus as catalog
-    except ImportError:
-        return None
-    match = getattr(catalog, "match_nvml", None)
-    if match is None:
-        return None
-    try:
-        return match(name, nvml_total)
-    except Exception:  # a catalog lookup must never break probing
-        return None
-
-
-def _attr(obj: Any, *names: str) -> Any:
-    for n in names:
-        v = getattr(obj, n, None)
-        if v is not None:
-            return v
-    return None
-
-
-def cuda_total_bytes(g: NvmlGpu, entry: Any | None = None) -> int:
-    """The total the CUDA runtime reports (what vLLM budgets from): NVML total − the driver's reserve.
-
-    The reserve comes from NVML when the driver reports it, else from the catalog entry's torch total when the
-    catalog knows this card with the same NVML total, else the size-based fallback.
-    """
-    total = g.memory_total or 0
-    if g.memory_reserved is not None:
-        return max(0, total - g.memory_reserved)
-    if entry is not None:
-        cat_nvml_mib = _attr(entry, "nvml_total_mib")
-        cat_torch = _attr(entry, "torch_total_bytes")
-        if cat_nvml_mib is not None and cat_torch is not None and int(cat_nvml_mib) * MiB == total:
-            return int(cat_torch)
-    reserve = FALLBACK_RESERVE_MIB_LARGE if total >= FALLBACK_RESERVE_THRESHOLD_BYTES else FALLBACK_RESERVE_MIB_SMALL
-    return max(0, total - reserve * MiB)
-
-
-def _to_gpu(g: NvmlGpu) -> Gpu:
-    entry = _catalog_match(g.name, g.memory_total or 0)
-    total = cuda_total_bytes(g, entry)
-    free = min(g.memory_free if g.memory_free is not None else total, total)
-    cc = g.compute_capability or (0, 0)
-    bf16 = _attr(entry, "bf16") if entry is not None else None
-    fp8 = _attr(entry, "fp8") if entry is not None else None
-    return Gpu(
-        index=g.index,
-        name=g.name,
-        total_bytes=total,
-        free_bytes=free,
-        compute_capability=cc,
-        uuid=g.uuid,
-        nvml_total_bytes=g.memory_total,
-        memory_bandwidth_gbps=_attr(entry, "memory_bandwidth_gbps", "bandwidth_gbps") if entry is not None else None,
-        bf16=bool(bf16) if bf16 is not None else cc >= (8, 0),
-        fp8=bool(fp8) if fp8 is not None else cc >= (8, 9),
-        pci_bus_id=g.pci_bus_id,
-        catalog_id=_attr(entry, "id", "catalog_id") if entry is not None else None,
-        processes=tuple(
-            GpuProcess(pid=p.pid, used_bytes=p.used_bytes, name=p.cmdline or p.name, ppid=p.ppid) for p in g.processes
-        ),
-    )
 
 
 # ---------------------------------------------------------------- processes
@@ -432,31 +140,6 @@ def _holds_nvidia_device(pid: int) -> bool | None:
     return False
 
 
-def vllm_role(name: str, cmdline: str) -> str | None:
-    """Which vLLM process this is, from its name/command line (vLLM renames its processes via setproctitle)."""
-    text = f"{name} {cmdline}"
-    for marker, role in VLLM_PROCESS_MARKERS:
-        if marker in text:
-            return role
-    lowered = cmdline.lower()
-    if "vllm serve" in lowered or "vllm.entrypoints" in lowered or "vllm::apiserver" in lowered.replace(" ", ""):
-        return "api_server"
-    return None
-
-
-def _is_orphan(role: str | None, info: ProcessInfo) -> bool:
-    """A vLLM engine/worker whose parent is gone: adopted by PID 1 (when PID 1 is not vLLM) or a subreaper."""
-    if role in (None, "api_server") or info.ppid is None:
-        return False
-    parent_is_vllm = vllm_role(info.parent_name, info.parent_cmdline) is not None or "vllm" in (
-        info.parent_cmdline.lower()
-    )
-    if info.ppid == 1:
-        return not parent_is_vllm
-    parent = info.parent_name.lower()
-    return any(parent.startswith(r) for r in _REAPER_NAMES) and not parent_is_vllm
-
-
 def describe_process(pid: int, used: int | None, kind: str, lookup: ProcessLookup) -> NvmlProcess:
     info = None
     try:
@@ -476,7 +159,7 @@ def describe_process(pid: int, used: int | None, kind: str, lookup: ProcessLooku
         username=info.username,
         visible=True,
         vllm_role=role,
-        orphan=_is_orphan(role, info),
+        orphan=is_orphan(role, info),
     )
 
 
@@ -500,7 +183,7 @@ class _Asker:
         except self.error_class as e:
             sink[key] = _error_name(e)
             return None
-        except (TypeError, ValueError, AttributeError, OSError) as e:  # ctypes argument errors, odd bindings
+        except Exception as e:  # ctypes.ArgumentError, odd bindings: one unanswered field, never a crash
             sink[key] = f"{type(e).__name__}: {e}"
             return None
 
