@@ -53,12 +53,11 @@ class GpuType:
 
 def _norm(name: str) -> str:
     s = name.strip().lower()
-    s = re.sub(r"^(nvidia|geforce|tesla|quadro)[\s_-]*", "", s)
-    s = re.sub(r"^(geforce|tesla)[\s_-]*", "", s)
+    # "NVIDIA GeForce RTX 4090 D" and "rtx-4090d" are the same card; "80GB" and "80G" the same size.
+    s = re.sub(r"^nvidia[\s_-]*", "", s)
+    s = re.sub(r"^(geforce|tesla|quadro)[\s_-]*", "", s)
     s = re.sub(r"[\s_\-]+", "", s)
-    s = re.sub(r"(\d)gb\b", r"\1g", s)
-    s = re.sub(r"(\d)gb", r"\1g", s)
-    return s
+    return re.sub(r"(\d)gb", r"\1g", s)
 
 
 def _gpu_from_yaml(entry: dict[str, Any]) -> GpuType:
