@@ -220,9 +220,11 @@ def _hub_error_kind(exc: BaseException) -> str:
         "GatedRepoError",
         "RepositoryNotFoundError",
         "RevisionNotFoundError",
-        "EntryNotFoundError",
+        # LocalEntryNotFoundError subclasses EntryNotFoundError: test it first. Online it means "the Hub could not
+        # be reached and nothing is cached", not "the repo has no such file".
         "LocalEntryNotFoundError",
         "OfflineModeIsEnabled",
+        "EntryNotFoundError",
     ):
         if kind in names:
             return kind
@@ -305,7 +307,7 @@ def _hub_failure(repo_id: str, revision: str | None, exc: BaseException) -> Unkn
         return UnknownModel(f"{repo_id} has no config.json on the Hugging Face Hub; it is not a transformers model.")
     return _not_found(
         repo_id,
-        f"Could not fetch config.json of {repo_id} from the Hugging Face Hub: {exc}.",
+        f"Could not fetch config.json of {repo_id} from the Hugging Face Hub: {str(exc).rstrip('.')}.",
         hint="Check the network, or set HF_HUB_OFFLINE=1 to use only the local cache, or pass a local directory.",
     )
 
