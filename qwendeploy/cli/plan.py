@@ -1,12 +1,211 @@
-"""``qwendeploy plan``: placeholder until its issue lands (owned by the plan work)."""
+"""``qwendeploy plan``: resolve the model and GPUs, search placements, render, optionally write a profile."""
 
 from __future__ import annotations
 
+import re
+import shlex
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from qwendeploy.cli.errors import user_errors
-from qwendeploy.errors import QwendeployError
+from qwendeploy.errors import BadInput
 
 
-def plan() -> None:
-    """Not available yet."""
+class ObjectiveChoice(str, Enum):
+    throughput = "throughput"
+    latency = "latency"
+
+
+_INT_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)\s*$")
+
+
+def parse_tokens(text: str, flag: str = "--max-model-len") -> int:
+    """vLLM's human-readable integers: lower-case decimal (``128k`` = 128000), upper-case binary (``128K`` = 131072).
+
+    Raises:
+        BadInput: not an integer of that form.
+    """
+    m = _INT_RE.match(text)
+    if not m:
+        raise BadInput(f"{flag} must be a number of tokens such as 131072, 128K or 32k; got {text!r}.")
+    n, suffix = int(m.group(1)), m.group(2)
+    if suffix:
+        power = "kmg".index(suffix.lower()) + 1
+        n *= (1024 if suffix.isupper() else 1000) ** power
+    return n
+
+
+def _machine(gpus: str, nodes: int):  # type: ignore[no-untyped-def]
+    """The inventory: a simulated ``NxNAME`` or NVML (``auto`` / ``0,2,3``)."""
+    if re.fullmatch(r"\s*(auto|\d+(\s*,\s*\d+)*)\s*", gpus):
+        if nodes != 1:
+            raise BadInput("--nodes applies to a simulated inventory (--gpus NxNAME) only.")
+        from qwendeploy.cli import wiring
+
+        return wiring.probe_machine(gpus.strip())
+    from qwendeploy.core.gpus import parse_inventory
+
+    return parse_inventory(gpus, nodes)
+
+
+def _variants(spec_id: str) -> tuple:  # type: ignore[type-arg]
+    """Official quantized variants of a catalog model (tried when nothing fits)."""
+    from qwendeploy.core.models import find_model
+
+    out = []
+    for suffix in ("-FP8", "-AWQ", "-GPTQ-Int8", "-GPTQ-Int4"):
+        v = find_model(spec_id + suffix)
+        if v is not None:
+            out.append(v)
+    return tuple(out)
+
+
+def _command(
+    model: str,
+    gpus: str,
+    nodes: int,
+    max_model_len: str | None,
+    concurrency: int,
+    objective: str,
+    fixed: list[tuple[str, object]],
+    output: Path | None,
+) -> str:
+    parts = ["qwendeploy", "plan", model, "--gpus", gpus]
+    if nodes != 1:
+        parts += ["--nodes", str(nodes)]
+    if max_model_len is not None:
+        parts += ["--context", max_model_len]
+    if concurrency != 1:
+        parts += ["--concurrency", str(concurrency)]
+    if objective != "throughput":
+        parts += ["--objective", objective]
+    for flag, value in fixed:
+        if value is True:
+            parts.append(flag)
+        elif value is not None and value is not False:
+            parts += [flag, str(value)]
+    if output is not None:
+        parts += ["-o", str(output)]
+    return shlex.join(parts)
+
+
+def plan(
+    model: Annotated[str, typer.Argument(help="Hugging Face repo id, catalog alias or local model directory.")],
+    gpus: Annotated[
+        str,
+        typer.Option(help="auto (NVML), a subset like 0,2,3, or a simulated inventory like 4xRTX4090D or 8xH100-80GB."),
+    ] = "auto",
+    nodes: Annotated[int, typer.Option(help="Repeat a simulated inventory over N identical nodes.")] = 1,
+    max_model_len: Annotated[
+        str | None,
+        typer.Option("--context", "--max-model-len", help="Context in tokens (131072, 128K); default: the model's."),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Full-length requests each replica must hold at once.")] = 1,
+    objective: Annotated[ObjectiveChoice, typer.Option(help="Rank fitting placements by throughput or latency.")] = (
+        ObjectiveChoice.throughput
+    ),
+    tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel-size", "--tp", help="Fix TP.")] = None,
+    pipeline_parallel_size: Annotated[
+        int | None, typer.Option("--pipeline-parallel-size", "--pp", help="Fix PP.")
+    ] = None,
+    data_parallel_size: Annotated[
+        int | None, typer.Option("--data-parallel-size", "--dp", help="Fix replicas.")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="Fraction of each GPU vLLM may use (default: vLLM's, lowered to free memory).")
+    ] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="Fix --max-num-seqs (default: vLLM's for the GPU).")] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(help="Fix --max-num-batched-tokens.")] = None,
+    kv_cache_dtype: Annotated[
+        str | None, typer.Option(help="auto, fp8, fp8_e5m2 … (default: auto, fp8 tried where auto does not fit).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16.")] = "auto",
+    quantization: Annotated[str | None, typer.Option(help="Quantization method (e.g. fp8 for online FP8).")] = None,
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
+    vllm_version: Annotated[str, typer.Option(help="vLLM release whose memory accounting to follow.")] = "0.33",
+    revision: Annotated[str | None, typer.Option(help="Hub revision of the model.")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Print every formula with its inputs.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (a stable contract).")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the chosen plan as a profile.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the --output file.")] = False,
+    name: Annotated[str, typer.Option(help="Profile name (log names; served model name if set).")] = "qwen",
+    port: Annotated[int, typer.Option(help="Port written to the profile.")] = 8000,
+    host: Annotated[str, typer.Option(help="Bind address written to the profile.")] = "127.0.0.1",
+) -> None:
+    """Estimate memory, search TP/PP/DP placements and choose one (exit 0 fits, 1 nothing fits, 2 bad input)."""
     with user_errors():
-        raise QwendeployError("qwendeploy plan is being built.")
+        from rich.console import Console
+
+        from qwendeploy.adapters.hub import load_model
+        from qwendeploy.cli import render_plan
+        from qwendeploy.core.planner import PlanRequest, raise_if_infeasible
+        from qwendeploy.core.planner import plan as make_plan
+
+        target = parse_tokens(max_model_len) if max_model_len is not None else None
+        if not 1 <= port <= 65535:
+            raise BadInput(f"--port must be between 1 and 65535, got {port}.")
+        spec = load_model(model, revision=revision)
+        machine = _machine(gpus, nodes)
+        req = PlanRequest(
+            spec=spec,
+            machine=machine,
+            max_model_len=target,
+            concurrency=concurrency,
+            objective=objective.value,
+            tp=tensor_parallel_size,
+            pp=pipeline_parallel_size,
+            dp=data_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            kv_cache_dtype=kv_cache_dtype,
+            dtype=dtype,
+            quantization=quantization,
+            enforce_eager=enforce_eager,
+            vllm_version=vllm_version,
+            variants=_variants(spec.id) if spec.source == "catalog" else (),
+        )
+        result = make_plan(req)
+        if json_out:
+            typer.echo(render_plan.dumps(render_plan.plan_json(result, explain=explain)))
+        else:
+            render_plan.render(Console(highlight=False, soft_wrap=False), result, explain=explain)
+        raise_if_infeasible(result)
+        if output is not None:
+            from qwendeploy.adapters.profile_files import write_profile
+            from qwendeploy.core.profile_builder import profile_from_plan
+
+            fixed: list[tuple[str, object]] = [
+                ("--tp", tensor_parallel_size),
+                ("--pp", pipeline_parallel_size),
+                ("--dp", data_parallel_size),
+                ("--gpu-memory-utilization", gpu_memory_utilization),
+                ("--max-num-seqs", max_num_seqs),
+                ("--max-num-batched-tokens", max_num_batched_tokens),
+                ("--kv-cache-dtype", kv_cache_dtype),
+                ("--dtype", None if dtype == "auto" else dtype),
+                ("--quantization", quantization),
+                ("--enforce-eager", enforce_eager),
+                ("--vllm-version", None if vllm_version == "0.33" else vllm_version),
+                ("--revision", revision),
+                ("--name", None if name == "qwen" else name),
+                ("--port", None if port == 8000 else port),
+                ("--host", None if host == "127.0.0.1" else host),
+            ]
+            command = _command(model, gpus, nodes, max_model_len, concurrency, objective.value, fixed, output)
+            profile = profile_from_plan(
+                result,
+                name=name,
+                host=host,
+                port=port,
+                generated_by=command,
+                revision=revision,
+                served_model_name=None if name == "qwen" else name,
+            )
+            header = f"Generated by: {command}\n{render_plan.one_line(result)}"
+            path = write_profile(output, profile, header=header, force=force)
+            if not json_out:
+                Console(highlight=False).print(f"Wrote {path}", markup=False)

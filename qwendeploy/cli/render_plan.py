@@ -1,0 +1,319 @@
+"""Rendering a ``Plan``: the ``--json`` contract and the rich report (inventory, memory bars, candidates, verdict)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from qwendeploy.core.hardware import Machine
+from qwendeploy.core.memory import GpuMemory, MemoryEstimate
+from qwendeploy.core.planner import Candidate, Plan
+from qwendeploy.core.units import GiB
+
+BAR_WIDTH = 48
+
+
+def _g(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def _shown(p: Plan) -> Candidate | None:
+    """The candidate the report describes: the chosen one, else the best that could start at a shorter length."""
+    if p.chosen is not None:
+        return p.chosen
+    return next((c for c in p.candidates if c.estimate is not None and c.status == "shorter"), None)
+
+
+def per_gpu_json(est: MemoryEstimate | None) -> list[dict[str, Any]]:
+    if est is None:
+        return []
+    return [
+        {
+            "index": m.gpu.index,
+            "name": m.gpu.name,
+            "pp_rank": m.pp_rank,
+            "layers": m.layers,
+            "weights_bytes": m.weights_bytes,
+            "activation_bytes": m.activation_bytes,
+            "overhead_bytes": m.overhead_bytes,
+            "non_torch_bytes": m.non_torch_bytes,
+            "cuda_graph_bytes": m.cuda_graph_bytes,
+            "cuda_context_bytes": m.cuda_context_bytes,
+            "kv_cache_bytes": m.kv_cache_bytes,
+            "kv_bytes_per_token": m.kv_bytes_per_token,
+            "total_bytes": m.total_bytes,
+            "capacity_bytes": m.capacity_bytes,
+            "gpu_total_bytes": m.gpu.total_bytes,
+        }
+        for m in est.per_gpu
+    ]
+
+
+def _explanations(est: MemoryEstimate) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    stages_seen: set[int] = set()
+    for m in est.per_gpu:
+        if m.pp_rank in stages_seen:
+            continue
+        stages_seen.add(m.pp_rank)
+        for e in m.explanations:
+            out.append(
+                {
+                    "gpu": m.gpu.index,
+                    "pp_rank": m.pp_rank,
+                    "name": e.name,
+                    "formula": e.formula,
+                    "inputs": dict(e.inputs),
+                    "value": e.value,
+                    "unit": e.unit,
+                }
+            )
+    for e in est.explanations:
+        out.append({"name": e.name, "formula": e.formula, "inputs": dict(e.inputs), "value": e.value, "unit": e.unit})
+    return out
+
+
+def plan_json(p: Plan, *, explain: bool = False) -> dict[str, Any]:
+    """The stable ``--json`` contract (keys documented in docs/planning.md)."""
+    req = p.request
+    c = _shown(p)
+    est = c.estimate if c else None
+    data: dict[str, Any] = {
+        "model": {
+            "id": req.spec.id,
+            "source": req.spec.source,
+            "dtype": est.dtype if est else req.spec.torch_dtype,
+            "quantization": (req.spec.quantization.method if req.spec.quantization else req.quantization),
+        },
+        "fits": p.fits,
+        "placement": {
+            "tensor_parallel_size": c.tp if c else None,
+            "pipeline_parallel_size": c.pp if c else None,
+            "data_parallel_size": c.dp if c else None,
+            "gpus": [g.index for g in c.gpus] if c else [],
+            "nodes": len({g.node for g in c.gpus}) if c and c.gpus else 0,
+        },
+        "max_model_len": p.max_model_len,
+        "max_model_len_fit": c.max_model_len_fit if c else 0,
+        "concurrency": req.concurrency,
+        "objective": req.objective,
+        "vllm_version": p.accounting.vllm_version,
+        "engine": {
+            "gpu_memory_utilization": c.gpu_memory_utilization if c else None,
+            "kv_cache_dtype": c.kv_cache_dtype if c else req.kv_cache_dtype or "auto",
+            "max_num_seqs": est.settings.max_num_seqs if est else None,
+            "max_num_batched_tokens": est.settings.max_num_batched_tokens if est else None,
+            "enforce_eager": req.enforce_eager,
+            "block_size": est.settings.block_size if est else 16,
+        },
+        "hf_overrides": p.hf_overrides,
+        "per_gpu": per_gpu_json(est),
+        "kv_cache_tokens": est.kv_cache_tokens if est else 0,
+        "max_concurrency": round(est.kv_cache_tokens / p.max_model_len, 2) if est else 0.0,
+        "why": list(p.why),
+        "suggestions": list(p.suggestions),
+        "notes": list(p.notes),
+        "candidates": [
+            {
+                "tp": x.tp,
+                "pp": x.pp,
+                "dp": x.dp,
+                "kv_cache_dtype": x.kv_cache_dtype,
+                "fits": x.fits,
+                "status": x.status,
+                "reason": x.reason,
+                "score": x.score,
+                "max_model_len_fit": x.max_model_len_fit,
+                "needed_bytes_per_gpu": x.needed_bytes_per_gpu,
+                "kv_cache_tokens": x.estimate.kv_cache_tokens if x.estimate else None,
+            }
+            for x in p.candidates
+        ],
+        "inventory": {
+            "source": req.machine.source,
+            "simulated": req.machine.simulated,
+            "nodes": req.machine.nodes,
+            "gpus": [
+                {
+                    "index": g.index,
+                    "name": g.name,
+                    "total_bytes": g.total_bytes,
+                    "free_bytes": g.free_bytes,
+                    "node": g.node,
+                }
+                for g in req.machine.gpus
+            ],
+        },
+    }
+    if explain and est is not None:
+        data["explain"] = _explanations(est)
+    return data
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rich
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _bar(m: GpuMemory) -> str:
+    total = m.gpu.total_bytes
+    parts = [
+        ("W", m.weights_bytes, "blue"),
+        ("A", m.activation_bytes, "magenta"),
+        ("O", m.overhead_bytes, "yellow"),
+        ("K", m.kv_cache_bytes, "green"),
+    ]
+    out = ""
+    used = 0
+    for ch, n, color in parts:
+        cells = round(n / total * BAR_WIDTH)
+        cells = min(cells, BAR_WIDTH - used)
+        if cells:
+            out += f"[{color}]{ch * cells}[/]"
+            used += cells
+    cap = round(m.capacity_bytes / total * BAR_WIDTH)
+    out += "·" * max(0, cap - used) + " " * max(0, BAR_WIDTH - max(cap, used))
+    return f"[{out}]"
+
+
+def _inventory(console: Console, machine: Machine) -> None:
+    t = Table(title=f"Inventory ({machine.source or 'detected'})", title_justify="left", show_edge=False)
+    for col in ("GPU", "name", "node", "total (CUDA)", "free", "bandwidth"):
+        t.add_column(col)
+    for g in machine.gpus:
+        bw = f"{g.memory_bandwidth_gbps:.0f} GB/s" if g.memory_bandwidth_gbps else "?"
+        t.add_row(str(g.index), g.name, str(g.node), _g(g.total_bytes), _g(g.free_bytes), bw)
+    console.print(t)
+    link = "NVLink" if machine.interconnect == "nvlink" else "PCIe"
+    console.print(f"Interconnect: {link}" + "".join(f"; {n}" for n in machine.notes))
+
+
+def _candidates(console: Console, p: Plan) -> None:
+    t = Table(title="Candidates (ranked)", title_justify="left", show_edge=False)
+    for col in ("#", "placement", "status", "longest ctx", "KV tokens", "needs/GPU", "tok/s", "why not"):
+        t.add_column(col, overflow="fold")
+    for i, c in enumerate(p.candidates, 1):
+        status = {"fits": "[green]fits[/]", "shorter": "[yellow]shorter[/]", "no": "[red]no[/]"}[c.status]
+        t.add_row(
+            str(i),
+            c.label,
+            status,
+            f"{c.max_model_len_fit:,}" if c.max_model_len_fit else "-",
+            f"{c.estimate.kv_cache_tokens:,}" if c.estimate and c.status != "no" else "-",
+            _g(c.needed_bytes_per_gpu) if c.needed_bytes_per_gpu else "-",
+            f"{c.score:,.0f}" if c.score else "-",
+            "" if c.fits else c.reason,
+        )
+    console.print(t)
+
+
+def _explain_table(console: Console, est: MemoryEstimate) -> None:
+    t = Table(title="How each term is computed (--explain)", title_justify="left", show_edge=False)
+    for col in ("GPU", "term", "formula", "inputs", "value"):
+        t.add_column(col, overflow="fold")
+    for row in _explanations(est):
+        value = row["value"]
+        shown = _g(value) if row["unit"] == "bytes" else f"{value:,} {row['unit']}"
+        inputs = ", ".join(f"{k}={v}" for k, v in row["inputs"].items())
+        t.add_row(str(row.get("gpu", "replica")), row["name"], row["formula"], inputs, shown)
+    console.print(t)
+
+
+def vllm_command(p: Plan) -> str:
+    """The ``vllm serve`` line of one replica (for reading; ``serve`` builds the real one from the profile)."""
+    c = p.chosen
+    if c is None:
+        return ""
+    argv = ["vllm", "serve", p.request.spec.id, "--tensor-parallel-size", str(c.tp)]
+    if c.pp > 1:
+        argv += ["--pipeline-parallel-size", str(c.pp)]
+    argv += ["--max-model-len", str(p.max_model_len)]
+    if c.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", f"{c.gpu_memory_utilization:g}"]
+    if c.kv_cache_dtype != "auto":
+        argv += ["--kv-cache-dtype", c.kv_cache_dtype]
+    if p.request.enforce_eager:
+        argv.append("--enforce-eager")
+    if p.hf_overrides:
+        argv += ["--hf-overrides", json.dumps(p.hf_overrides, separators=(",", ":"))]
+    return shlex.join(argv)
+
+
+def one_line(p: Plan) -> str:
+    """The breakdown on one plain line, to paste into an issue."""
+    c = _shown(p)
+    req = p.request
+    head = f"qwendeploy plan: {req.spec.id} on {len(req.machine.gpus)}x {req.machine.gpus[0].name}"
+    if c is None or c.estimate is None:
+        return head + f" | nothing fits {p.max_model_len} tokens"
+    est = c.estimate
+    m = max(est.per_gpu, key=lambda x: x.total_bytes)
+    return (
+        f"{head} | tp={c.tp} pp={c.pp} dp={c.dp} max_model_len={p.max_model_len} kv={c.kv_cache_dtype} "
+        f"util={c.gpu_memory_utilization} vllm={p.accounting.vllm_version} | per GPU: weights {_g(m.weights_bytes)}, "
+        f"activation {_g(m.activation_bytes)}, overhead {_g(m.overhead_bytes)}, KV {_g(m.kv_cache_bytes)}, "
+        f"total {_g(m.total_bytes)} of {_g(m.gpu.total_bytes)} (budget {_g(m.capacity_bytes)}) | "
+        f"KV {est.kv_cache_tokens} tokens, {est.kv_cache_tokens / p.max_model_len:.2f}x at {p.max_model_len}"
+    )
+
+
+def render(console: Console, p: Plan, *, explain: bool = False) -> None:
+    req = p.request
+    spec = req.spec
+    console.print(
+        f"[bold]{spec.id}[/] — {spec.num_hidden_layers} layers, {spec.num_attention_heads} heads / "
+        f"{spec.num_key_value_heads} KV heads, target {p.max_model_len:,} tokens"
+        + (f" × {req.concurrency} requests" if req.concurrency > 1 else "")
+        + f", objective {req.objective}, vLLM {p.accounting.vllm_version} accounting"
+    )
+    _inventory(console, req.machine)
+    console.print()
+    c = _shown(p)
+    if c is not None and c.estimate is not None:
+        est = c.estimate
+        title = "Chosen" if p.fits else "Best partial fit"
+        console.print(f"[bold]{title}: {c.label}[/] (W weights, A activation, O overhead, K KV cache, · unused budget)")
+        for m in est.per_gpu:
+            console.print(
+                f"  GPU {m.gpu.index:>2} {_bar(m)} W {_g(m.weights_bytes)} A {_g(m.activation_bytes)} "
+                f"O {_g(m.overhead_bytes)} K {_g(m.kv_cache_bytes)} = {_g(m.total_bytes)} "
+                f"/ budget {_g(m.capacity_bytes)}",
+                highlight=False,
+            )
+        console.print()
+    _candidates(console, p)
+    console.print()
+    if p.fits and c is not None and c.estimate is not None:
+        est = c.estimate
+        console.print("[bold green]Verdict: fits.[/]")
+        for line in p.why:
+            console.print(f"  {line}")
+        console.print(
+            f'  vLLM should log "GPU KV cache size: {est.kv_cache_tokens:,} tokens" and "Maximum concurrency for '
+            f'{p.max_model_len:,} tokens per request: {est.kv_cache_tokens / p.max_model_len:.2f}x".'
+        )
+    else:
+        console.print("[bold red]Verdict: nothing fits.[/]")
+        for line in p.why:
+            console.print(f"  {line}")
+        for s in p.suggestions:
+            console.print(f"  • {s}")
+    for note in p.notes:
+        console.print(f"  [dim]Note:[/] {note}")
+    if explain and c is not None and c.estimate is not None:
+        console.print()
+        _explain_table(console, c.estimate)
+    console.print()
+    cmd = vllm_command(p)
+    if cmd:
+        console.print("One replica as a vLLM command:", highlight=False)
+        console.print(cmd, markup=False, highlight=False, soft_wrap=True)
+    console.print(one_line(p), markup=False, highlight=False, soft_wrap=True)
