@@ -589,6 +589,7 @@ def _tp_options(spec: ModelSpec, req: PlanRequest, gpn: int) -> list[int]:
 def _pp_options(spec: ModelSpec, req: PlanRequest, n: int, tp: int, nodes: int) -> list[int]:
     if req.pp is not None:
         return [req.pp]
+    n = n // (req.dp or 1)
     opts = {p for p in (1, 2, 4, 8, 16) if tp * p <= n and p <= spec.num_hidden_layers}
     opts |= {nodes * k for k in (1, 2) if tp * nodes * k <= n and nodes * k <= spec.num_hidden_layers}
     return sorted(opts) or [1]
