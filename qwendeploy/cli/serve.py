@@ -1,12 +1,322 @@
-"""``qwendeploy serve``: placeholder until its issue lands (owned by the serve work)."""
+"""``qwendeploy serve PROFILE``: launch and supervise vLLM's OpenAI-compatible server from a profile."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
 from qwendeploy.cli.errors import user_errors
-from qwendeploy.errors import QwendeployError
+from qwendeploy.errors import BadInput, PreflightFailed
 
 
-def serve() -> None:
-    """Not available yet."""
+class Runtime(str, Enum):
+    native = "native"
+    docker = "docker"
+
+
+INSTALL_HINT = "pip install 'qwendeploy[vllm]' (or pass --vllm-bin PATH / set QWENDEPLOY_VLLM_BIN)."
+
+
+def resolve_vllm_bin(option: str | None, env: dict[str, str], *, required: bool) -> str:
+    """``--vllm-bin``, then ``$QWENDEPLOY_VLLM_BIN``, then ``vllm`` on PATH; ``vllm`` when not required."""
+    for source, value in (("--vllm-bin", option), ("QWENDEPLOY_VLLM_BIN", env.get("QWENDEPLOY_VLLM_BIN"))):
+        if value:
+            found = shutil.which(value, path=env.get("PATH")) if os.sep not in value else value
+            if found and os.path.isfile(found) and os.access(found, os.X_OK):
+                return found
+            if required:
+                raise BadInput(f"{source} {value} is not an executable file.", hint=INSTALL_HINT)
+            return value
+    found = shutil.which("vllm", path=env.get("PATH"))
+    if found:
+        return found
+    if required:
+        raise BadInput("vLLM is not installed: no `vllm` executable on PATH.", hint=INSTALL_HINT)
+    return "vllm"
+
+
+def serve(
+    profile: Annotated[Path, typer.Argument(help="Profile written by `qwendeploy plan -o`.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the exact command(s) and environment, then exit.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output (with --dry-run: one JSON object).")
+    ] = False,
+    port: Annotated[int | None, typer.Option(help="Override server.port (replica i uses port+i).")] = None,
+    host: Annotated[str | None, typer.Option(help="Override server.host (default 127.0.0.1).")] = None,
+    vllm_bin: Annotated[
+        str | None, typer.Option("--vllm-bin", help="vLLM executable (else $QWENDEPLOY_VLLM_BIN, else vllm on PATH).")
+    ] = None,
+    runtime: Annotated[
+        Runtime, typer.Option(help="native: run vllm here; docker: run the vllm/vllm-openai image.")
+    ] = Runtime.native,
+    image: Annotated[str, typer.Option(help="Docker image for --runtime docker.")] = "vllm/vllm-openai:latest",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail (exit 2) when NVML is missing instead of skipping GPU checks.")
+    ] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback host without an API key.")] = False,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-dir", help="Log directory (default $QWENDEPLOY_HOME/logs or ~/.local/state/qwendeploy/logs)."
+        ),
+    ] = None,
+) -> None:
+    """Launch and supervise a vLLM server from a profile (exit 0 clean stop, 1 gave up, 2 bad input/preflight)."""
     with user_errors():
-        raise QwendeployError("qwendeploy serve is being built.")
+        code = _serve(profile, dry_run, json_out, port, host, vllm_bin, runtime, image, strict, insecure, log_dir)
+    raise typer.Exit(code)
+
+
+def _serve(
+    profile_path: Path,
+    dry_run: bool,
+    json_out: bool,
+    port: int | None,
+    host: str | None,
+    vllm_bin: str | None,
+    runtime: Runtime,
+    image: str,
+    strict: bool,
+    insecure: bool,
+    log_dir: Path | None,
+) -> int:
+    from qwendeploy.adapters.profile_files import read_profile
+    from qwendeploy.adapters.supervisor import Launch
+    from qwendeploy.core import vllm_args
+
+    if port is not None and not 1 <= port <= 65535:
+        raise BadInput(f"--port {port} is not a TCP port (1-65535).")
+    env = dict(os.environ)
+    prof = read_profile(profile_path)
+    key_env = prof.server.api_key_env
+    if dry_run and key_env and not env.get(key_env):
+        # Show the command anyway (the key is redacted); the real launch refuses without it.
+        typer.echo(f"warning: {key_env} is not set; `serve` without --dry-run will refuse to start.", err=True)
+        env[key_env] = "unset"
+
+    launches: list[Launch] = []
+    rendered: list[dict[str, Any]] = []
+    if runtime is Runtime.docker:
+        if shutil.which("docker", path=env.get("PATH")) is None and not dry_run:
+            raise BadInput("--runtime docker: no `docker` executable on PATH.")
+        hf_cache = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+        dspecs = vllm_args.build_docker_specs(
+            prof, base_env=env, host=host, port=port, image=image, hf_cache=str(hf_cache)
+        )
+        for d in dspecs:
+            r = vllm_args.render_docker(d)
+            rendered.append(r)
+            launches.append(
+                Launch(spec=d.launch, argv=d.argv, env=d.env, display=r["command"], after_stop=_docker_rm(d))
+            )
+        bin_shown = "docker"
+        specs = [d.launch for d in dspecs]
+    else:
+        bin_path = resolve_vllm_bin(vllm_bin, env, required=not dry_run)
+        specs = vllm_args.build_launch_specs(prof, vllm_bin=bin_path, base_env=env, host=host, port=port)
+        rendered = [vllm_args.render_spec(s) for s in specs]
+        launches = [Launch.native(s) for s in specs]
+        bin_shown = bin_path
+
+    if dry_run:
+        _print_dry_run(prof, profile_path, runtime, bin_shown, rendered, json_out)
+        return 0
+
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    checks = _preflight(prof, specs, env, strict=strict, insecure=insecure, runtime=runtime)
+    _print_checks(console, checks, json_out)
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        first = failed[0]
+        more = f" ({len(failed) - 1} more check(s) failed, listed above)" if len(failed) > 1 else ""
+        raise PreflightFailed(first.message + more, hint=first.hint)
+    nvml_ok = not any(c.name == "gpus" and c.status in ("skip", "fail") for c in checks)
+    return _run(prof, launches, env, console, json_out, log_dir, gpu_check=nvml_ok)
+
+
+def _docker_rm(d: Any) -> Any:
+    def rm() -> None:
+        subprocess.run(
+            [d.argv[0], "rm", "-f", d.container_name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
+
+    return rm
+
+
+def _print_dry_run(
+    prof: Any, path: Path, runtime: Runtime, bin_shown: str, rendered: list[dict[str, Any]], json_out: bool
+) -> None:
+    if json_out:
+        doc = {
+            "profile": str(path),
+            "name": prof.name,
+            "runtime": runtime.value,
+            "vllm_bin": bin_shown,
+            "data_parallel_mode": prof.placement.data_parallel_mode,
+            "servers": rendered,
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    for r in rendered:
+        gpus = ",".join(r["gpus"])
+        typer.echo(f"# {r['name']}: GPUs {gpus} → http://{r['host']}:{r['port']} (model name {r['served_model_name']})")
+        for k, v in r["env"].items():
+            typer.echo(f"#   env {k}={v}")
+        typer.echo(r["command"])
+
+
+def _preflight(prof: Any, specs: Any, env: dict[str, str], *, strict: bool, insecure: bool, runtime: Runtime) -> Any:
+    from qwendeploy.adapters import preflight
+    from qwendeploy.cli import wiring
+
+    checks = preflight.run_preflight(prof, specs, env=env, strict=strict, insecure=insecure, probe=wiring.probe_report)
+    if runtime is Runtime.docker:  # the container gets --ipc=host; the host's /dev/shm does not matter
+        checks = [c for c in checks if c.name != "shm"]
+    return checks
+
+
+_MARK = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "skip": "[yellow]-[/]", "fail": "[red]✗[/]"}
+
+
+def _print_checks(console: Any, checks: Any, json_out: bool) -> None:
+    from rich.markup import escape
+
+    for c in checks:
+        if json_out:
+            typer.echo(json.dumps({"event": "preflight", **c.to_dict()}))
+            continue
+        console.print(f"{_MARK[c.status]} {escape(c.name)}: {escape(c.message)}")
+        if c.hint and c.status != "ok":
+            console.print(f"    [dim]{escape(c.hint)}[/]")
+
+
+def _gpu_holders(pids: set[int]) -> list[tuple[int, int | None]]:
+    from qwendeploy.cli import wiring
+
+    report = wiring.probe_report()
+    return [(p.pid, p.used_bytes) for g in report.gpus for p in g.processes if p.pid in pids]
+
+
+def _run(
+    prof: Any,
+    launches: Any,
+    env: dict[str, str],
+    console: Any,
+    json_out: bool,
+    log_dir: Path | None,
+    *,
+    gpu_check: bool,
+) -> int:
+    from qwendeploy.adapters.supervisor import Policy, Supervisor, default_log_dir
+
+    directory = log_dir or default_log_dir(env)
+    renderer = _Renderer(console, json_out)
+    sup = Supervisor(
+        launches,
+        Policy.from_profile(prof),
+        log_dir=directory,
+        on_event=renderer,
+        profile=prof,
+        gpu_holders=_gpu_holders if gpu_check else None,
+    )
+    try:
+        outcome = sup.run()
+    finally:
+        renderer.close()
+    return outcome.exit_code
+
+
+class _Renderer:
+    """Events → the terminal: phases as a rich status (or plain lines off a TTY), or JSON lines."""
+
+    _LOUD = ("WARNING", "ERROR", "CRITICAL", "Traceback", "Error:", "error:")
+
+    def __init__(self, console: Any, json_out: bool) -> None:
+        self.console = console
+        self.json_out = json_out
+        self.status: Any = None
+        self.phase: dict[str, str] = {}
+        if console.is_terminal and not json_out:
+            self.status = console.status("starting vLLM…")
+            self.status.start()
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def __call__(self, e: Any) -> None:
+        if self.json_out:
+            if e.kind != "line":
+                sys.stdout.write(
+                    json.dumps({"event": e.kind, "name": e.name, "message": e.message, **dict(e.data)}) + "\n"
+                )
+                sys.stdout.flush()
+            return
+        from rich.markup import escape
+
+        who = f"[bold]{escape(e.name)}[/] " if e.name else ""
+        msg = escape(e.message)
+        if e.kind == "line":
+            if self.status is not None:
+                self.status.update(f"{who}{escape(self.phase.get(e.name, 'starting'))}: [dim]{msg[:150]}[/]")
+            if any(m in e.message for m in self._LOUD):
+                self.console.print(f"{who}[dim]{msg}[/]")
+            return
+        if e.kind == "phase":
+            self.phase[e.name] = e.message
+            self.console.print(f"{who}[cyan]▸ {msg}[/]")
+        elif e.kind == "ready":
+            self.console.print(f"{who}[bold green]✓ {msg}[/]")
+            self._examples(e)
+        elif e.kind in ("exited", "timeout", "unhealthy", "gave_up", "leftovers"):
+            self.console.print(f"{who}[red]{msg}[/]")
+        elif e.kind == "diagnosis":
+            self.console.print(f"{who}[yellow]diagnosis:[/] {msg}")
+            if e.data.get("fix"):
+                self.console.print(f"    [dim]fix:[/] {escape(str(e.data['fix']))}")
+            for ev in e.data.get("evidence", []):
+                self.console.print(f"    [dim]evidence: {escape(str(ev))[:200]}[/]")
+            self.console.print(f"    [dim]log: {escape(str(e.data.get('log', '')))}[/]")
+        elif e.kind == "start":
+            self.console.print(f"{who}{msg}")
+            self.console.print(f"    [dim]{escape(str(e.data.get('command', '')))}[/]")
+        elif e.kind == "gpu_check":
+            color = {True: "green", False: "red"}.get(e.data.get("ok"), "yellow")
+            self.console.print(f"[{color}]{msg}[/]")
+        else:
+            self.console.print(f"{who}{msg}")
+
+    def _examples(self, e: Any) -> None:
+        from rich.markup import escape
+
+        url = e.data["url"]
+        model = e.data["served_model_name"]
+        key_env = e.data.get("api_key_env")
+        auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+        curl = f"curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+        key_expr = f'os.environ["{key_env}"]' if key_env else '"EMPTY"'
+        py = (
+            f'import os; from openai import OpenAI; client = OpenAI(base_url="{url}/v1", api_key={key_expr}); '
+            f'print(client.chat.completions.create(model="{model}", '
+            f'messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
+        )
+        self.console.print(f"    [dim]curl:[/]   {escape(curl)}")
+        self.console.print(f"    [dim]python:[/] {escape(py)}")

@@ -1,0 +1,357 @@
+"""Checks ``serve`` runs before starting anything. Each returns Check values; the CLI renders them and
+refuses to start (exit 2) on any ``fail``.
+
+GPU checks need NVML (``cli.wiring.probe_report``). Where NVML itself is missing (a laptop, CI) they are
+reported as ``skip`` with a warning and the launch goes on, unless ``strict``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from qwendeploy.core.profile import Profile
+from qwendeploy.core.units import human_size
+from qwendeploy.core.vllm_args import LaunchSpec
+from qwendeploy.errors import ProbeError
+
+Status = Literal["ok", "warn", "skip", "fail"]
+
+SHM_MIN_BYTES = 256 * 1024 * 1024
+"""Below this /dev/shm (Docker's default is 64 MiB) NCCL and vLLM's shared-memory queues fail with TP > 1."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    message: str
+    hint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "message": self.message, "hint": self.hint}
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(specs: Sequence[LaunchSpec], *, insecure: bool) -> list[Check]:
+    out: list[Check] = []
+    for s in specs:
+        if is_loopback(s.host):
+            continue
+        if s.api_key is not None:
+            out.append(Check("security", "ok", f"{s.name} binds {s.host}; API key from ${s.api_key_env}"))
+        elif insecure:
+            out.append(Check("security", "warn", f"{s.name} binds {s.host} without an API key (--insecure)"))
+        else:
+            out.append(
+                Check(
+                    "security",
+                    "fail",
+                    f"{s.name} would bind {s.host} (reachable from other machines) without an API key.",
+                    hint="Set server.api_key_env in the profile and export that variable, bind 127.0.0.1, "
+                    "or pass --insecure if the network is trusted.",
+                )
+            )
+    return out
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a TCP server could bind host:port now (SO_REUSEADDR, as uvicorn binds)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]") or "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_user(port: int) -> str:
+    try:
+        import psutil
+
+        for c in psutil.net_connections(kind="tcp"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                p = psutil.Process(c.pid)
+                return f" (pid {c.pid}: {' '.join(p.cmdline()[:4]) or p.name()})"
+    except Exception:  # listing sockets may need privileges
+        return ""
+    return ""
+
+
+def check_ports(specs: Sequence[LaunchSpec]) -> list[Check]:
+    out: list[Check] = []
+    for s in specs:
+        if port_free(s.host, s.port):
+            out.append(Check("port", "ok", f"{s.host}:{s.port} is free"))
+        else:
+            out.append(
+                Check(
+                    "port",
+                    "fail",
+                    f"Port {s.port} on {s.host} is already in use{_port_user(s.port)}.",
+                    hint="Stop whatever holds it, or pass --port with a free port.",
+                )
+            )
+    return out
+
+
+def check_shm(profile: Profile, *, shm_path: str = "/dev/shm") -> list[Check]:
+    pl = profile.placement
+    if pl.gpus_per_replica <= 1 and not (pl.data_parallel_mode == "vllm" and pl.data_parallel_size > 1):
+        return []
+    try:
+        st = os.statvfs(shm_path)
+    except OSError:
+        return [Check("shm", "warn", f"{shm_path} cannot be read; NCCL needs shared memory with TP > 1")]
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    if free < SHM_MIN_BYTES:
+        return [
+            Check(
+                "shm",
+                "fail",
+                f"{shm_path} has {human_size(free)} free (of {human_size(total)}); tensor parallelism needs at "
+                f"least {human_size(SHM_MIN_BYTES)} for NCCL and vLLM's shared-memory queues.",
+                hint="In Docker: --ipc=host or --shm-size=16g; on a host: mount -o remount,size=16G /dev/shm.",
+            )
+        ]
+    return [Check("shm", "ok", f"{shm_path}: {human_size(free)} free")]
+
+
+def _kill_command(pids: Sequence[int]) -> str:
+    p = " ".join(str(x) for x in pids)
+    return f"kill -TERM {p}; sleep 5; kill -KILL {p}"
+
+
+def check_orphans() -> list[Check]:
+    """vLLM processes whose server is gone (they hold GPU memory even without NVML seeing them)."""
+    from qwendeploy.adapters.process import is_orphan, vllm_processes
+
+    orphans = [p for p in vllm_processes() if is_orphan(p)]
+    if not orphans:
+        return []
+    desc = ", ".join(f"{p.pid} ({p.info.get('name') or '?'})" for p in orphans)
+    return [
+        Check(
+            "orphans",
+            "warn",
+            f"Orphaned vLLM processes from an earlier server: {desc}.",
+            hint=f"End them with: {_kill_command([p.pid for p in orphans])}",
+        )
+    ]
+
+
+def check_gpus(
+    profile: Profile,
+    specs: Sequence[LaunchSpec],
+    *,
+    strict: bool,
+    probe: Callable[[], Any],
+) -> list[Check]:
+    """GPUs exist and have the free memory vLLM will ask for; hardware fingerprint matches the profile."""
+    try:
+        report = probe()
+    except ProbeError as e:
+        status: Status = "fail" if strict else "skip"
+        return [
+            Check(
+                "gpus",
+                status,
+                f"GPU checks skipped: {e.message}",
+                hint="--strict makes this an error." if not strict else e.hint,
+            )
+        ]
+    from qwendeploy.adapters.nvml import cuda_total_bytes
+
+    out: list[Check] = []
+    by_key: dict[str, Any] = {}
+    for g in report.gpus:
+        by_key[str(g.index)] = g
+        if g.uuid:
+            by_key[g.uuid] = g
+    util = profile.engine.gpu_memory_utilization
+    estimates = profile.estimate.per_gpu
+    for s in specs:
+        for pos, gid in enumerate(s.gpus):
+            g = by_key.get(gid)
+            if g is None:
+                have = ", ".join(str(x.index) for x in report.gpus) or "none"
+                out.append(
+                    Check(
+                        "gpus",
+                        "fail",
+                        f"GPU {gid} (placement.gpus) does not exist here; NVML sees: {have}.",
+                        hint="Edit placement.gpus or run `qwendeploy plan` on this machine.",
+                    )
+                )
+                continue
+            total = cuda_total_bytes(g)
+            need = int(util * total)
+            if pos < len(estimates) and estimates[pos].total_bytes:
+                need = max(need, estimates[pos].total_bytes)
+            free = g.memory_free
+            if free is None:
+                out.append(Check("gpu memory", "warn", f"GPU {gid}: NVML does not report free memory"))
+                continue
+            if free >= need:
+                out.append(Check("gpu memory", "ok", f"GPU {gid} ({g.name}): {human_size(free)} free"))
+                continue
+            holders = [p for p in g.processes if p.used_bytes is None or p.used_bytes > 0]
+            names = "; ".join(
+                f"pid {p.pid} {p.name or '(another container)'}"
+                + (f" {human_size(p.used_bytes)}" if p.used_bytes else "")
+                + (" [orphaned vLLM]" if p.orphan else "")
+                for p in holders
+            )
+            orphans = [p.pid for p in holders if p.orphan or p.vllm_role]
+            hint = (
+                f"End the leftover vLLM processes: {_kill_command(orphans)}"
+                if orphans
+                else "Free the GPU, choose other GPUs (placement.gpus), or lower engine.gpu_memory_utilization "
+                f"below {free / total:.2f}."
+            )
+            out.append(
+                Check(
+                    "gpu memory",
+                    "fail",
+                    f"GPU {gid} has {human_size(free)} free but vLLM will ask for {human_size(need)} "
+                    f"(gpu_memory_utilization {util} × {human_size(total)})."
+                    + (f" Held by: {names}." if names else ""),
+                    hint=hint,
+                )
+            )
+    out += _check_fingerprint(profile, report, specs)
+    return out
+
+
+def _check_fingerprint(profile: Profile, report: Any, specs: Sequence[LaunchSpec]) -> list[Check]:
+    hw = profile.hardware
+    if not hw.fingerprint:
+        return []
+    if hw.simulated:
+        return [
+            Check(
+                "hardware",
+                "warn",
+                f"The profile was planned for a simulated inventory ({', '.join(hw.gpus) or '?'}), not measured.",
+                hint="Run `qwendeploy plan` on this machine for numbers that match it.",
+            )
+        ]
+    seen: set[str] = set()
+    selection = ",".join(g for s in specs for g in s.gpus)
+    for sel in ("auto", selection):
+        try:
+            seen.add(report.to_machine(sel).fingerprint())
+        except Exception:  # a selection NVML cannot satisfy was reported above
+            continue
+    if hw.fingerprint in seen:
+        return [Check("hardware", "ok", "hardware matches the profile")]
+    return [
+        Check(
+            "hardware",
+            "warn",
+            f"This machine's GPUs differ from the ones the profile was planned for ({', '.join(hw.gpus) or '?'}).",
+            hint="Run `qwendeploy plan` again here; memory figures may not hold.",
+        )
+    ]
+
+
+def check_model(profile: Profile, env: Mapping[str, str]) -> list[Check]:
+    ref = profile.model.id
+    path = Path(ref).expanduser()
+    if ref.startswith(("/", ".", "~")) or path.is_dir():
+        if (path / "config.json").is_file():
+            return [Check("model", "ok", f"local checkpoint {path}")]
+        return [
+            Check(
+                "model",
+                "fail",
+                f"model.id {ref} looks like a local directory but {path / 'config.json'} does not exist.",
+                hint="Point model.id at the checkpoint directory, or use a Hub id like Qwen/Qwen2.5-7B-Instruct.",
+            )
+        ]
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cache = _hf_cache(env)
+        hit = try_to_load_from_cache(ref, "config.json", cache_dir=str(cache), revision=profile.model.revision or None)
+    except Exception:  # a cache we cannot read only loses the check
+        hit = None
+    if isinstance(hit, str):
+        return [Check("model", "ok", f"{ref} is in the local Hugging Face cache")]
+    if env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return [
+            Check(
+                "model",
+                "warn",
+                f"{ref} is not in the local cache and HF_HUB_OFFLINE is set; vLLM will not be able to download it.",
+                hint=f"huggingface-cli download {ref}",
+            )
+        ]
+    if _hub_reachable(env):
+        return [Check("model", "ok", f"{ref} is not cached; vLLM will download it from the Hub")]
+    return [
+        Check(
+            "model",
+            "warn",
+            f"{ref} is not in the local cache and huggingface.co is not reachable.",
+            hint="Download it where there is network (huggingface-cli download) or set model.id to a local directory.",
+        )
+    ]
+
+
+def _hf_cache(env: Mapping[str, str]) -> Path:
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return Path(env[var]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def _hub_reachable(env: Mapping[str, str], timeout: float = 3.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    endpoint = env.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint + "/api/models?limit=1"), timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def run_preflight(
+    profile: Profile,
+    specs: Sequence[LaunchSpec],
+    *,
+    env: Mapping[str, str],
+    strict: bool = False,
+    insecure: bool = False,
+    probe: Callable[[], Any],
+) -> list[Check]:
+    """Every check, in the order a user would fix them. ``probe`` returns an NvmlReport or raises ProbeError."""
+    checks = check_security(specs, insecure=insecure)
+    checks += check_ports(specs)
+    checks += check_gpus(profile, specs, strict=strict, probe=probe)
+    checks += check_orphans()
+    checks += check_shm(profile)
+    checks += check_model(profile, env)
+    return checks

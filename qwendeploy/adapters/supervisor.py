@@ -1,0 +1,534 @@
+"""Supervise one or more vLLM servers: readiness, health, diagnosis on failure, bounded restarts, shutdown.
+
+One loop drives every replica (no thread per server): each tick it drains the servers' output, polls their
+exit status, and probes /health (every ``ready_poll_s`` while starting, every ``health_interval_s`` once
+ready). ``clock`` and ``sleep`` are injected.
+
+Per replica:
+    starting --/health 200 and /v1/models lists the name--> ready
+    starting --exit / readiness timeout--> failed attempt
+    ready    --exit / health_failures consecutive failed probes--> failed attempt
+    failed attempt --> stop what is left of the group, diagnose the log tail, then
+        deterministic start-up failure (exit 2 before ready, "unrecognized arguments", a diagnosis of a
+        start-up failure that will repeat: OOM while loading, TP not dividing heads, …) → give up
+        policy never, or max_restarts used up → give up
+        otherwise → restart after min(backoff_initial_s × 2^n, backoff_max_s)
+A replica that gives up stops every replica (exit 1). A stop request (SIGINT/SIGTERM) stops all (exit 0).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from qwendeploy.adapters import process
+from qwendeploy.adapters.health import HttpHealth, base_url
+from qwendeploy.core.profile import Profile
+from qwendeploy.core.vllm_args import LaunchSpec, redact_argv, redact_env, shell_command
+
+EXIT_OK, EXIT_GAVE_UP = 0, 1
+
+DETERMINISTIC_CATEGORIES = frozenset(
+    {
+        "weights_oom_tp_not_set",
+        "tp_heads_not_divisible",
+        "kv_cache_no_blocks",
+        "max_model_len_exceeds_kv_cache",
+        "cudagraph_capture_oom",
+        "sampler_warmup_oom",
+        "driver_cuda_mismatch",
+        "cuda_visible_devices_mismatch",
+        "invalid_argument",
+        "unrecognized_arguments",
+        "startup_oom",
+        "oom",
+    }
+)
+"""Diagnosis categories that, before the server was ever ready, will happen again on a restart."""
+
+_FALLBACK_DETERMINISTIC = re.compile(
+    r"unrecognized arguments|CUDA out of memory|OutOfMemoryError|must be divisible by tensor parallel size"
+    r"|error: argument |invalid choice|No available memory for the cache blocks"
+    r"|larger than the maximum number of tokens that can be stored in KV cache"
+)
+
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("loading weights", re.compile(r"Starting to load model|Loading weights|Loading model weights|safetensors", re.I)),
+    ("profiling memory", re.compile(r"Memory profiling|profiling run|determine_available_memory", re.I)),
+    ("KV cache allocated", re.compile(r"GPU KV cache size|# GPU blocks|GPU blocks:|Maximum concurrency", re.I)),
+    ("capturing CUDA graphs", re.compile(r"Capturing CUDA graph|Capturing the model for CUDA graphs|cudagraph", re.I)),
+    ("ready", re.compile(r"Application startup complete|Uvicorn running on|Starting vLLM API server", re.I)),
+)
+
+
+def phase_of(line: str) -> str | None:
+    """The start-up phase a log line announces (the diagnosis engine's ``phase_of_line`` when present)."""
+    try:
+        from qwendeploy.core.diagnosis.engine import phase_of_line
+    except ImportError:
+        phase_of_line = None
+    if phase_of_line is not None:
+        try:
+            got = phase_of_line(line)
+        except Exception:  # the diagnosis engine must never break supervision
+            got = None
+        if got:
+            return str(getattr(got, "value", got))
+    for name, pattern in PHASES:
+        if pattern.search(line):
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A diagnosis in plain data (whatever the diagnosis engine's own type is)."""
+
+    category: str
+    summary: str
+    fix: str = ""
+    confidence: Any = None
+    phase: str | None = None
+    evidence: tuple[str, ...] = ()
+
+
+def diagnose_lines(lines: Sequence[str], profile: Profile | None) -> list[Finding]:
+    """Run the doctor's log rules on ``lines`` (empty when the diagnosis engine is not there or fails)."""
+    try:
+        from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
+    except ImportError:
+        return []
+    try:
+        found = diagnose(list(lines), DiagnosisContext(profile=profile))
+    except Exception:  # never let a rule bug take down supervision
+        return []
+    out: list[Finding] = []
+    for d in found:
+        ev = getattr(d, "evidence", ()) or ()
+        texts: list[str] = []
+        for e in ev if isinstance(ev, list | tuple) else [ev]:
+            texts.append(str(getattr(e, "text", e[1] if isinstance(e, tuple) and len(e) > 1 else e)))
+        out.append(
+            Finding(
+                category=str(getattr(d, "category", "unknown")),
+                summary=str(getattr(d, "summary", "")),
+                fix=str(getattr(d, "fix", "") or ""),
+                confidence=getattr(d, "confidence", None),
+                phase=(str(getattr(d, "phase", "")) or None),
+                evidence=tuple(texts[:3]),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Policy:
+    ready_timeout_s: float = 900.0
+    health_interval_s: float = 5.0
+    health_failures: int = 3
+    grace_s: float = 30.0
+    restart: Literal["on-failure", "never", "always"] = "on-failure"
+    max_restarts: int = 5
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 60.0
+    ready_poll_s: float = 0.05
+    """/health probe period while starting (connection refused costs microseconds on loopback)."""
+    tick_s: float = 0.05
+    """Loop period: bounds how late an exit or a ready server is noticed."""
+    track_every_s: float = 1.0
+    """How often descendants are recorded (workers that may outlive the server)."""
+    probe_timeout_s: float = 1.0
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> Policy:
+        s, r = profile.server, profile.restart
+        return cls(
+            ready_timeout_s=s.ready_timeout_s,
+            health_interval_s=s.health_interval_s,
+            health_failures=s.health_failures,
+            grace_s=s.shutdown_grace_s,
+            restart=r.policy,
+            max_restarts=r.max_restarts,
+            backoff_initial_s=r.backoff_initial_s,
+            backoff_max_s=r.backoff_max_s,
+        )
+
+    def backoff(self, restarts_done: int) -> float:
+        return float(min(self.backoff_initial_s * (2**restarts_done), self.backoff_max_s))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to run for one replica: the vLLM spec (host/port/name for probes) and the actual argv/env
+    (the same for a native launch; ``docker run …`` for the docker runtime)."""
+
+    spec: LaunchSpec
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    display: str
+    """The command as printed (secrets redacted)."""
+    after_stop: Callable[[], None] | None = None
+    """Extra clean-up once the process group is gone (e.g. ``docker rm -f``)."""
+
+    @classmethod
+    def native(cls, spec: LaunchSpec) -> Launch:
+        shown = shell_command(redact_argv(spec.argv), redact_env(spec.env_set, secret_names=_names(spec)))
+        return cls(spec=spec, argv=spec.argv, env=spec.env, display=shown)
+
+
+def _names(spec: LaunchSpec) -> list[str]:
+    return [spec.api_key_env] if spec.api_key_env else []
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    """start, line, phase, ready, exited, unhealthy, timeout, stopped, diagnosis, restart, gave_up, shutdown,
+    leftovers, gpu_check."""
+    name: str
+    message: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    reason: str
+    restarts: dict[str, int] = field(default_factory=dict)
+    log_paths: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class _Replica:
+    launch: Launch
+    health: HttpHealth
+    state: Literal["starting", "ready", "backoff", "done", "failed"] = "starting"
+    proc: process.ServerProcess | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    next_probe: float = 0.0
+    next_track: float = 0.0
+    fails: int = 0
+    restart_at: float = 0.0
+    phase: str | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.launch.spec.name
+
+
+def default_log_dir(env: Mapping[str, str]) -> Path:
+    """``$QWENDEPLOY_HOME/logs``, else ``$XDG_STATE_HOME/qwendeploy/logs`` or ``~/.local/state/qwendeploy/logs``."""
+    if env.get("QWENDEPLOY_HOME"):
+        return Path(env["QWENDEPLOY_HOME"]) / "logs"
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "qwendeploy" / "logs"
+
+
+class Supervisor:
+    """Runs the replicas until a stop request, a give-up, or all of them finished cleanly."""
+
+    def __init__(
+        self,
+        launches: Sequence[Launch],
+        policy: Policy,
+        *,
+        log_dir: Path,
+        on_event: Callable[[Event], None] = lambda e: None,
+        profile: Profile | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        use_watchdog: bool = True,
+        gpu_holders: Callable[[set[int]], list[tuple[int, int | None]]] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.log_dir = log_dir
+        self.on_event = on_event
+        self.profile = profile
+        self.clock = clock
+        self.sleep = sleep
+        self.use_watchdog = use_watchdog
+        self.gpu_holders = gpu_holders
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._watchdog: process.Watchdog | None = None
+        self._pids_seen: set[int] = set()
+        self.replicas = [
+            _Replica(
+                launch=lc,
+                health=HttpHealth(lc.spec.host, lc.spec.port, api_key=lc.spec.api_key, timeout=policy.probe_timeout_s),
+            )
+            for lc in launches
+        ]
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to stop every server and return exit 0 (safe from a signal handler)."""
+        self._stop_reason = reason
+        self._stop.set()
+
+    def _emit(self, kind: str, name: str, message: str = "", **data: Any) -> None:
+        self.on_event(Event(kind=kind, name=name, message=message, data=data))
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, *, handle_signals: bool = True) -> Outcome:
+        old: dict[int, Any] = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, lambda s, f: self.request_stop(f"received {signal.Signals(s).name}"))
+        if self.use_watchdog:
+            self._watchdog = process.Watchdog(self.policy.grace_s)
+        outcome = Outcome(exit_code=EXIT_GAVE_UP, reason="interrupted")
+        try:
+            for r in self.replicas:
+                self._start(r)
+            outcome = self._loop()
+        finally:
+            for r in self.replicas:
+                if r.proc is not None:
+                    self._stop_proc(r, reason="shutdown")
+            self._check_gpus()
+            if self._watchdog is not None:
+                self._watchdog.release()
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        outcome.restarts = {r.name: r.restarts for r in self.replicas}
+        outcome.log_paths = [p for r in self.replicas for p in r.logs]
+        self._emit("shutdown", "", outcome.reason, exit_code=outcome.exit_code)
+        return outcome
+
+    def _loop(self) -> Outcome:
+        p = self.policy
+        while True:
+            if self._stop.is_set():
+                return Outcome(EXIT_OK, self._stop_reason or "stop requested")
+            now = self.clock()
+            for r in self.replicas:
+                self._drain(r)
+                if r.state in ("starting", "ready"):
+                    self._watch(r, now)
+                elif r.state == "backoff" and now >= r.restart_at:
+                    self._start(r)
+                if r.state == "failed":
+                    return Outcome(EXIT_GAVE_UP, f"{r.name}: gave up")
+            if all(r.state == "done" for r in self.replicas):
+                return Outcome(EXIT_OK, "every server exited cleanly")
+            self.sleep(p.tick_s)
+
+    def _start(self, r: _Replica) -> None:
+        spec = r.launch.spec
+        log_path = self.log_dir / f"{spec.name}.{r.restarts}.log"
+        header = [
+            f"start {r.restarts} of {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+            f"command: {r.launch.display}",
+        ]
+        r.proc = process.start(
+            r.launch.argv,
+            dict(r.launch.env),
+            log_path=log_path,
+            header=header,
+            secrets=spec.secret_values,
+            watchdog=self._watchdog,
+        )
+        r.logs.append(log_path)
+        self._pids_seen.add(r.proc.pid)
+        r.state, r.fails, r.phase = "starting", 0, None
+        r.started_at = self.clock()
+        r.next_probe = r.started_at
+        r.next_track = r.started_at + 0.2
+        self._emit(
+            "start",
+            spec.name,
+            f"started pid {r.proc.pid} (start {r.restarts}); log: {log_path}",
+            pid=r.proc.pid,
+            log=str(log_path),
+            attempt=r.restarts,
+            command=r.launch.display,
+        )
+
+    def _drain(self, r: _Replica) -> None:
+        if r.proc is None:
+            return
+        q = r.proc.lines
+        while not q.empty():
+            line = q.get_nowait()
+            self._emit("line", r.name, line)
+            if r.state == "starting":
+                ph = phase_of(line)
+                if ph and ph != r.phase:
+                    r.phase = ph
+                    self._emit("phase", r.name, ph, phase=ph)
+
+    def _watch(self, r: _Replica, now: float) -> None:
+        assert r.proc is not None
+        p = self.policy
+        code = r.proc.poll()
+        if code is not None:
+            self._emit("exited", r.name, _describe_exit(code), exit_code=code)
+            self._failed(r, "exited", code)
+            return
+        if now >= r.next_track:
+            r.next_track = now + p.track_every_s
+            for pid in r.proc.track():
+                self._pids_seen.add(pid)
+        if r.state == "starting":
+            if now >= r.next_probe:
+                r.next_probe = now + p.ready_poll_s
+                if r.health.health().status == 200:
+                    ids = r.health.model_ids()
+                    if ids is not None and r.launch.spec.served_model_name in ids:
+                        r.state = "ready"
+                        r.next_probe = now + p.health_interval_s
+                        took = now - r.started_at
+                        spec = r.launch.spec
+                        self._emit(
+                            "ready",
+                            r.name,
+                            f"ready after {took:.1f}s at {base_url(spec.host, spec.port)}",
+                            url=base_url(spec.host, spec.port),
+                            seconds=took,
+                            served_model_name=spec.served_model_name,
+                            api_key_env=spec.api_key_env,
+                        )
+                        return
+            if now - r.started_at > p.ready_timeout_s:
+                self._emit("timeout", r.name, f"not ready after {p.ready_timeout_s:g}s (server.ready_timeout_s)")
+                self._failed(r, "readiness timeout", None)
+        elif now >= r.next_probe:
+            r.next_probe = now + p.health_interval_s
+            probe = r.health.health()
+            if probe.status == 200:
+                r.fails = 0
+                return
+            r.fails += 1
+            what = f"HTTP {probe.status}" if probe.status is not None else (probe.error or "no answer")
+            self._emit("unhealthy", r.name, f"/health failed ({what}), {r.fails}/{p.health_failures}", failures=r.fails)
+            if r.fails >= p.health_failures:
+                self._failed(r, "unhealthy", None)
+
+    def _stop_proc(self, r: _Replica, *, reason: str) -> process.StopResult | None:
+        if r.proc is None:
+            return None
+        res = process.stop(r.proc, self.policy.grace_s)
+        self._drain(r)
+        self._emit(
+            "stopped",
+            r.name,
+            f"stopped ({reason})" + ("; needed SIGKILL" if res.killed else ""),
+            killed=res.killed,
+            exit_code=res.exit_code,
+            leftovers=list(res.leftovers),
+        )
+        if res.leftovers:
+            self._emit("leftovers", r.name, f"processes still alive after SIGKILL: {list(res.leftovers)}")
+        if r.launch.after_stop is not None:
+            try:
+                r.launch.after_stop()
+            except Exception as e:  # clean-up is best effort; report it
+                self._emit("leftovers", r.name, f"clean-up failed: {e}")
+        r.proc = None
+        return res
+
+    def _failed(self, r: _Replica, why: str, code: int | None) -> None:
+        p = self.policy
+        assert r.proc is not None
+        was_ready = r.state == "ready"
+        proc = r.proc
+        self._stop_proc(r, reason=why)
+        tail = proc.tail(200)
+        findings = diagnose_lines(tail, self.profile)
+        for f in findings[:3]:
+            self._emit(
+                "diagnosis",
+                r.name,
+                f"{f.category}: {f.summary}",
+                category=f.category,
+                summary=f.summary,
+                fix=f.fix,
+                evidence=list(f.evidence),
+                log=str(proc.log_path),
+            )
+        clean = why == "exited" and code == 0
+        if clean and p.restart != "always":
+            r.state = "done"
+            return
+        deterministic = not was_ready and _deterministic(code, tail, findings)
+        if deterministic:
+            r.state = "failed"
+            self._emit(
+                "gave_up",
+                r.name,
+                "start-up failure that will repeat; not restarting. Fix the cause and run serve again.",
+                deterministic=True,
+                log=str(proc.log_path),
+            )
+            return
+        if p.restart == "never":
+            r.state = "failed"
+            self._emit("gave_up", r.name, "restart policy is never", log=str(proc.log_path))
+            return
+        if r.restarts >= p.max_restarts:
+            r.state = "failed"
+            self._emit(
+                "gave_up",
+                r.name,
+                f"gave up after {r.restarts} restart(s) (restart.max_restarts)",
+                log=str(proc.log_path),
+            )
+            return
+        delay = p.backoff(r.restarts)
+        r.restarts += 1
+        r.state = "backoff"
+        r.restart_at = self.clock() + delay
+        self._emit("restart", r.name, f"restart {r.restarts}/{p.max_restarts} in {delay:g}s", delay=delay)
+
+    def _check_gpus(self) -> None:
+        if self.gpu_holders is None or not self._pids_seen:
+            return
+        try:
+            holders = self.gpu_holders(set(self._pids_seen))
+        except Exception as e:  # NVML trouble after shutdown is reported, not raised
+            self._emit("gpu_check", "", f"GPU memory check skipped: {e}", ok=None)
+            return
+        if holders:
+            pids = " ".join(str(pid) for pid, _ in holders)
+            self._emit(
+                "gpu_check",
+                "",
+                f"processes of the server still hold GPU memory: {pids}; end them with: kill -9 {pids}",
+                ok=False,
+                pids=[pid for pid, _ in holders],
+            )
+        else:
+            self._emit("gpu_check", "", "no process of the server holds GPU memory", ok=True)
+
+
+def _deterministic(code: int | None, tail: Sequence[str], findings: Sequence[Finding]) -> bool:
+    """A failure before ready that a restart would only repeat."""
+    if code == 2:
+        return True
+    if any(
+        f.category in DETERMINISTIC_CATEGORIES or (f.phase or "").lower() in ("startup", "start-up") for f in findings
+    ):
+        return True
+    return any(_FALLBACK_DETERMINISTIC.search(line) for line in tail)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (SIGKILL often means the kernel's OOM killer)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {code}"

@@ -1,0 +1,489 @@
+"""Profile → ``vllm serve`` command lines and environments. PURE: values in, values out.
+
+The mapping between profile fields and vLLM flags is one table (``FLAGS``); every flag is written with its
+full canonical name (vLLM's parser accepts prefixes such as ``--tensor-parallel``, we never rely on that).
+Checked against ``vllm serve --help`` of vLLM 0.33 (see /work/shared/reference/vllm.md and the optional
+oracle test ``tests/test_vllm_argv_oracle.py``).
+
+Data parallelism (``placement.data_parallel_size > 1``) has two modes, chosen by
+``placement.data_parallel_mode`` (docs/serving.md explains the choice):
+
+* ``servers`` (default): N independent ``vllm serve`` processes, each on its own disjoint GPU set and on
+  port, port+1, … — what vLLM's own help recommends for dense models; each one is supervised separately, a
+  crash takes down one replica only.
+* ``vllm``: one server with ``--data-parallel-size N`` over all GPUs; one endpoint, vLLM balances requests.
+
+Secrets: the API key is read from ``base_env[profile.server.api_key_env]`` and passed as ``--api-key``;
+``redact_argv``/``redact_env`` hide it in every rendering.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from qwendeploy.core.profile import Profile
+from qwendeploy.errors import BadInput
+
+REDACTED = "***"
+
+FlagKind = Literal["value", "flag", "tristate", "json"]
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """One profile field and the vLLM flag it becomes.
+
+    kind: ``value`` → ``--flag VALUE`` unless the value is None or ``skip``; ``flag`` → ``--flag`` when true;
+    ``tristate`` → ``--flag`` / ``--no-flag`` / nothing for None; ``json`` → ``--flag '<compact JSON>'``.
+    """
+
+    section: str
+    field: str
+    flag: str
+    kind: FlagKind = "value"
+    skip: tuple[Any, ...] = ()
+    """Values that mean "vLLM's default": no flag is written."""
+
+
+FLAGS: tuple[FlagRule, ...] = (
+    FlagRule("model", "revision", "--revision"),
+    FlagRule("model", "dtype", "--dtype", skip=("auto",)),
+    FlagRule("model", "quantization", "--quantization"),
+    FlagRule("model", "max_model_len", "--max-model-len"),
+    FlagRule("model", "hf_overrides", "--hf-overrides", kind="json", skip=({},)),
+    FlagRule("model", "trust_remote_code", "--trust-remote-code", kind="flag"),
+    FlagRule("placement", "tensor_parallel_size", "--tensor-parallel-size"),
+    FlagRule("placement", "pipeline_parallel_size", "--pipeline-parallel-size"),
+    FlagRule("placement", "distributed_executor_backend", "--distributed-executor-backend"),
+    FlagRule("engine", "gpu_memory_utilization", "--gpu-memory-utilization"),
+    FlagRule("engine", "max_num_seqs", "--max-num-seqs"),
+    FlagRule("engine", "max_num_batched_tokens", "--max-num-batched-tokens"),
+    FlagRule("engine", "kv_cache_dtype", "--kv-cache-dtype", skip=("auto",)),
+    FlagRule("engine", "block_size", "--block-size"),
+    FlagRule("engine", "enforce_eager", "--enforce-eager", kind="flag"),
+    FlagRule("engine", "enable_prefix_caching", "--enable-prefix-caching", kind="tristate"),
+    FlagRule("engine", "disable_custom_all_reduce", "--disable-custom-all-reduce", kind="flag"),
+)
+"""Profile field → vLLM flag. Server flags (--host, --port, --served-model-name, --api-key) and
+--data-parallel-size depend on the replica and are added by ``build_launch_specs``."""
+
+REMOVED_FLAGS: Mapping[str, str] = {
+    "--rope-scaling": "model.hf_overrides (rope_parameters)",
+    "--rope-theta": "model.hf_overrides (rope_parameters.rope_theta)",
+    "--swap-space": "nothing (removed)",
+    "--max-seq-len-to-capture": "--max-cudagraph-capture-size",
+    "--cuda-graph-sizes": "--cudagraph-capture-sizes",
+    "--num-scheduler-steps": "nothing (removed)",
+    "--use-v2-block-manager": "nothing (removed)",
+    "--worker-use-ray": "placement.distributed_executor_backend: ray",
+    "--engine-use-ray": "placement.distributed_executor_backend: ray",
+    "--preemption-mode": "nothing (removed)",
+    "--tokenizer-pool-size": "nothing (removed)",
+    "--disable-frontend-multiprocessing": "nothing (removed)",
+    "--disable-async-output-proc": "nothing (removed)",
+    "--guided-decoding-backend": "--structured-outputs-config",
+    "--speculative-model": "--speculative-config",
+    "--num-speculative-tokens": "--speculative-config",
+    "--task": "--runner / --convert",
+    "--device": "CUDA_VISIBLE_DEVICES (placement.gpus)",
+}
+"""Flags older vLLM releases had and vLLM 0.33 rejects ("unrecognized arguments", exit 2)."""
+
+OWNED_FLAGS: frozenset[str] = frozenset(
+    {r.flag for r in FLAGS}
+    | {"--host", "--port", "--served-model-name", "--api-key", "--data-parallel-size", "--model"}
+    | {"--no-enable-prefix-caching", "--disable-prefix-caching", "-tp", "-pp", "-dp"}
+)
+"""Flags the profile sets; engine.extra_args may not repeat them (the last one would silently win)."""
+
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+"""Environment variable names whose values are never printed."""
+
+_YARN_TYPES = frozenset({"yarn", "deepseek_yarn"})
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One server process to start: its exact argv and complete environment.
+
+    ``env`` is the full environment of the child (base environment plus ``env_set``); ``env_set`` holds only
+    what qwendeploy added or changed, for display. ``argv`` may hold the API key; render it with
+    ``redact_argv``.
+    """
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    host: str
+    port: int
+    served_model_name: str
+    gpus: tuple[str, ...]
+    replica: int
+    name: str
+    env_set: dict[str, str] = field(default_factory=dict)
+    api_key_env: str | None = None
+    """Name of the variable the key came from (None: no key)."""
+    secret_values: tuple[str, ...] = ()
+    """Values that must never be printed (the API key); log streams are scrubbed of them too."""
+
+    @property
+    def api_key(self) -> str | None:
+        return self.secret_values[0] if self.secret_values else None
+
+
+def gpu_ids(profile: Profile) -> tuple[str, ...]:
+    """The GPUs the profile uses on this host, in order: ``placement.gpus`` or the first world_size indices.
+
+    Raises:
+        BadInput: the list has the wrong length or repeats a GPU.
+    """
+    p = profile.placement
+    world = p.world_size
+    if not p.gpus:
+        return tuple(str(i) for i in range(world))
+    gpus = tuple(str(g).strip() for g in p.gpus)
+    if len(set(gpus)) != len(gpus):
+        raise BadInput(f"placement.gpus lists a GPU twice: {', '.join(gpus)}.")
+    if len(gpus) != world:
+        raise BadInput(
+            f"placement.gpus lists {len(gpus)} GPU(s) but the placement needs {world} "
+            f"(tensor_parallel_size {p.tensor_parallel_size} × pipeline_parallel_size "
+            f"{p.pipeline_parallel_size} × data_parallel_size {p.data_parallel_size}).",
+            hint="List exactly that many GPU indices, or leave placement.gpus empty to use the first ones.",
+        )
+    return gpus
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def profile_flags(profile: Profile) -> list[str]:
+    """The engine/model/placement flags of ``FLAGS`` for ``profile`` (same for every replica)."""
+    out: list[str] = []
+    for rule in FLAGS:
+        value = getattr(getattr(profile, rule.section), rule.field)
+        if value is None or any(value == s for s in rule.skip):
+            continue
+        if rule.kind == "flag":
+            if value:
+                out.append(rule.flag)
+        elif rule.kind == "tristate":
+            out.append(rule.flag if value else "--no-" + rule.flag[2:])
+        elif rule.kind == "json":
+            out += [rule.flag, json.dumps(value, separators=(",", ":"), sort_keys=True)]
+        else:
+            out += [rule.flag, _scalar(value)]
+    return out
+
+
+def check_extra_args(extra: Sequence[str]) -> None:
+    """Refuse extra_args that vLLM 0.33 rejects, that repeat a profile field, or that carry a secret.
+
+    Raises:
+        BadInput: with the replacement to use.
+    """
+    for arg in extra:
+        if not arg.startswith("-"):
+            continue
+        name = arg.split("=", 1)[0].replace("_", "-") if arg.startswith("--") else arg.split("=", 1)[0]
+        if name in REMOVED_FLAGS:
+            raise BadInput(
+                f"engine.extra_args has {name}, which current vLLM no longer accepts (exit 2, "
+                f'"unrecognized arguments").',
+                hint=f"Use {REMOVED_FLAGS[name]} instead.",
+            )
+        if name == "--api-key":
+            raise BadInput(
+                "engine.extra_args holds --api-key: keys never go in a profile.",
+                hint="Set server.api_key_env to the name of an environment variable holding the key.",
+            )
+        if name in OWNED_FLAGS:
+            raise BadInput(
+                f"engine.extra_args repeats {name}, which the profile already sets.",
+                hint="Set the profile field instead (see docs/reference/profile.md).",
+            )
+
+
+def vllm_env_switches(profile: Profile) -> dict[str, str]:
+    """``VLLM_*`` variables the plan needs.
+
+    YaRN long context: vLLM releases before the transformers-5 ``rope_parameters`` scheme derive
+    max_model_len from ``max_position_embeddings`` only and refuse a longer ``--max-model-len`` unless
+    ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``. We set it only when the overrides carry a YaRN rope whose
+    ``factor × original_max_position_embeddings`` covers max_model_len, so it never unlocks a length the
+    rope cannot serve.
+    """
+    ov = profile.model.hf_overrides or {}
+    rope = ov.get("rope_parameters") or ov.get("rope_scaling")
+    if not isinstance(rope, dict):
+        return {}
+    kind = rope.get("rope_type", rope.get("type"))
+    factor, original = rope.get("factor"), rope.get("original_max_position_embeddings")
+    if kind not in _YARN_TYPES or not isinstance(factor, int | float) or not isinstance(original, int):
+        return {}
+    if original < profile.model.max_model_len <= factor * original:
+        return {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+    return {}
+
+
+def _split(gpus: tuple[str, ...], parts: int) -> list[tuple[str, ...]]:
+    size = len(gpus) // parts
+    return [gpus[i * size : (i + 1) * size] for i in range(parts)]
+
+
+def _api_key(profile: Profile, base_env: Mapping[str, str]) -> str | None:
+    name = profile.server.api_key_env
+    if name is None:
+        return None
+    key = base_env.get(name, "")
+    if not key:
+        raise BadInput(
+            f"server.api_key_env names {name}, but {name} is not set (or empty) in the environment.",
+            hint=f"export {name}=... (the key), or remove server.api_key_env from the profile.",
+        )
+    return key
+
+
+def build_launch_specs(
+    profile: Profile,
+    *,
+    vllm_bin: str,
+    base_env: Mapping[str, str],
+    host: str | None = None,
+    port: int | None = None,
+) -> list[LaunchSpec]:
+    """Every server process the profile needs, in replica order.
+
+    Args:
+        profile: a validated profile.
+        vllm_bin: the vLLM executable (called as ``<bin> serve MODEL ...``).
+        base_env: the environment the children start from (normally ``os.environ``); the API key is read
+            from it.
+        host: overrides ``server.host``.
+        port: overrides ``server.port`` (replica i of ``servers`` mode listens on port + i).
+
+    Raises:
+        BadInput: inconsistent GPU list, multi-node placement, bad extra_args, a missing API key variable or
+            a port range past 65535.
+    """
+    pl, srv = profile.placement, profile.server
+    if pl.nodes > 1:
+        raise BadInput(
+            f"placement.nodes is {pl.nodes}: serve launches on one host only.",
+            hint="Start the Ray cluster yourself and run `vllm serve` on the head node (see docs/serving.md).",
+        )
+    check_extra_args(profile.engine.extra_args)
+    gpus = gpu_ids(profile)
+    the_host = host if host is not None else srv.host
+    base_port = port if port is not None else srv.port
+    served = srv.served_model_name or profile.model.id
+    key = _api_key(profile, base_env)
+
+    dp = pl.data_parallel_size
+    if pl.data_parallel_mode == "servers" and dp > 1:
+        groups = _split(gpus, dp)
+        dp_flags: list[str] = []
+    else:
+        groups = [gpus]
+        dp_flags = ["--data-parallel-size", str(dp)] if dp > 1 else []
+    if base_port + len(groups) - 1 > 65535:
+        raise BadInput(f"Ports {base_port}..{base_port + len(groups) - 1} run past 65535.")
+
+    common = profile_flags(profile)
+    specs: list[LaunchSpec] = []
+    for i, group in enumerate(groups):
+        p = base_port + i
+        argv = [vllm_bin, "serve", profile.model.id, *common, *dp_flags]
+        argv += ["--host", the_host, "--port", str(p), "--served-model-name", served]
+        if key is not None:
+            argv += ["--api-key", key]
+        argv += list(profile.engine.extra_args)
+        env_set = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(group)}
+        env_set.update(vllm_env_switches(profile))
+        env_set.update(profile.env)  # the profile wins: a user's explicit NCCL/VLLM choice is kept
+        env = {**base_env, **env_set}
+        name = profile.name if len(groups) == 1 else f"{profile.name}-{i}"
+        specs.append(
+            LaunchSpec(
+                argv=tuple(argv),
+                env=env,
+                host=the_host,
+                port=p,
+                served_model_name=served,
+                gpus=group,
+                replica=i,
+                name=name,
+                env_set=env_set,
+                api_key_env=srv.api_key_env,
+                secret_values=(key,) if key else (),
+            )
+        )
+    return specs
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the value after ``--api-key`` (and ``--api-key=…``) replaced by ``***``."""
+    out: list[str] = []
+    hide = False
+    for a in argv:
+        if hide:
+            out.append(REDACTED)
+            hide = False
+        elif a in ("--api-key", "--api_key"):
+            out.append(a)
+            hide = True
+        elif a.startswith(("--api-key=", "--api_key=")):
+            out.append(a.split("=", 1)[0] + "=" + REDACTED)
+        else:
+            out.append(a)
+    return out
+
+
+def redact_env(env: Mapping[str, str], *, secret_names: Sequence[str] = ()) -> dict[str, str]:
+    """``env`` with the values of secret-looking names (and ``secret_names``) replaced by ``***``."""
+    names = set(secret_names)
+    return {k: (REDACTED if k in names or SECRET_NAME.search(k) else v) for k, v in env.items()}
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Replace every occurrence of a secret value in ``text`` (e.g. a log line) by ``***``."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, REDACTED)
+    return text
+
+
+def shell_command(argv: Sequence[str], env_set: Mapping[str, str] | None = None) -> str:
+    """A copy-pasteable shell line: ``VAR=value ... argv`` (pass already-redacted values)."""
+    prefix = [f"{k}={shlex.quote(v)}" for k, v in (env_set or {}).items()]
+    return " ".join([*prefix, *(shlex.quote(a) for a in argv)])
+
+
+def render_spec(spec: LaunchSpec) -> dict[str, Any]:
+    """JSON-ready description of a spec with every secret redacted."""
+    return {
+        "name": spec.name,
+        "replica": spec.replica,
+        "argv": redact_argv(spec.argv),
+        "env": redact_env(spec.env_set, secret_names=[spec.api_key_env] if spec.api_key_env else []),
+        "host": spec.host,
+        "port": spec.port,
+        "served_model_name": spec.served_model_name,
+        "gpus": list(spec.gpus),
+        "api_key_env": spec.api_key_env,
+        "command": shell_command(
+            redact_argv(spec.argv),
+            redact_env(spec.env_set, secret_names=[spec.api_key_env] if spec.api_key_env else []),
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- docker
+
+DOCKER_IMAGE = "vllm/vllm-openai:latest"
+"""The official OpenAI-compatible image; its entrypoint is ``vllm serve``, so arguments start at MODEL."""
+
+DOCKER_API_KEY_ENV = "VLLM_API_KEY"
+"""vLLM reads this variable when --api-key is absent; docker copies it in by name (``-e VLLM_API_KEY``)."""
+
+
+@dataclass(frozen=True)
+class DockerSpec:
+    """A ``docker run`` line for one replica. ``env`` is the docker client's own environment."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    env_set: dict[str, str]
+    """Variables the client needs set (the API key under VLLM_API_KEY); values are secret."""
+    container_name: str
+    launch: LaunchSpec
+
+
+def build_docker_specs(
+    profile: Profile,
+    *,
+    base_env: Mapping[str, str],
+    host: str | None = None,
+    port: int | None = None,
+    image: str = DOCKER_IMAGE,
+    docker_bin: str = "docker",
+    hf_cache: str = "~/.cache/huggingface",
+) -> list[DockerSpec]:
+    """The ``docker run`` equivalent of ``build_launch_specs`` for each replica.
+
+    Inside the container vLLM binds 0.0.0.0 (else the port mapping cannot reach it); the address on the host
+    is chosen by ``-p HOST:PORT:PORT``, so a loopback profile stays loopback. Docker renumbers the devices it
+    passes (``--gpus '"device=2,3"'`` appears as 0,1 inside), so CUDA_VISIBLE_DEVICES is not passed. The API
+    key is not on the command line: the client gets it as VLLM_API_KEY in its environment and copies it in
+    with ``-e VLLM_API_KEY``.
+    """
+    specs = build_launch_specs(profile, vllm_bin="vllm", base_env=base_env, host=host, port=port)
+    out: list[DockerSpec] = []
+    for s in specs:
+        inner = list(s.argv[2:])  # MODEL and flags; the image's entrypoint is `vllm serve`
+        inner = _drop_flag(inner, "--api-key")
+        i = inner.index("--host")
+        inner[i + 1] = "0.0.0.0"
+        cname = f"qwendeploy-{s.name}"
+        argv = [docker_bin, "run", "--rm", "--name", cname, "--gpus", f'"device={",".join(s.gpus)}"', "--ipc=host"]
+        argv += ["-p", f"{s.host}:{s.port}:{s.port}" if ":" not in s.host else f"[{s.host}]:{s.port}:{s.port}"]
+        argv += ["-v", f"{hf_cache}:/root/.cache/huggingface"]
+        for k, v in s.env_set.items():
+            if k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+                continue
+            argv += ["-e", f"{k}={v}"]
+        client_env: dict[str, str] = {}
+        if s.api_key is not None:
+            argv += ["-e", DOCKER_API_KEY_ENV]
+            client_env[DOCKER_API_KEY_ENV] = s.api_key
+        argv += [image, *inner]
+        out.append(
+            DockerSpec(
+                argv=tuple(argv),
+                env={**base_env, **client_env},
+                env_set=client_env,
+                container_name=cname,
+                launch=s,
+            )
+        )
+    return out
+
+
+def _drop_flag(args: list[str], flag: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        out.append(a)
+    return out
+
+
+def render_docker(spec: DockerSpec) -> dict[str, Any]:
+    """JSON-ready description of a docker spec; the key is shown as ``VLLM_API_KEY="$NAME"``."""
+    prefix = ""
+    if spec.env_set and spec.launch.api_key_env:
+        prefix = f'{DOCKER_API_KEY_ENV}="${spec.launch.api_key_env}" '
+    return {
+        "name": spec.launch.name,
+        "replica": spec.launch.replica,
+        "argv": list(spec.argv),
+        "env": {k: REDACTED for k in spec.env_set},
+        "container_name": spec.container_name,
+        "host": spec.launch.host,
+        "port": spec.launch.port,
+        "served_model_name": spec.launch.served_model_name,
+        "gpus": list(spec.launch.gpus),
+        "command": prefix + shell_command(spec.argv),
+    }
