@@ -84,8 +84,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def worker_main(ignore_term: bool) -> None:
     set_title("VLLM::EngineCore")
-    if ignore_term:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         time.sleep(3600)
 
@@ -177,16 +175,12 @@ def main() -> int:
         starts = int(counter.read_text()) if counter.exists() else 0
         counter.write_text(str(starts + 1))
 
-    worker = os.fork()
-    if worker == 0:
-        worker_main(ignore_term)
-        os._exit(0)
-    if state_dir:
-        (Path(state_dir) / f"{os.getpid()}.json").write_text(json.dumps({"server": os.getpid(), "worker": worker}))
+    # Handlers go in before the fork, so a SIGTERM that arrives during start-up still ends the worker.
+    worker = -1
 
     def on_term(signum: int, frame: object) -> None:
         log("INFO", "launcher.py:110", "Shutting down FastAPI HTTP server.")
-        if not leave_worker:
+        if not leave_worker and worker > 0:
             try:
                 os.kill(worker, signal.SIGTERM)
                 os.waitpid(worker, 0)
@@ -196,6 +190,17 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_term else on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_term else on_term)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    worker = os.fork()
+    if worker == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_term else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_term else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+        worker_main(ignore_term)
+        os._exit(0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    if state_dir:
+        (Path(state_dir) / f"{os.getpid()}.json").write_text(json.dumps({"server": os.getpid(), "worker": worker}))
 
     httpd = ThreadingHTTPServer(
         (args.host or "0.0.0.0", args.port), make_handler(args, served), bind_and_activate=False
