@@ -449,8 +449,14 @@ def _evaluate(
     cal = req.calibration
     default_util = acc.default_gpu_memory_utilization
     worst: tuple[MemoryEstimate, tuple[Gpu, ...], float] | None = None
+    seen: set[tuple[object, ...]] = set()
     for replica in replicas:
         link = link_class(machine, replica[:tp])
+        # Replicas on identical GPUs with the same free memory and links give the same estimate.
+        signature = (link, *((g.name, g.total_bytes, g.free_bytes) for g in replica))
+        if signature in seen:
+            continue
+        seen.add(signature)
         # Free memory counts: vLLM refuses to start when free < utilisation × total (after its CUDA context).
         room = min((g.free_bytes - cal.cuda_context_bytes) / g.total_bytes for g in replica)
         if req.gpu_memory_utilization is not None:
@@ -477,6 +483,7 @@ def _evaluate(
             quantization=req.quantization,
             enforce_eager=req.enforce_eager,
             custom_all_reduce=_custom_all_reduce(link, tp),
+            nvlink=link == "nvlink",
         )
         est = estimate(spec, replica, tp=tp, pp=pp, settings=settings, accounting=acc, calibration=cal)
         if worst is None or est.num_blocks < worst[0].num_blocks:

@@ -1,0 +1,50 @@
+"""Timing of ``qwendeploy plan`` (target: < 0.5 s wall on a 2-core machine, start-up included).
+
+    python benchmarks/bench_plan.py
+
+1. the CLI end to end in a fresh interpreter (the seed case on a simulated inventory), best of 5;
+2. the search alone over 8 nodes × 8 H100 for Qwen2.5-72B at 131072 tokens, in-process, best of 5.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+SEED = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "4xRTX4090D", "--context", "131072", "--json"]
+
+
+def cli_wall() -> float:
+    best = float("inf")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for _ in range(5):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "qwendeploy", *SEED], check=True, capture_output=True, env=env)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def search_time() -> tuple[float, int]:
+    from qwendeploy.core.gpus import parse_inventory
+    from qwendeploy.core.models import find_model
+    from qwendeploy.core.planner import PlanRequest, plan
+
+    spec = find_model("Qwen/Qwen2.5-72B-Instruct")
+    assert spec is not None
+    machine = parse_inventory("8xH100-80GB", nodes=8)
+    best, n = float("inf"), 0
+    for _ in range(5):
+        t = time.perf_counter()
+        p = plan(PlanRequest(spec=spec, machine=machine, max_model_len=131072))
+        best = min(best, time.perf_counter() - t)
+        n = len(p.candidates)
+    return best, n
+
+
+if __name__ == "__main__":
+    wall = cli_wall()
+    search, n = search_time()
+    print(f"plan CLI (seed case, fresh interpreter): {wall * 1000:.0f} ms wall (target < 500 ms)")
+    print(f"search 8 nodes x 8 H100, 72B @131072: {search * 1000:.1f} ms for {n} candidates")
