@@ -1,0 +1,914 @@
+"""Match a vLLM log against the rule catalog and name the likely causes, with evidence and a filled-in fix.
+
+Pure: lines in, diagnoses out. One pass over the log (linear in its length): each line is classified into a
+start-up phase, cheaply prefiltered with one combined regex, and only interesting lines are matched against the
+rules' signatures. Whole-log facts (visible GPUs vs TP, a log that ends in NCCL set-up, ...) are collected on
+the way. See qwendeploy/data/rules.yaml for the catalog and how ranking works.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import shlex
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwendeploy.core.diagnosis.rules import (
+    Catalog,
+    Rule,
+    load_catalog,
+    template_fields,
+)
+from qwendeploy.core.profile import Profile
+
+MAX_LINE_CHARS = 4000
+"""Characters of a line that are examined (a binary blob or a 1 MB JSON line must not stall matching)."""
+MAX_EVIDENCE = 4
+"""Evidence lines quoted per diagnosis."""
+MAX_DIAGNOSES = 6
+"""Diagnoses returned at most (most likely first)."""
+_HITS_KEPT = 16
+"""Hits remembered per signature (the first one and the latest ones)."""
+
+HARMFUL_NCCL_ENV: Mapping[str, str] = {
+    "NCCL_P2P_DISABLE": "turns off GPU peer-to-peer (NVLink/PCIe P2P); all traffic goes through host memory",
+    "NCCL_SHM_DISABLE": "turns off the shared-memory transport; ranks on one host fall back to sockets",
+    "NCCL_ALGO": "forces an all-reduce algorithm instead of NCCL's tuned choice",
+    "NCCL_PROTO": "forces a protocol (LL/LL128/Simple) instead of NCCL's tuned choice",
+    "NCCL_MAX_NCHANNELS": "caps the channels, and with them the bandwidth",
+    "NCCL_MIN_NCHANNELS": "forces extra channels",
+    "NCCL_NTHREADS": "changes threads per block of the NCCL kernels",
+    "NCCL_BUFFSIZE": "changes the buffer size of every channel",
+    "NCCL_P2P_LEVEL": "limits which GPU pairs may use P2P",
+    "NCCL_NET_GDR_LEVEL": "limits GPUDirect RDMA",
+    "NCCL_IB_DISABLE": "turns off InfiniBand/RoCE; multi-node traffic falls back to TCP sockets",
+    "NCCL_LAUNCH_MODE": "changes how NCCL launches its kernels",
+}
+"""NCCL variables that are tuning or debugging knobs; set in production they cost bandwidth or cause hangs."""
+
+
+# ---------------------------------------------------------------------------------------------- public values
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A quoted log line. ``line`` is 1-based in the input; 0 means it came from the environment, not the log."""
+
+    line: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One likely cause of the failure, with the lines that show it and the change to make."""
+
+    category: str
+    summary: str
+    evidence: tuple[Evidence, ...]
+    fix: str
+    confidence: float
+    """0..1; a noisy-OR of the weights of what matched (see rules.yaml)."""
+    rule_id: str
+    phase: str | None
+    """Start-up phase the failure happened in (or the rule's phase when the log does not say)."""
+    checks: tuple[str, ...]
+    """Machine checks of ``qwendeploy doctor`` that would confirm it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "summary": self.summary,
+            "evidence": [{"line": e.line, "text": e.text} for e in self.evidence],
+            "fix": self.fix,
+            "confidence": self.confidence,
+            "rule_id": self.rule_id,
+            "phase": self.phase,
+        }
+
+
+@dataclass(frozen=True)
+class DiagnosisContext:
+    """What is known besides the log."""
+
+    profile: Profile | None = None
+    """When given, fixes also name the ``qwendeploy plan`` command that produces a profile that fits."""
+    tensor_parallel_size: int | None = None
+    env: Mapping[str, str] | None = None
+    """Environment the server ran with (for nccl_env_misconfig)."""
+
+
+# ---------------------------------------------------------------------------------------------- compiled catalog
+
+_LEADING_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
+
+_DEVICE = r"(?:\d+|GPU-[\w-]+|MIG-[\w/-]+)"
+_VISIBLE = re.compile(rf"CUDA_VISIBLE_DEVICES(?:=|:\s*|\s+=\s*)[\"']?(?P<v>{_DEVICE}(?:,{_DEVICE})*)")
+_TP = re.compile(
+    r"(?:--tensor[-_]parallel[-_]size|(?<![\w-])-tp)(?:=|\s+)(?P<a>\d+)|tensor_parallel_size\s*=\s*(?P<b>\d+)"
+)
+_LAUNCH = re.compile(r"vllm serve|vllm\.entrypoints|api_server\b|\bLLM\(")
+_RANKS = re.compile(
+    r"\[(?P<rank>\d+)\] NCCL INFO|\bnranks (?P<nranks>\d+)|\bworld_size=(?P<world>\d+)"
+    r"|nproc[-_]per[-_]node[= ](?P<nproc>\d+)|VllmWorker(?:Process)? (?:rank=(?P<wrank>\d+))?|RayWorker"
+)
+_NCCL_SETUP = re.compile(
+    r"NCCL INFO|NCCL version|Bootstrap :|NET/Plugin|cudaDriverVersion|custom_all_reduce|[Cc]ustom all-?reduce"
+    r"|pynccl|Found nccl from library|vLLM is using nccl|init_distributed_environment|world_size=|Init nccl"
+    r"|\bP2P\b|shm_broadcast|Init COMPLETE|Init START"
+)
+_STALL = re.compile(r"Processed prompts:\s*0%|\b0%\|.*\b0/\d+ \[.*0\.00 ?(?:toks|tokens)/s")
+_ACS = re.compile(r"via SHM/|ACSCtl:\s+SrcValid\+|(?i:\biommu\b)|AMD-Vi|DMAR:")
+_OTHER_PROCESS = re.compile(r"Process (?P<pid>\d+) has [\d.]+ [GMK]iB memory in use")
+_ERROR = re.compile(
+    r"(?:^|[\s\]|(])(?:ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\)"
+    r"|(?:^|[\s:\]])[A-Za-z_][\w.]*(?:Error|Exception)(?::\s|:$|$)|Segmentation fault|core dumped"
+    r"|(?i:failed to start)|\bFailed: |(?i:\bcuda error\b)"
+)
+_NOT_ERROR = re.compile(r"\bINFO\b|\bWARN(?:ING)?\b|UserWarning")
+
+
+def _split_branches(pattern: str) -> list[str]:
+    """Top-level alternatives of a regex (``a|b(c|d)`` → ``a``, ``b(c|d)``)."""
+    out: list[str] = []
+    depth, start, i, in_class = 0, 0, 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == "]":
+                i += 1
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    out.append(pattern[start:])
+    return out
+
+
+def _skip_group(b: str, i: int) -> int:
+    depth, in_class = 0, False
+    while i < len(b):
+        ch = b[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
+
+
+def _required_literal(branch: str) -> str:
+    """The longest run of plain characters every match of ``branch`` must contain ("" if none is certain).
+
+    Only the top level of the branch is read: groups, classes, escapes like \\d and optional characters end
+    a run. Used to skip the regexes whose literal is not in a line (most lines of a long log).
+    """
+    runs: list[str] = []
+    cur: list[str] = []
+
+    def flush() -> None:
+        if cur:
+            runs.append("".join(cur))
+            cur.clear()
+
+    i = 0
+    while i < len(branch):
+        ch = branch[i]
+        if ch == "\\":
+            nxt = branch[i + 1 : i + 2]
+            i += 2
+            if nxt and not nxt.isalnum():
+                cur.append(nxt)
+            else:
+                flush()
+            continue
+        if ch == "(":
+            flush()
+            i = _skip_group(branch, i)
+            continue
+        if ch == "[":
+            flush()
+            j = i + 1
+            if branch[j : j + 1] == "]":
+                j += 1
+            while j < len(branch) and branch[j] != "]":
+                j += 2 if branch[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch in "*?{+":
+            optional = ch in "*?" or (ch == "{" and branch[i + 1 : i + 2] == "0")
+            if optional and cur:
+                cur.pop()
+            flush()
+            if ch == "{":
+                i = branch.find("}", i) + 1 or len(branch)
+            else:
+                i += 1
+            if branch[i : i + 1] in ("?", "+"):
+                i += 1
+            continue
+        if ch in ".^$":
+            flush()
+            i += 1
+            continue
+        cur.append(ch)
+        i += 1
+    flush()
+    return max(runs, key=len, default="")
+
+
+def signature_literals(pattern: str) -> tuple[tuple[str, ...] | None, bool]:
+    """Literals one of which every match of ``pattern`` contains, and whether they compare case-insensitively.
+
+    ``None`` when some alternative has no certain literal of 3+ characters (the regex then runs on every line
+    that passes the gate).
+    """
+    icase = False
+    m = _LEADING_FLAGS.match(pattern)
+    if m:
+        icase = "i" in m.group(1)
+        pattern = pattern[m.end() :]
+    lits = []
+    for branch in _split_branches(pattern):
+        lit = _required_literal(branch)
+        if len(lit) < 3:
+            return None, icase
+        lits.append(lit.lower() if icase else lit)
+    return tuple(lits), icase
+
+
+def _trie_regex(words: Iterable[str]) -> str:
+    """One regex matching any of ``words``, shaped as a trie so a line is scanned once, not once per word."""
+    trie: dict[str, Any] = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def render(node: dict[str, Any]) -> str:
+        if "" in node and len(node) == 1:
+            return ""
+        alts = [re.escape(ch) + render(child) for ch, child in sorted(node.items()) if ch]
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        # A word ending here makes the rest optional; the gate only needs to know some word matched.
+        return "" if "" in node else body
+
+    return render(trie) or "(?!)"
+
+
+@dataclass(frozen=True)
+class _Sig:
+    rule: Rule
+    index: int
+    regex: re.Pattern[str]
+    literals: tuple[str, ...] | None
+    icase: bool
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    catalog: Catalog
+    phase_re: re.Pattern[str]
+    phase_gate: re.Pattern[str]
+    group_phase: Mapping[str, str]
+    reset_group: str
+    gate: re.Pattern[str]
+    fact_gate: re.Pattern[str]
+    signatures: tuple[_Sig, ...]
+    rank: Mapping[str, int]
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled() -> _Compiled:
+    cat = load_catalog()
+    parts: list[str] = []
+    group_phase: dict[str, str] = {}
+    # Later phases first: at the same position the more advanced marker wins ("Loading weights took" is the
+    # end of loading, not the start).
+    for i, ph in reversed(list(enumerate(cat.phases))):
+        if not ph.markers:
+            continue
+        name = f"ph{i}"
+        group_phase[name] = ph.name
+        parts.append(f"(?P<{name}>" + "|".join(re.escape(m) for m in ph.markers) + ")")
+    resets = [m for ph in cat.phases for m in ph.reset]
+    reset_group = "reset"
+    if resets:
+        parts.insert(0, f"(?P<{reset_group}>" + "|".join(re.escape(m) for m in resets) + ")")
+    phase_re = re.compile("|".join(parts))
+    phase_gate = re.compile(_trie_regex([m for ph in cat.phases for m in (*ph.markers, *ph.reset)]))
+    sigs: list[_Sig] = []
+    words: set[str] = set()
+    always = False
+    for r in cat.rules:
+        for j, s in enumerate(r.signatures):
+            lits, icase = signature_literals(s.pattern)
+            sigs.append(_Sig(r, j, s.regex, lits, icase))
+            if lits is None:
+                always = True
+            else:
+                words.update(w.lower() for w in lits)
+    # The gate runs on the lower-cased line: a superset of the case-sensitive matches, which is all a gate needs.
+    gate = re.compile("" if always else _trie_regex(words))
+    rank = {ph.name: i for i, ph in enumerate(cat.phases)}
+    fact_words = (*_W_LAUNCH, *_W_TP, *_W_RANKS, *_W_ACS, *_W_ERROR, "CUDA_VISIBLE_DEVICES", "memory in use", "NCCL")
+    fact_gate = re.compile(_trie_regex((*fact_words, "nccl")))
+    return _Compiled(cat, phase_re, phase_gate, group_phase, reset_group, gate, fact_gate, tuple(sigs), rank)
+
+
+def phase_of_line(text: str) -> str | None:
+    """The start-up phase a single vLLM log line shows was reached (``None`` when it shows none).
+
+    Phases, in order: starting, loading, profiling, cudagraph, sampler, serving. ``serve`` uses this for its
+    live status line.
+    """
+    c = _compiled()
+    m = c.phase_re.search(_clean(text))
+    if m is None or m.lastgroup is None:
+        return None
+    if m.lastgroup == c.reset_group:
+        return c.catalog.phases[0].name
+    return c.group_phase.get(m.lastgroup)
+
+
+def phase_label(phase: str | None) -> str:
+    """Human words for a phase name ("loading weights", ...)."""
+    for ph in load_catalog().phases:
+        if ph.name == phase:
+            return ph.label
+    return "unknown"
+
+
+def detect_phase(lines: Iterable[str]) -> str | None:
+    """The furthest start-up phase the (latest run in the) log reached; a restart line resets it."""
+    c = _compiled()
+    current: str | None = None
+    for raw in lines:
+        m = c.phase_re.search(_clean(raw))
+        if m is None or m.lastgroup is None:
+            continue
+        if m.lastgroup == c.reset_group:
+            current = c.catalog.phases[0].name
+            continue
+        ph = c.group_phase[m.lastgroup]
+        if current is None or c.rank[ph] > c.rank[current]:
+            current = ph
+    return current
+
+
+# ---------------------------------------------------------------------------------------------- scanning
+
+
+def _clean(raw: object) -> str:
+    text = raw if isinstance(raw, str) else str(raw)
+    if len(text) > MAX_LINE_CHARS:
+        text = text[:MAX_LINE_CHARS]
+    return text.rstrip("\r\n")
+
+
+def _quote(text: str) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= 400 else t[:397] + "..."
+
+
+@dataclass
+class _Hit:
+    line: int
+    text: str
+    groups: dict[str, str]
+    phase: str | None
+
+
+@dataclass
+class _SigHits:
+    first: _Hit | None = None
+    latest: deque[_Hit] = field(default_factory=lambda: deque(maxlen=_HITS_KEPT))
+
+    def add(self, hit: _Hit) -> None:
+        if self.first is None:
+            self.first = hit
+        self.latest.append(hit)
+
+    def all(self) -> list[_Hit]:
+        out = list(self.latest)
+        if self.first is not None and (not out or out[0].line != self.first.line):
+            out.insert(0, self.first)
+        return out
+
+
+@dataclass
+class _Fact:
+    true: bool = False
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass
+class _Scan:
+    hits: dict[tuple[str, int], _SigHits] = field(default_factory=dict)
+    unresolved: list[_Hit] = field(default_factory=list)
+    tail: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=8))
+    errors: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=3))
+    error_count: int = 0
+    visible: list[tuple[int, str, int, bool]] = field(default_factory=list)  # line, value, count, on launch line
+    tp_values: list[tuple[int, str, int]] = field(default_factory=list)
+    launch_lines: list[tuple[int, str]] = field(default_factory=list)
+    multi: list[Evidence] = field(default_factory=list)
+    acs: list[Evidence] = field(default_factory=list)
+    several_procs: list[Evidence] = field(default_factory=list)
+    nccl: bool = False
+    phase: str | None = None
+
+
+def _scan(lines: Iterable[object]) -> _Scan:
+    c = _compiled()
+    st = _Scan()
+    phases = c.catalog.phases
+    for i, raw in enumerate(lines, 1):
+        text = _clean(raw)
+        if not text.strip():
+            continue
+        st.tail.append((i, text))
+        m = c.phase_re.search(text) if c.phase_gate.search(text) else None
+        if m is not None and m.lastgroup is not None:
+            if m.lastgroup == c.reset_group:
+                st.phase = phases[0].name
+            else:
+                ph = c.group_phase[m.lastgroup]
+                if st.phase is None or c.rank[ph] > c.rank[st.phase]:
+                    st.phase = ph
+                # Reverse-chronological logs (web consoles print newest first): a hit before any marker
+                # takes the phase of the nearest marker after it.
+                for h in st.unresolved:
+                    h.phase = ph
+                st.unresolved.clear()
+        if c.fact_gate.search(text):
+            _collect_facts(st, i, text)
+        lower = text.lower()
+        if not c.gate.search(lower):
+            continue
+        for sig in c.signatures:
+            if sig.literals is not None:
+                hay = lower if sig.icase else text
+                if not any(lit in hay for lit in sig.literals):
+                    continue
+            sm = sig.regex.search(text)
+            if sm is None:
+                continue
+            groups = {k: v for k, v in sm.groupdict().items() if v is not None}
+            hit = _Hit(i, text, groups, st.phase)
+            if st.phase is None:
+                st.unresolved.append(hit)
+            st.hits.setdefault((sig.rule.id, sig.index), _SigHits()).add(hit)
+    return st
+
+
+def _count_devices(value: str) -> int:
+    return len([v for v in value.split(",") if v])
+
+
+def _has(text: str, words: tuple[str, ...]) -> bool:
+    return any(w in text for w in words)
+
+
+_W_LAUNCH = ("vllm", "api_server", "LLM(")
+_W_TP = ("tensor", "-tp")
+_W_RANKS = ("NCCL INFO", "nranks", "world_size", "nproc", "VllmWorker", "RayWorker")
+_W_ACS = ("via SHM", "ACSCtl", "iommu", "IOMMU", "AMD-Vi", "DMAR")
+_W_ERROR = ("ERROR", "CRITICAL", "FATAL", "Traceback", "rror", "xception", "Segmentation", "core dumped", "ailed")
+
+
+def _collect_facts(st: _Scan, i: int, text: str) -> None:
+    # Each pattern runs only when its key words are in the line: most lines of a long log have none.
+    if not st.nccl and ("NCCL" in text or "nccl" in text):
+        st.nccl = True
+    launch = _has(text, _W_LAUNCH) and bool(_LAUNCH.search(text))
+    if launch:
+        st.launch_lines.append((i, text))
+    if "CUDA_VISIBLE_DEVICES" in text:
+        for m in _VISIBLE.finditer(text):
+            st.visible.append((i, m.group("v"), _count_devices(m.group("v")), launch))
+    if _has(text, _W_TP):
+        for m in _TP.finditer(text):
+            st.tp_values.append((i, text, int(m.group("a") or m.group("b"))))
+    if len(st.multi) < 2 and _has(text, _W_RANKS):
+        for m in _RANKS.finditer(text):
+            nums = [m.group(k) for k in ("rank", "nranks", "world", "nproc", "wrank")]
+            if m.group("rank") is not None:
+                multi = int(m.group("rank")) > 0
+            elif any(m.group(k) is not None for k in ("nranks", "world", "nproc")):
+                multi = any(m.group(k) is not None and int(m.group(k)) > 1 for k in ("nranks", "world", "nproc"))
+            else:
+                # A worker process line: rank > 0, or RayWorker / VllmWorkerProcess without a rank.
+                multi = int(m.group("wrank")) > 0 if m.group("wrank") is not None else all(n is None for n in nums)
+            if multi:
+                st.multi.append(Evidence(i, _quote(text)))
+                break
+    if len(st.acs) < 2 and _has(text, _W_ACS) and _ACS.search(text):
+        st.acs.append(Evidence(i, _quote(text)))
+    if not st.several_procs and "memory in use" in text:
+        pids = {m.group("pid") for m in _OTHER_PROCESS.finditer(text)}
+        if len(pids) >= 2:
+            st.several_procs.append(Evidence(i, _quote(text)))
+    if _has(text, _W_ERROR) and _ERROR.search(text) and not _NOT_ERROR.search(text):
+        st.error_count += 1
+        st.errors.append((i, text))
+
+
+# ---------------------------------------------------------------------------------------------- facts
+
+
+@dataclass(frozen=True)
+class _Facts:
+    facts: Mapping[str, _Fact]
+    values: Mapping[str, str]
+
+
+def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
+    f: dict[str, _Fact] = {}
+    values: dict[str, str] = {}
+    tp_requested: int | None = max((t for _, _, t in st.tp_values), default=None)
+    tp_line = next(((ln, tx) for ln, tx, t in st.tp_values if t == tp_requested), None)
+    if ctx.tensor_parallel_size is not None:
+        tp_requested = max(tp_requested or 0, ctx.tensor_parallel_size)
+    if tp_requested is not None:
+        values["tp_requested"] = str(tp_requested)
+    decl = next((v for v in st.visible if v[3]), st.visible[0] if st.visible else None)
+    if decl is not None:
+        values["visible_count"] = str(decl[2])
+    smallest = min(st.visible, key=lambda v: v[2], default=None)
+    if smallest is not None:
+        values["visible_min"] = str(smallest[2])
+        values["visible_min_value"] = smallest[1]
+
+    f["tp_not_set"] = _Fact(
+        decl is not None and decl[2] > 1 and (tp_requested is None or tp_requested <= 1),
+        [Evidence(decl[0], _quote(_line_text(st, decl[0])))] if decl else [],
+    )
+    fewer = smallest is not None and tp_requested is not None and smallest[2] < tp_requested
+    ev: list[Evidence] = []
+    if fewer and smallest is not None:
+        if tp_line is not None:
+            ev.append(Evidence(tp_line[0], _quote(tp_line[1])))
+        ev.append(Evidence(smallest[0], _quote(_line_text(st, smallest[0]))))
+    f["visible_fewer_than_tp"] = _Fact(fewer, ev)
+    multi = bool(st.multi) or (tp_requested or 0) > 1
+    f["multi_gpu"] = _Fact(multi, list(st.multi))
+
+    tail = list(st.tail)
+    hang = False
+    hang_ev: list[Evidence] = []
+    if tail and st.error_count == 0:
+        last_text = tail[-1][1]
+        if _STALL.search(last_text) or _NCCL_SETUP.search(last_text):
+            hang = True
+            hang_ev = [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
+    f["hang"] = _Fact(hang, hang_ev)
+    f["acs_hint"] = _Fact(bool(st.acs), list(st.acs))
+    f["several_processes_listed"] = _Fact(bool(st.several_procs), list(st.several_procs))
+    f["nccl_activity"] = _Fact(st.nccl, [])
+    env_ev: list[Evidence] = []
+    for name, value in sorted((ctx.env or {}).items()):
+        if name in HARMFUL_NCCL_ENV and not (name.endswith("_DISABLE") and value.strip() in ("", "0")):
+            env_ev.append(Evidence(0, f"environment: {name}={value} ({HARMFUL_NCCL_ENV[name]})"))
+            values.setdefault("nccl_var", name)
+            values.setdefault("nccl_value", value)
+    f["harmful_nccl_env"] = _Fact(bool(env_ev), env_ev)
+    return _Facts(f, values)
+
+
+def _line_text(st: _Scan, line: int) -> str:
+    for ln, tx in st.launch_lines:
+        if ln == line:
+            return tx
+    for v in st.visible:
+        if v[0] == line:
+            return f"CUDA_VISIBLE_DEVICES={v[1]}" if not v[3] else v[1]
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------- derivations
+
+
+def _num(values: Mapping[str, str], key: str) -> float | None:
+    raw = values.get(key)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _pow2_at_most(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _derive(name: str, v: dict[str, str], facts: _Facts) -> None:
+    if name == "shm_size_mib":
+        size = _num(v, "shm_size")
+        if size is not None:
+            v["shm_size_mib"] = f"{size / 2**20:.1f}"
+    elif name == "tp_divisors":
+        heads, tp = _num(v, "heads"), _num(v, "tp")
+        if heads is None or tp is None or heads < 1:
+            return
+        h, t = int(heads), int(tp)
+        divisors = [d for d in range(1, h + 1) if h % d == 0]
+        # Powers of two also divide the KV heads of every Qwen model, so vLLM can build the model with them.
+        pow2 = [d for d in divisors if d & (d - 1) == 0]
+        below = max((d for d in pow2 if d <= t), default=1)
+        above = min((d for d in pow2 if d > t), default=None)
+        v["tp_valid"] = ", ".join(str(d) for d in divisors)
+        v["tp_best"] = str(below)
+        v["tp_suggest"] = f"{below} or {above}" if above is not None and above < 2 * t else str(below)
+        v["tp_use_rest"] = (
+            f" To still use all {t} GPUs, run {t // below} replicas of TP {below} (--data-parallel-size {t // below})."
+            if t // below > 1 and t % below == 0
+            else ""
+        )
+    elif name == "yarn_len":
+        d = _num(v, "derived_len")
+        if d is not None:
+            v["yarn_len"] = str(int(d) * 4)
+    elif name == "port_next":
+        p = _num(v, "port")
+        if p is not None:
+            v["port_next"] = str(int(p) + 1)
+    elif name in ("util_up", "util_down"):
+        u = _num(v, "util")
+        if u is not None and 0 < u <= 1:
+            v["util_up"] = f"{min(0.95, u + 0.2):.2f}" if u < 0.95 else "0.95"
+            v["util_down"] = f"{max(0.5, u - 0.05):.2f}"
+    elif name == "util_fit":
+        free, total = _num(v, "free_gib"), _num(v, "total_gib")
+        if free is not None and total:
+            v["util_fit"] = f"{math.floor(free / total * 100) / 100:.2f}"
+    elif name == "fit_len":
+        fit = _num(v, "est_len") or _num(v, "kv_tokens")
+        if fit is not None:
+            v["fit_len"] = str(int(fit))
+            v["fit_len_fp8"] = str(int(fit) * 2)
+    elif name == "tp_for_visible":
+        count = _num(v, "visible_count")
+        if count is not None and count > 1:
+            v["tp_for_visible"] = str(_pow2_at_most(int(count)))
+        v["tp_not_set_note"] = (
+            f" with --tensor-parallel-size unset although {v.get('visible_count')} GPUs are visible"
+            if facts.facts["tp_not_set"].true
+            else ""
+        )
+    elif name == "oom_detail":
+        tried_s, free_s, total_s = v.get("tried"), v.get("free"), v.get("total")
+        v["oom_detail"] = (
+            f" (tried to allocate {tried_s}; {free_s} of {total_s} free)" if tried_s and free_s and total_s else ""
+        )
+    elif name == "num_seqs_half":
+        n = _num(v, "num_seqs")
+        if n is not None:
+            v["num_seqs_half"] = str(max(1, _pow2_at_most(int(n) // 2) if n >= 2 else 1))
+    elif name == "timeout_s":
+        ms = _num(v, "timeout_ms")
+        if ms is not None:
+            v["timeout_s"] = f"{ms / 1000:g}"
+    elif name == "ray_note":
+        tp_s, gpus_s = v.get("tp_requested"), v.get("ray_gpus")
+        v["ray_gpus_note"] = f": TP {tp_s} needs {tp_s} GPUs, Ray has {gpus_s}" if tp_s and gpus_s else ""
+    elif name == "driver_found_cuda":
+        found = _num(v, "driver_found")
+        v["driver_detail"] = (
+            f" (this driver supports CUDA {int(found) // 1000}.{int(found) % 1000 // 10})" if found else ""
+        )
+        need = v.get("cuda_needed")
+        drivers = {"11.8": "R520", "12.0": "R525", "12.1": "R530", "12.2": "R535", "12.4": "R550", "12.6": "R560"}
+        drivers |= {"12.8": "R570", "12.9": "R575", "13.0": "R580"}
+        v["cuda_needed_note"] = (
+            f" (CUDA {need} needs {drivers[need]} or newer)" if need in drivers else (f" (CUDA {need})" if need else "")
+        )
+
+
+def _fill(template: str | None, fallback: str | None, values: Mapping[str, str]) -> str:
+    for t in (template, fallback):
+        if t is None:
+            continue
+        if template_fields(t) <= set(values):
+            try:
+                return t.format_map(values)
+            except (KeyError, ValueError, IndexError):
+                continue
+    base = template or fallback or ""
+    return base.format_map(_Missing(values))
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------- plan command
+
+_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "--max-model-len": ("--max-model-len", "--context"),
+    "--tensor-parallel-size": ("--tensor-parallel-size", "-tp", "--tp"),
+}
+
+
+def plan_command(profile: Profile, args: Sequence[str]) -> str:
+    """The ``qwendeploy plan`` command that rewrites ``profile`` with ``args`` changed (flags replaced)."""
+    base: list[str] = []
+    if profile.generated_by:
+        try:
+            base = shlex.split(profile.generated_by)
+        except ValueError:
+            base = []
+    if len(base) < 3 or base[:2] != ["qwendeploy", "plan"]:
+        base = ["qwendeploy", "plan", profile.model.id]
+        if profile.placement.gpus:
+            base += ["--gpus", ",".join(profile.placement.gpus)]
+    new_flags = {a for a in args if a.startswith("-")}
+    drop: set[str] = set()
+    for flag in new_flags:
+        drop.update(_ALIASES.get(flag, (flag,)))
+    out: list[str] = []
+    skip = False
+    for tok in base:
+        if skip:
+            skip = False
+            continue
+        name = tok.split("=", 1)[0]
+        if name in drop:
+            skip = "=" not in tok
+            continue
+        out.append(tok)
+    out += list(args)
+    if any(t in ("-o", "--output") or t.startswith("--output=") for t in out) and "--force" not in out:
+        out.append("--force")
+    return shlex.join(out)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Candidate:
+    rule: Rule
+    confidence: float
+    evidence: list[Evidence]
+    values: dict[str, str]
+    phase: str | None
+
+
+def _qualifies(rule: Rule, hit: _Hit) -> bool:
+    if rule.when_phase is None:
+        return True
+    return (hit.phase or "none") in rule.when_phase
+
+
+def _evaluate(rule: Rule, st: _Scan, facts: _Facts, ctx: DiagnosisContext) -> _Candidate | None:
+    if any(not facts.facts[r].true for r in rule.requires):
+        return None
+    matched: list[tuple[float, bool, list[_Hit]]] = []
+    for j, sig in enumerate(rule.signatures):
+        sh = st.hits.get((rule.id, j))
+        if sh is None:
+            continue
+        hits = [h for h in sh.all() if _qualifies(rule, h)]
+        if hits:
+            matched.append((sig.weight, sig.supporting, hits))
+    true_facts = [fr for fr in rule.facts if facts.facts[fr.fact].true]
+    if not any(not sup for _, sup, _ in matched) and not any(not fr.supporting for fr in true_facts):
+        return None
+    miss = 1.0
+    for w, _, _ in matched:
+        miss *= 1.0 - w
+    for fr in true_facts:
+        miss *= 1.0 - fr.weight
+    confidence = round(1.0 - miss, 2)
+
+    values: dict[str, str] = dict(facts.values)
+    all_hits = sorted((h for _, _, hs in matched for h in hs), key=lambda h: h.line)
+    for h in all_hits:
+        values.update(h.groups)
+    for d in rule.derive:
+        _derive(d, values, facts)
+
+    ev: list[Evidence] = []
+    seen: set[int] = set()
+    ordered = sorted(matched, key=lambda m: (m[1], -m[0]))  # firing signatures first, heaviest first
+    best_phase: str | None = None
+    for _w, sup, hits in ordered:
+        h = hits[-1]
+        if best_phase is None and not sup:
+            best_phase = h.phase
+        if h.line not in seen:
+            seen.add(h.line)
+            ev.append(Evidence(h.line, _quote(h.text)))
+    for fr in true_facts:
+        for e in facts.facts[fr.fact].evidence:
+            if e.line not in seen or e.line == 0:
+                seen.add(e.line)
+                ev.append(e)
+    ev = ev[:MAX_EVIDENCE]
+    ev.sort(key=lambda e: e.line)
+    # A diagnosis shown only by whole-log facts (a hang) happened where the log stopped.
+    return _Candidate(rule, confidence, ev, values, best_phase or st.phase or rule.phase)
+
+
+def _fallback(rule: Rule, st: _Scan) -> _Candidate | None:
+    if st.error_count == 0:
+        return None
+    ev = [Evidence(ln, _quote(tx)) for ln, tx in st.errors]
+    return _Candidate(rule, 0.3, ev, {}, st.phase)
+
+
+def diagnose(lines: Sequence[str], context: DiagnosisContext | None = None) -> list[Diagnosis]:
+    """Name the likely causes of a failed or hung vLLM run from its log.
+
+    Args:
+        lines: the log, one line per item (any length; trailing newlines are ignored).
+        context: what else is known (profile, TP size, environment).
+
+    Returns:
+        Diagnoses, most likely first; ``[]`` for a log that shows nothing wrong. Never raises on any text.
+    """
+    ctx = context or DiagnosisContext()
+    c = _compiled()
+    st = _scan(lines)
+    facts = _facts(st, ctx)
+    candidates: list[_Candidate] = []
+    fallback_rule: Rule | None = None
+    for rule in c.catalog.rules:
+        if rule.fallback:
+            fallback_rule = rule
+            continue
+        cand = _evaluate(rule, st, facts, ctx)
+        if cand is not None:
+            candidates.append(cand)
+    # One diagnosis per category: the strongest rule speaks for it.
+    best: dict[str, _Candidate] = {}
+    for cand in candidates:
+        cur = best.get(cand.rule.category)
+        if cur is None or cand.confidence > cur.confidence:
+            best[cand.rule.category] = cand
+    # Root cause before symptom: an explained category ranks below the rule that explains it.
+    for cand in list(best.values()):
+        for cat in cand.rule.explains:
+            other = best.get(cat)
+            if other is not None:
+                other.confidence = round(max(0.05, min(other.confidence, cand.confidence - 0.05)), 2)
+    ranked = sorted(
+        best.values(),
+        key=lambda x: (-x.confidence, x.rule.severity != "error", x.evidence[0].line if x.evidence else 0),
+    )
+    if not ranked and fallback_rule is not None:
+        fb = _fallback(fallback_rule, st)
+        if fb is not None:
+            ranked = [fb]
+    return [_render(cand, ctx) for cand in ranked[:MAX_DIAGNOSES]]
+
+
+def _render(cand: _Candidate, ctx: DiagnosisContext) -> Diagnosis:
+    r = cand.rule
+    summary = _fill(r.summary, r.summary_fallback, cand.values)
+    fix = _fill(r.fix, r.fix_fallback, cand.values)
+    if ctx.profile is not None and r.plan_args:
+        needed = template_fields(r.plan_args)
+        if needed <= set(cand.values):
+            try:
+                args = shlex.split(r.plan_args.format_map(cand.values))
+            except ValueError:
+                args = []
+            if args:
+                fix += f" For your profile: `{plan_command(ctx.profile, args)}`."
+    return Diagnosis(
+        category=r.category,
+        summary=summary,
+        evidence=tuple(cand.evidence),
+        fix=fix,
+        confidence=cand.confidence,
+        rule_id=r.id,
+        phase=cand.phase,
+        checks=r.checks,
+    )
