@@ -33,7 +33,9 @@ class Check:
 # Driver Versions", GA releases). Within one major version minor-version compatibility lets an older driver of the
 # same major run the runtime, except kernels JIT-compiled from PTX (Triton, FlashInfer), which then fail with
 # "the provided PTX was compiled with an unsupported toolchain" — so an older minor is a warning, an older major
-# a failure.
+# a failure. The per-release values were written from NVIDIA's release-notes table without re-checking a stored copy
+# (the major-version floors 525.60.13 / 580.65.06 agree with NVIDIA's data-center support matrix: R535/R570 run
+# CUDA 12.x, R580 CUDA 13.x through minor-version compatibility).
 CUDA_MIN_DRIVER: dict[str, str] = {
     "11.8": "520.61.05",
     "12.0": "525.60.13",
