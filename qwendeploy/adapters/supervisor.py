@@ -63,27 +63,37 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("profiling memory", re.compile(r"Memory profiling|profiling run|determine_available_memory", re.I)),
     ("KV cache allocated", re.compile(r"GPU KV cache size|# GPU blocks|GPU blocks:|Maximum concurrency", re.I)),
     ("capturing CUDA graphs", re.compile(r"Capturing CUDA graph|Capturing the model for CUDA graphs|cudagraph", re.I)),
+    ("sampler warm-up", re.compile(r"_dummy_sampler_run|warming up sampler", re.I)),
     ("ready", re.compile(r"Application startup complete|Uvicorn running on|Starting vLLM API server", re.I)),
 )
+"""Start-up phases in order, as the status line names them."""
+
+PHASE_ORDER = {name: i for i, (name, _) in enumerate(PHASES)}
+
+_ENGINE_PHASES = {
+    "loading": "loading weights",
+    "profiling": "profiling memory",
+    "cudagraph": "capturing CUDA graphs",
+    "sampler": "sampler warm-up",
+    "serving": "ready",
+}
+"""The diagnosis engine's phase names (``phase_of_line``) → ours; its catalog knows more marker lines."""
 
 
 def phase_of(line: str) -> str | None:
-    """The start-up phase a log line announces (the diagnosis engine's ``phase_of_line`` when present)."""
-    try:
-        from qwendeploy.core.diagnosis.engine import phase_of_line
-    except ImportError:
-        phase_of_line = None
-    if phase_of_line is not None:
-        try:
-            got = phase_of_line(line)
-        except Exception:  # the diagnosis engine must never break supervision
-            got = None
-        if got:
-            return str(getattr(got, "value", got))
+    """The start-up phase a log line announces: our table first, then the diagnosis engine's markers."""
     for name, pattern in PHASES:
         if pattern.search(line):
             return name
-    return None
+    try:
+        from qwendeploy.core.diagnosis.engine import phase_of_line
+    except ImportError:
+        return None
+    try:
+        got = phase_of_line(line)
+    except Exception:  # the diagnosis engine must never break supervision
+        return None
+    return _ENGINE_PHASES.get(str(got)) if got else None
 
 
 @dataclass(frozen=True)
@@ -364,7 +374,7 @@ class Supervisor:
             self._emit("line", r.name, line)
             if r.state == "starting":
                 ph = phase_of(line)
-                if ph and ph != r.phase:
+                if ph and PHASE_ORDER[ph] > PHASE_ORDER.get(r.phase or "", -1):
                     r.phase = ph
                     self._emit("phase", r.name, ph, phase=ph)
 
@@ -513,13 +523,17 @@ class Supervisor:
 
 
 def _deterministic(code: int | None, tail: Sequence[str], findings: Sequence[Finding]) -> bool:
-    """A failure before ready that a restart would only repeat."""
+    """A failure before ready that a restart would only repeat: argparse's exit 2, a known deterministic
+    category, the top diagnosis placing a confident failure in a start-up phase, or a fallback pattern."""
     if code == 2:
         return True
-    if any(
-        f.category in DETERMINISTIC_CATEGORIES or (f.phase or "").lower() in ("startup", "start-up") for f in findings
-    ):
+    if any(f.category in DETERMINISTIC_CATEGORIES for f in findings):
         return True
+    if findings:
+        top = findings[0]
+        conf = top.confidence if isinstance(top.confidence, int | float) else 0.0
+        if top.phase and top.phase not in ("serving", "ready") and conf >= 0.5 and top.category != "unknown":
+            return True
     return any(_FALLBACK_DETERMINISTIC.search(line) for line in tail)
 
 

@@ -17,6 +17,7 @@ Environment:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -179,7 +180,8 @@ def main() -> int:
     worker = -1
 
     def on_term(signum: int, frame: object) -> None:
-        log("INFO", "launcher.py:110", "Shutting down FastAPI HTTP server.")
+        with contextlib.suppress(Exception):  # a broken pipe (supervisor gone) or a re-entrant print
+            log("INFO", "launcher.py:110", "Shutting down FastAPI HTTP server.")
         if not leave_worker and worker > 0:
             try:
                 os.kill(worker, signal.SIGTERM)
