@@ -24,11 +24,12 @@ def user_errors() -> Iterator[None]:
         if os.environ.get("QWENDEPLOY_DEBUG"):
             raise
         from rich.console import Console
+        from rich.markup import escape
 
         err = Console(stderr=True, highlight=False, soft_wrap=True)
-        err.print(f"[bold red]Error:[/] {e.message}", markup=True)
+        err.print(f"[bold red]Error:[/] {escape(e.message)}", markup=True)
         if e.hint:
-            err.print(f"[dim]Hint:[/] {e.hint}")
+            err.print(f"[dim]Hint:[/] {escape(e.hint)}")  # hints hold text like pip install 'x[extra]'
         raise typer.Exit(code=e.exit_code) from None
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
