@@ -125,10 +125,10 @@ _ACS = re.compile(r"via SHM/|ACSCtl:\s+SrcValid\+|(?i:\biommu\b)|AMD-Vi|DMAR:")
 _OTHER_PROCESS = re.compile(r"Process (?P<pid>\d+) has [\d.]+ [GMK]iB memory in use")
 _ERROR = re.compile(
     r"(?:^|[\s\]|(])(?:ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\)"
-    r"|(?:^|[\s:\]])[A-Za-z_][\w.]*(?:Error|Exception)(?::\s|:$|$)|Segmentation fault|core dumped"
-    r"|(?i:failed to start)|\bFailed: |(?i:\bcuda error\b)"
+    r"|(?:^|[\s:\]])(?:[A-Za-z_][\w.]*)?(?:Error|Exception)(?::\s|:$|$)|Segmentation fault|core dumped"
+    r"|(?i:failed to (?:start|load))|\bFailed: |(?i:\bcuda error\b)|NCCL WARN"
 )
-_NOT_ERROR = re.compile(r"\bINFO\b|\bWARN(?:ING)?\b|UserWarning")
+_NOT_ERROR = re.compile(r"\bINFO\b|(?<!NCCL )\bWARN(?:ING)?\b|UserWarning")
 
 
 def _split_branches(pattern: str) -> list[str]:
@@ -497,7 +497,18 @@ _W_LAUNCH = ("vllm", "api_server", "LLM(")
 _W_TP = ("tensor", "-tp")
 _W_RANKS = ("NCCL INFO", "nranks", "world_size", "nproc", "VllmWorker", "RayWorker")
 _W_ACS = ("via SHM", "ACSCtl", "iommu", "IOMMU", "AMD-Vi", "DMAR")
-_W_ERROR = ("ERROR", "CRITICAL", "FATAL", "Traceback", "rror", "xception", "Segmentation", "core dumped", "ailed")
+_W_ERROR = (
+    "ERROR",
+    "CRITICAL",
+    "FATAL",
+    "Traceback",
+    "rror",
+    "xception",
+    "Segmentation",
+    "core dumped",
+    "ailed",
+    "WARN",
+)
 
 
 def _collect_facts(st: _Scan, i: int, text: str) -> None:
@@ -547,6 +558,7 @@ class _Facts:
 
 
 def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
+    rule_by_id = {r.id: r for r in _compiled().catalog.rules}
     f: dict[str, _Fact] = {}
     values: dict[str, str] = {}
     tp_requested: int | None = max((t for _, _, t in st.tp_values), default=None)
@@ -580,7 +592,11 @@ def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
     tail = list(st.tail)
     hang = False
     hang_ev: list[Evidence] = []
-    if tail and st.error_count == 0:
+    # A silent stop is only a hang when nothing recognisable went wrong before it.
+    recognised = any(
+        not rule_by_id[rid].signatures[j].supporting and "hang" not in rule_by_id[rid].requires for rid, j in st.hits
+    )
+    if tail and st.error_count == 0 and not recognised:
         last_text = tail[-1][1]
         if _STALL.search(last_text) or _NCCL_SETUP.search(last_text):
             hang = True
@@ -873,10 +889,11 @@ def diagnose(lines: Sequence[str], context: DiagnosisContext | None = None) -> l
         if cur is None or cand.confidence > cur.confidence:
             best[cand.rule.category] = cand
     # Root cause before symptom: an explained category ranks below the rule that explains it.
+    # Only a cause at least as likely as its symptom demotes it (weak environment-only evidence does not).
     for cand in list(best.values()):
         for cat in cand.rule.explains:
             other = best.get(cat)
-            if other is not None:
+            if other is not None and cand.confidence >= other.confidence:
                 other.confidence = round(max(0.05, min(other.confidence, cand.confidence - 0.05)), 2)
     ranked = sorted(
         best.values(),
