@@ -262,6 +262,8 @@ def main() -> int:
             time.sleep(3600)
 
     httpd.server_activate()
+    if state_dir:  # for benchmarks: when the fake became ready, by the wall clock
+        (Path(state_dir) / f"ready-{os.getpid()}").write_text(repr(time.time()))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     log("INFO", "api_server.py:1900", f"Starting vLLM API server 0 on http://{args.host}:{args.port}")
     log("INFO", "launcher.py:37", "Available routes are: /health, /v1/models, /v1/completions")
@@ -276,6 +278,8 @@ def main() -> int:
     while True:
         if kind in ("crash_after", "exit_after", "unhealthy_after") and time.monotonic() - t0 >= after:
             if kind == "crash_after":
+                if state_dir:
+                    (Path(state_dir) / f"crash-{os.getpid()}").write_text(repr(time.time()))
                 log("ERROR", "core.py:800", "EngineCore encountered a fatal error.")
                 print("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.", flush=True)
                 os._exit(1)
