@@ -309,8 +309,8 @@ class Supervisor:
             self._check_gpus()
             if self._watchdog is not None:
                 self._watchdog.release()
-            for sig, h in old.items():
-                signal.signal(sig, h)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
         outcome.restarts = {r.name: r.restarts for r in self.replicas}
         outcome.log_paths = [p for r in self.replicas for p in r.logs]
         self._emit("shutdown", "", outcome.reason, exit_code=outcome.exit_code)
