@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 sys.path.insert(0, ".dev/device-vllm")
-import make_models  # type: ignore[import-not-found]  # noqa: E402
+import make_models  # type: ignore[import-not-found]
 
 make_models.CONFIGS["qwen2.5-14b-instruct"] = dict(
     make_models.QWEN2_COMMON,

@@ -55,8 +55,16 @@ def main() -> int:
             ("cc", n.nvmlDeviceGetCudaComputeCapability, ()),
             ("mig_mode", n.nvmlDeviceGetMigMode, ()),
             ("ecc_mode", n.nvmlDeviceGetEccMode, ()),
-            ("ecc_volatile_uncorrected", n.nvmlDeviceGetTotalEccErrors, (n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_VOLATILE_ECC)),
-            ("ecc_aggregate_uncorrected", n.nvmlDeviceGetTotalEccErrors, (n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_AGGREGATE_ECC)),
+            (
+                "ecc_volatile_uncorrected",
+                n.nvmlDeviceGetTotalEccErrors,
+                (n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_VOLATILE_ECC),
+            ),
+            (
+                "ecc_aggregate_uncorrected",
+                n.nvmlDeviceGetTotalEccErrors,
+                (n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_AGGREGATE_ECC),
+            ),
             ("retired_pages_dbe", n.nvmlDeviceGetRetiredPages, (n.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR,)),
             ("retired_pending", n.nvmlDeviceGetRetiredPagesPendingStatus, ()),
             ("remapped_rows", n.nvmlDeviceGetRemappedRows, ()),
@@ -78,7 +86,13 @@ def main() -> int:
         g["nvlink"] = []
         for link in range(18):
             st = q(n.nvmlDeviceGetNvLinkState, h, link)
-            g["nvlink"].append({"link": link, "state": st, "remote_pci": q(n.nvmlDeviceGetNvLinkRemotePciInfo_v2, h, link) if st == 1 else None})
+            g["nvlink"].append(
+                {
+                    "link": link,
+                    "state": st,
+                    "remote_pci": q(n.nvmlDeviceGetNvLinkRemotePciInfo_v2, h, link) if st == 1 else None,
+                }
+            )
             if isinstance(st, dict):
                 break
         g["topology_self"] = q(n.nvmlDeviceGetTopologyCommonAncestor, h, h)
@@ -96,9 +110,14 @@ def main() -> int:
     try:
         import torch
 
-        out["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda,
-                        "mem_get_info": list(torch.cuda.mem_get_info()) if torch.cuda.is_available() else None,
-                        "total_memory": [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]}
+        out["torch"] = {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "mem_get_info": list(torch.cuda.mem_get_info()) if torch.cuda.is_available() else None,
+            "total_memory": [
+                torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())
+            ],
+        }
     except Exception as e:
         out["torch"] = {"error": repr(e)}
     n.nvmlShutdown()
