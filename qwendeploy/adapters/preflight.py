@@ -22,9 +22,6 @@ from qwendeploy.errors import ProbeError
 
 Status = Literal["ok", "warn", "skip", "fail"]
 
-SHM_MIN_BYTES = 256 * 1024 * 1024
-"""Below this /dev/shm (Docker's default is 64 MiB) NCCL and vLLM's shared-memory queues fail with TP > 1."""
-
 
 @dataclass(frozen=True)
 class Check:
@@ -118,14 +115,18 @@ def check_shm(profile: Profile, *, shm_path: str = "/dev/shm") -> list[Check]:
         st = os.statvfs(shm_path)
     except OSError:
         return [Check("shm", "warn", f"{shm_path} cannot be read; NCCL needs shared memory with TP > 1")]
+    from qwendeploy.core.machine_checks import SHM_PER_RANK_BYTES  # the doctor's rule, shared
+
+    ranks = max(pl.gpus_per_replica, 2)
+    need = SHM_PER_RANK_BYTES * ranks
     total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-    if free < SHM_MIN_BYTES:
+    if free < need:
         return [
             Check(
                 "shm",
                 "fail",
                 f"{shm_path} has {human_size(free)} free (of {human_size(total)}); tensor parallelism needs at "
-                f"least {human_size(SHM_MIN_BYTES)} for NCCL and vLLM's shared-memory queues.",
+                f"least {human_size(need)} for NCCL and vLLM's shared-memory queues ({ranks} ranks).",
                 hint="In Docker: --ipc=host or --shm-size=16g; on a host: mount -o remount,size=16G /dev/shm.",
             )
         ]
