@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from qwendeploy.core.cluster import NETWORKS, SLOW_HOP_FRACTION, SLOW_PREFILL_HOP_S, find_network
 from qwendeploy.core.hardware import Gpu, Machine
 from qwendeploy.core.memory import (
     CURRENT_VLLM,
@@ -113,6 +114,8 @@ class PlanRequest:
     cost: CostModel = DEFAULT_COST
     variants: tuple[ModelSpec, ...] = ()
     """Quantized variants of the model (from the catalog), tried when nothing fits."""
+    network: str = "100gbe"
+    """Link between nodes (core.cluster.NETWORKS): its bandwidth and latency price PP hops across nodes."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,12 @@ class Cost:
     """All replicas together (throughput objective) — or one request (latency objective)."""
     single_stream_tokens_per_s: float
     link: LinkClass
+    network_hops: int = 0
+    """Pipeline stage boundaries of a replica that cross nodes."""
+    network_hop_ms: float = 0.0
+    """Of the decode step: time the activations spend crossing nodes (all network hops)."""
+    prefill_hop_ms: float = 0.0
+    """One prefill chunk (max_num_batched_tokens) crossing one network hop."""
 
 
 @dataclass(frozen=True)
@@ -358,10 +367,17 @@ def _cost(
     cm = req.cost
     tp, pp = est.tp, est.pp
     link = link_class(machine, replica[:tp])
-    if pp > 1 and len({g.node for g in replica}) > 1:
-        hop_link: LinkClass = "network"
-    else:
-        hop_link = link if link != "none" else ("nvlink" if machine.interconnect == "nvlink" else "pcie-p2p")
+    net = find_network(req.network)
+    stage_nodes = [replica[i * tp].node for i in range(pp) if i * tp < len(replica)]
+    net_hops = sum(1 for i in range(1, len(stage_nodes)) if stage_nodes[i] != stage_nodes[i - 1])
+    local_link: LinkClass = link if link != "none" else ("nvlink" if machine.interconnect == "nvlink" else "pcie-p2p")
+
+    def link_bw(cls: str) -> float:
+        return net.bandwidth if cls == "network" else cm.bw(cls)
+
+    def link_lat(cls: str) -> float:
+        return net.latency_s if cls == "network" else cm.latency(cls)
+
     dt = DTYPE_BYTES[est.dtype]
     bd = param_breakdown(req.spec)
     active_ratio = bd.active() / bd.total() if bd.total() else 1.0
@@ -381,13 +397,22 @@ def _cost(
         comm = 0.0
         if tp > 1:
             msg = b * req.spec.hidden_size * dt
-            per_ar = cm.latency(link) + 2 * (tp - 1) / tp * msg / cm.bw(link)
+            per_ar = link_lat(link) + 2 * (tp - 1) / tp * msg / link_bw(link)
             comm = 2 * worst.layers * per_ar
         return mem, comm
 
     mem, comm = stage_time(micro)
     stage = mem + comm
-    hop = (cm.latency(hop_link) + micro * req.spec.hidden_size * dt / cm.bw(hop_link)) if pp > 1 else 0.0
+    act = req.spec.hidden_size * dt  # bytes of one token's activations between stages
+
+    def hop_time(cls: str, tokens: float) -> float:
+        return link_lat(cls) + tokens * act / link_bw(cls)
+
+    # Activations cross every stage boundary once per step: over the network where stages sit on different
+    # nodes, else inside the node. ``hop`` is the mean per boundary.
+    net_hop = hop_time("network", micro)
+    hops_total = net_hops * net_hop + (pp - 1 - net_hops) * hop_time(local_link, micro) if pp > 1 else 0.0
+    hop = hops_total / (pp - 1) if pp > 1 else 0.0
     eff = cm.pp_bubble_efficiency if pp > 1 else 1.0
     throughput = dp * micro / (stage + hop) * eff
     m1, c1 = stage_time(1)
@@ -401,6 +426,9 @@ def _cost(
         tokens_per_s=single if req.objective == "latency" else throughput,
         single_stream_tokens_per_s=single,
         link=link,
+        network_hops=net_hops,
+        network_hop_ms=net_hops * net_hop * 1e3,
+        prefill_hop_ms=hop_time("network", est.settings.max_num_batched_tokens) * 1e3 if net_hops else 0.0,
     )
 
 
@@ -655,6 +683,7 @@ def _check_request(req: PlanRequest) -> None:
     used = (req.tp or 1) * (req.pp or 1) * (req.dp or 1)
     if used > n:
         raise BadInput(f"TP × PP × DP = {used} GPUs, but the inventory has {n}.")
+    find_network(req.network)  # BadInput for an unknown name
     if req.pp is not None and req.pp > spec.num_hidden_layers:
         raise BadInput(f"--pipeline-parallel-size {req.pp} exceeds the model's {spec.num_hidden_layers} layers.")
 
@@ -785,6 +814,7 @@ def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None
         lines.append(
             f"Against {contrast.label} (~{contrast.cost.tokens_per_s:,.0f} tok/s, {ratio:.2f}× slower): {because}."
         )
+    lines += _network_lines(req, c)
     if c.kv_cache_dtype.startswith("fp8"):
         lines.append("It stores the KV cache in fp8 (half the bytes per token); quality impact is usually small.")
     shorter = [x for x in ranked if x.status == "shorter"]
@@ -792,6 +822,45 @@ def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None
         s = shorter[0]
         lines.append(f"{s.label} would hold only {s.max_model_len_fit:,} tokens of the {max_len:,} asked.")
     return tuple(lines)
+
+
+def _network_lines(req: PlanRequest, c: Candidate) -> list[str]:
+    """What the inter-node link costs the chosen placement; says so when PP across it hurts."""
+    nodes = len({g.node for g in c.gpus})
+    if nodes < 2 or c.cost is None:
+        return []
+    net, cost = find_network(req.network), c.cost
+    if cost.network_hops == 0:
+        return [
+            f"Each replica stays inside one node ({c.dp} replicas over {nodes} nodes): no traffic crosses "
+            f"the {net.name} between nodes except requests."
+        ]
+    share = cost.network_hop_ms / cost.step_ms if cost.step_ms else 0.0
+    line = (
+        f"Pipeline stages span {nodes} nodes over {net.name}: activations cross {cost.network_hops} network "
+        f"hop(s) per step, {cost.network_hop_ms:.2f} ms of the {cost.step_ms:.1f} ms decode step ({share:.0%}); "
+        f"a {c.estimate.settings.max_num_batched_tokens if c.estimate else 0}-token prefill chunk takes "
+        f"{cost.prefill_hop_ms:.1f} ms per hop."
+    )
+    out = [line]
+    if share > SLOW_HOP_FRACTION or cost.prefill_hop_ms / 1e3 > SLOW_PREFILL_HOP_S:
+        faster = [n for n in NETWORKS if n.bandwidth > net.bandwidth]
+        out.append(
+            f"PP across {net.id} hurts: "
+            + (f"the link adds {share:.0%} to every decode step" if share > SLOW_HOP_FRACTION else "")
+            + (" and " if share > SLOW_HOP_FRACTION and cost.prefill_hop_ms / 1e3 > SLOW_PREFILL_HOP_S else "")
+            + (
+                f"every prefill chunk waits {cost.prefill_hop_ms:.0f} ms per hop (time to first token grows)"
+                if cost.prefill_hop_ms / 1e3 > SLOW_PREFILL_HOP_S
+                else ""
+            )
+            + (
+                f"; {faster[-1].id} would move it {faster[-1].bandwidth / net.bandwidth:.0f}× faster."
+                if faster
+                else "."
+            )
+        )
+    return out
 
 
 def _suggest(req: PlanRequest, ranked: list[Candidate], max_len: int) -> tuple[str, ...]:

@@ -59,6 +59,9 @@ class PlacementSection(_Section):
     """Machines the placement spans (multi-node runs on Ray)."""
     distributed_executor_backend: Literal["mp", "ray"] | None = None
     """→ --distributed-executor-backend. None lets vLLM choose (mp on one host)."""
+    data_parallel_backend: Literal["mp", "ray"] | None = None
+    """→ --data-parallel-backend (with data_parallel_mode ``vllm``). ``ray`` places the replicas of a
+    multi-node plan on the Ray cluster's nodes; None: vLLM's default (mp, one host)."""
 
     @property
     def gpus_per_replica(self) -> int:
@@ -67,6 +70,28 @@ class PlacementSection(_Section):
     @property
     def world_size(self) -> int:
         return self.gpus_per_replica * self.data_parallel_size
+
+
+class ClusterSection(_Section):
+    """Multi-node settings (placement.nodes > 1): how the Ray cluster is started on every node."""
+
+    head_address: str | None = None
+    """Address (IP or host name) of the head node as the other nodes reach it. None: not known yet —
+    ``qwendeploy cluster join HEAD_ADDRESS PROFILE`` takes it on its command line; ``plan --head-address``
+    writes it here."""
+    ray_port: int = Field(default=6379, ge=1, le=65535)
+    """Port of the Ray head (GCS) → ``ray start --head --port``; workers join HEAD_ADDRESS:ray_port."""
+    socket_ifname: str | None = None
+    """Network interface NCCL and Gloo use between nodes → NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME on every
+    node (e.g. eth0, ens5f0np0; never ``lo`` across nodes). None: NCCL and Gloo guess, and often pick a docker
+    bridge or a management NIC the other nodes cannot reach."""
+    set_host_ip: bool = True
+    """``cluster head``/``join`` export VLLM_HOST_IP as this node's own address (on socket_ifname, or
+    --node-ip), so vLLM and Ray agree on it. Each node gets its own value, so it is not stored here."""
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    """GPUs each node declares to Ray → ``ray start --num-gpus``. None: Ray counts the node's GPUs."""
+    network: str = "100gbe"
+    """Inter-node link the plan assumed (``plan --network``: 25gbe, 100gbe, 400gbe, ib-hdr, ib-ndr)."""
 
 
 class EngineSection(_Section):
@@ -183,6 +208,8 @@ class Profile(_Section):
     """The OpenAI-compatible HTTP server and its supervision."""
     restart: RestartSection = Field(default_factory=RestartSection)
     """Restart policy of the supervisor."""
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    """Ray cluster settings for multi-node placements (ignored on one node)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment variables for the server (NCCL_*, VLLM_*). No secrets: name them in server.api_key_env."""
     estimate: EstimateSection = Field(default_factory=EstimateSection)
@@ -199,9 +226,22 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
+_OMIT_WHEN_DEFAULT: tuple[tuple[str, ...], ...] = (("cluster",), ("placement", "data_parallel_backend"))
+"""Fields added for multi-node plans: left out of the YAML while they hold their default, so single-node
+profiles read exactly as before (loading fills the defaults back in)."""
+
+
 def dump_yaml(profile: Profile, *, header: str | None = None) -> str:
     """Serialise a profile; ``header`` lines become leading comments (e.g. the command that wrote it)."""
     data = profile.model_dump(mode="json", exclude_none=False)
+    defaults = Profile(model=profile.model).model_dump(mode="json", exclude_none=False)
+    for path in _OMIT_WHEN_DEFAULT:
+        *parents, key = path
+        here, base = data, defaults
+        for part in parents:
+            here, base = here[part], base[part]
+        if here.get(key) == base.get(key):
+            here.pop(key, None)
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)
     lines = [f"# yaml-language-server: $schema={SCHEMA_FILE}"]
     if header:

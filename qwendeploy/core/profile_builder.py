@@ -6,6 +6,7 @@ from typing import Literal, cast
 
 from qwendeploy.core.planner import Plan
 from qwendeploy.core.profile import (
+    ClusterSection,
     EngineSection,
     EstimateSection,
     GpuEstimate,
@@ -29,6 +30,8 @@ def profile_from_plan(
     generated_by: str | None = None,
     revision: str | None = None,
     served_model_name: str | None = None,
+    head_address: str | None = None,
+    socket_ifname: str | None = None,
 ) -> Profile:
     """The profile for the chosen candidate of ``p``.
 
@@ -51,6 +54,16 @@ def profile_from_plan(
         env["NCCL_P2P_DISABLE"] = "1"
         disable_car = True
     nodes = len({g.node for g in c.gpus}) or 1
+    # Multi-node (Ray): a replica spanning nodes runs on Ray's executor; replicas that each fit one node run
+    # as vLLM data parallelism placed by Ray. Ray owns GPU placement there, so no per-host GPU list.
+    spans = nodes > 1 and any(len({g.node for g in c.gpus[r * tp * pp : (r + 1) * tp * pp]}) > 1 for r in range(dp))
+    multi = nodes > 1
+    cluster = ClusterSection(
+        head_address=head_address,
+        socket_ifname=socket_ifname,
+        gpus_per_node=req.machine.gpus_per_node,
+        network=req.network,
+    )
     util = c.gpu_memory_utilization
     if util is None:
         util = p.accounting.default_gpu_memory_utilization
@@ -84,9 +97,11 @@ def profile_from_plan(
             tensor_parallel_size=tp,
             pipeline_parallel_size=pp,
             data_parallel_size=dp,
-            gpus=[g.uuid if (g.uuid and not hw.simulated) else str(g.index) for g in c.gpus],
+            gpus=[] if multi else [g.uuid if (g.uuid and not hw.simulated) else str(g.index) for g in c.gpus],
             nodes=nodes,
-            distributed_executor_backend="ray" if nodes > 1 else None,
+            distributed_executor_backend="ray" if spans or (multi and dp == 1) else None,
+            data_parallel_mode="vllm" if multi and dp > 1 else "servers",
+            data_parallel_backend="ray" if multi and dp > 1 else None,
         ),
         engine=EngineSection(
             gpu_memory_utilization=round(util, 4),
@@ -97,6 +112,7 @@ def profile_from_plan(
             disable_custom_all_reduce=disable_car,
         ),
         server=ServerSection(host=host, port=port, served_model_name=served_model_name),
+        cluster=cluster if multi else ClusterSection(),
         env=env,
         estimate=EstimateSection(
             kv_cache_tokens=est.kv_cache_tokens,
