@@ -6,18 +6,26 @@
 ``backend`` is the ``pynvml`` module (nvidia-ml-py) by default, imported only here. Tests pass a fake module object
 with the same function names, constants and exception classes (``tests/fakes/fake_nvml.py``).
 
-What real NVML does that a naive caller trips over, and how this module copes:
+What real NVML does that a naive caller trips over, and how this module copes (checked against a real H100 and
+H200 on driver 580.159.04: tests/fixtures/gpu-runs/, docs/doctor.md "Real NVML on H100/H200"):
 
 * Any query may raise ``NVMLError_NotSupported`` (consumer cards, vGPU, MIG instances), ``NoPermission``
   (containers) or ``FunctionNotFound`` (an older driver than the bindings). Every query goes through ``_ask``: the
   field becomes ``None`` and the reason is kept in ``NvmlGpu.unavailable`` — never a crash.
 * NVML's memory total is the physical size; the CUDA runtime (and so vLLM, which multiplies it by
-  ``--gpu-memory-utilization``) sees that minus the driver's reserve. ``nvmlDeviceGetMemoryInfo_v2`` reports the
-  reserve; older drivers do not, and then a catalog value or a size-based fallback stands in.
+  ``--gpu-memory-utilization``) sees that minus the driver's reserve (480 MiB on the H100, 615 MiB on the H200).
+  ``nvmlDeviceGetMemoryInfo(h, version=nvmlMemory_v2)`` reports the reserve apart (its ``used`` is 0 on an idle
+  card); the v1 answer counts the reserve in ``used``. Older drivers have no v2, and then a catalog value or a
+  size-based fallback stands in.
+* Hopper and Ampere data-centre cards answer NotSupported to the retired-pages queries (they remap rows instead,
+  ``nvmlDeviceGetRemappedRows`` answers); ECC and MIG modes come as ``[current, pending]``.
+* The unversioned process queries of nvidia-ml-py call the driver's ``_v3`` symbol and raise
+  ``NVMLLibraryMismatchError`` — not an NVMLError — on a driver without it; the ``_v2`` query is then asked.
 * ``pynvml.NVML_P2P_CAPS_INDEX_READ`` is the tuple ``(0,)`` in nvidia-ml-py (a stray comma), so the P2P capability
   indices are spelled out here as plain integers.
-* NVLink queries on a card without NVLink (PCIe cards, a single H100 PCIe) answer NotSupported for every link;
-  links past the card's count answer InvalidArgument. Both mean "no link".
+* NVLink queries on a card without NVLink (PCIe cards) answer NotSupported for every link — and so does an SXM
+  H100/H200 passed alone into a VM; links past the card's count answer InvalidArgument. Both mean "no link".
+  The topology query of a GPU with itself answers NotSupported too; it is never asked.
 * With MIG enabled the whole card's memory is not what CUDA sees: CUDA sees MIG instances.
 * Process ids are the host's. Inside a container a process of another container is not in our PID namespace:
   psutil cannot find it (or finds an unrelated process with the same number), so it is reported as "not visible
@@ -372,7 +380,16 @@ def _gather_processes(ask: _Asker, h: Any, u: dict[str, str], lookup: ProcessLoo
         ("compute", "nvmlDeviceGetComputeRunningProcesses"),
         ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
     ):
-        procs = ask(u, f"processes_{kind}", fn, h)
+        key = f"processes_{kind}"
+        procs = ask(u, key, fn, h)
+        if procs is None and u.get(key, "").startswith("NVMLLibraryMismatchError"):
+            # nvidia-ml-py's unversioned call wants the driver's _v3 symbol; an older driver still has _v2
+            why: dict[str, str] = {}
+            procs = ask(why, key, f"{fn}_v2", h)
+            if procs is not None:
+                del u[key]
+            else:
+                u[key] = why[key]
         for p in procs or []:
             pid = int(p.pid)
             if pid in seen:

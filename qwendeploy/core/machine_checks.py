@@ -248,7 +248,9 @@ def check_gpu_memory(g: NvmlGpu) -> Check:
     detail = (
         f"GPU {g.index} {g.name} (cc {cc}): total {_gi(g.memory_total)}"
         + (f" (CUDA sees {_gi(cuda_total)}; {_gi(reserved)} driver reserve)" if cuda_total is not None else "")
-        + f", used {_gi(used)}, free {_gi(free)}."
+        + f", used {_gi(used)}"
+        + (" (NVML v1: includes the driver reserve)" if reserved is None else "")
+        + f", free {_gi(free)}."
     )
     if used is not None and used > USED_WARN_BYTES:
         holders = ", ".join(_process_label(p) for p in g.processes) or (
@@ -349,6 +351,9 @@ def check_ecc(nv: NvmlReport) -> Check:
             warns.append(f"GPU {g.index}: {(g.retired_pages_dbe or 0) + (g.retired_pages_sbe or 0)} retired page(s)")
         if g.remapped_rows_uncorrectable:
             warns.append(f"GPU {g.index}: {g.remapped_rows_uncorrectable} row(s) remapped after uncorrectable errors")
+        if g.ecc_enabled is not None and g.ecc_pending is not None and g.ecc_pending != g.ecc_enabled:
+            now, then = ("on", "off") if g.ecc_enabled else ("off", "on")
+            warns.append(f"GPU {g.index}: ECC is {now} but turns {then} at the next reboot (memory size changes)")
     if fails:
         return Check(
             "ecc",
@@ -412,7 +417,12 @@ def check_p2p(nv: NvmlReport, sysf: SystemFacts) -> Check:
 def check_nvlink(nv: NvmlReport) -> Check:
     with_links = [g for g in nv.gpus if g.nvlinks]
     if not with_links:
-        return Check("nvlink", "skip", "No NVLink on these GPUs (NVML: NotSupported); GPUs talk over PCIe.")
+        reasons = sorted({g.unavailable["nvlink"] for g in nv.gpus if "nvlink" in g.unavailable})
+        said = f" (NVML: {', '.join(reasons)})" if reasons else ""
+        if len(nv.gpus) < 2:
+            # A lone SXM board in a VM answers NotSupported too: nothing to link to, not a fault.
+            return Check("nvlink", "skip", f"One GPU: no NVLink peers{said}.")
+        return Check("nvlink", "skip", f"No NVLink on these GPUs{said}; GPUs talk over PCIe.")
     down = [(g.index, sum(1 for lk in g.nvlinks if not lk.active), len(g.nvlinks)) for g in with_links]
     down = [d for d in down if d[1]]
     summary = ", ".join(f"GPU {g.index}: {g.active_nvlinks} active" for g in with_links)

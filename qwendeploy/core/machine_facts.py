@@ -99,13 +99,16 @@ class NvmlGpu:
     memory_reserved: int | None = None
     """Driver reserve (nvmlDeviceGetMemoryInfo_v2); None on drivers that do not report it."""
     memory_used: int | None = None
+    """v2: memory processes hold (0 on an idle card); without v2: NVML v1's "used", which includes the reserve."""
     memory_free: int | None = None
     compute_capability: tuple[int, int] | None = None
     mig_mode: bool | None = None
     mig_pending: bool | None = None
+    """The MIG mode after the next GPU reset (NVML's pending *mode*, not "a change is pending")."""
     mig_devices: list[MigDevice] = field(default_factory=list)
     ecc_enabled: bool | None = None
     ecc_pending: bool | None = None
+    """The ECC mode after the next reboot (NVML's pending *mode*: True on a healthy card with ECC on)."""
     ecc_volatile_corrected: int | None = None
     ecc_volatile_uncorrected: int | None = None
     ecc_aggregate_corrected: int | None = None

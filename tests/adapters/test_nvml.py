@@ -150,8 +150,48 @@ def test_mig_and_ecc_fields() -> None:
     assert mig.gpus[0].mig_mode is True and len(mig.gpus[0].mig_devices) == 2
     assert any("MIG" in n for n in mig.to_machine().notes)
     ecc = probe("1xa100-ecc.yaml").gpus[0]
-    assert ecc.ecc_volatile_uncorrected == 2 and ecc.retired_pages_dbe == 1 and ecc.retired_pages_pending
-    assert ecc.remapped_rows_failure is True
+    assert ecc.ecc_volatile_uncorrected == 2 and ecc.remapped_rows_pending and ecc.remapped_rows_failure is True
+    assert ecc.retired_pages_dbe is None and ecc.unavailable["retired_pages"] == "NotSupported"
+
+
+def test_page_retirement_on_a_volta_card() -> None:
+    """Before Ampere, NVML retires pages (a V100 answers the retired-pages queries, and has no row remapper)."""
+    desc = {
+        "driver_version": "535.183.01",
+        "cuda_driver_version": "12.2",
+        "gpus": [
+            {
+                "index": 0,
+                "name": "Tesla V100-SXM2-32GB",
+                "memory_total_mib": 32768,
+                "memory_reserved_mib": 400,
+                "compute_capability": [7, 0],
+                "ecc_enabled": True,
+                "ecc_volatile_uncorrected": 0,
+                "retired_pages_sbe": 2,
+                "retired_pages_dbe": 1,
+                "retired_pages_pending": True,
+                "unavailable": {"remapped_rows": "NotSupported", "mig_mode": "NotSupported"},
+            }
+        ],
+    }
+    fake = FakeNvml(desc)
+    g = nvml.probe(fake, processes=fake.process_lookup).gpus[0]
+    assert (g.retired_pages_sbe, g.retired_pages_dbe, g.retired_pages_pending) == (2, 1, True)
+    assert g.remapped_rows_correctable is None and g.unavailable["remapped_rows"] == "NotSupported"
+    assert g.compute_capability == (7, 0) and g.mig_mode is None
+
+
+def test_unversioned_process_query_on_an_older_driver_falls_back_to_v2() -> None:
+    fake = FakeNvml.load(MACHINES / "1xa10g-other-process.yaml")
+    fake.fail = {"nvmlDeviceGetComputeRunningProcesses": "LibraryMismatch"}
+    g = nvml.probe(fake, processes=fake.process_lookup).gpus[0]
+    assert "nvmlDeviceGetComputeRunningProcesses_v2" in fake.calls
+    assert [p.pid for p in g.processes] == [p.pid for p in probe("1xa10g-other-process.yaml").gpus[0].processes]
+    assert "processes_compute" not in g.unavailable
+    fake.fail["nvmlDeviceGetComputeRunningProcesses_v2"] = "FunctionNotFound"
+    g = nvml.probe(fake, processes=fake.process_lookup).gpus[0]
+    assert g.unavailable["processes_compute"] == "FunctionNotFound"
 
 
 @pytest.mark.parametrize(

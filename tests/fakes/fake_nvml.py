@@ -15,7 +15,17 @@ through :meth:`FakeNvml.from_report_dict`) plus a few conveniences:
 * ``nvswitch_links: 18``: every GPU gets 18 active NVLinks to an NVSwitch;
 * ``process_table``: PID → what psutil would say (name, cmdline, ppid, parent_name, parent_cmdline, holds_gpu);
 * ``fail_init``: ``LibraryNotFound`` / ``DriverNotLoaded`` / ``NoPermission`` — nvmlInit raises it;
-* ``fail``: pynvml function name → error name, raised by every call to that function.
+* ``fail``: pynvml function name → error name, raised by every call to that function (``LibraryMismatch``
+  raises pynvml's ``NVMLLibraryMismatchError``, which is *not* an ``NVMLError``: what the unversioned process
+  queries raise on a driver older than the bindings).
+
+What it copies from real NVML (checked against the answers of an H100 and an H200 on driver 580.159.04, kept in
+``tests/fixtures/gpu-runs/``): error classes and their messages (``str(NVMLError_NotSupported(3))`` is
+``"Not Supported"``); PCI info whose char fields come back as ``str`` (pynvml decodes struct strings); v1 memory
+whose ``used`` includes the driver's reserve while v2 reports it apart (``used`` 0 on an idle card); ECC and MIG
+modes as ``[current, pending]``; ``NotSupported`` from ``nvmlDeviceGetNvLinkState`` on link 0 of a card that
+reports no NVLink (a lone SXM board in a VM does too), and from the topology query of a GPU with itself; process
+records with ``pid``, ``usedGpuMemory`` (None when NVML cannot tell), ``gpuInstanceId`` and ``computeInstanceId``.
 """
 
 from __future__ import annotations
@@ -42,6 +52,20 @@ _P2P_CODES = {
     "UNKNOWN": 6,
 }
 _NVLINK_TYPES = {"gpu": 0, "ibmnpu": 1, "switch": 2, "unknown": 255}
+_ERROR_MESSAGES = {  # nvmlErrorString(): what str() of a real pynvml NVMLError says
+    "Uninitialized": "Uninitialized",
+    "InvalidArgument": "Invalid Argument",
+    "NotSupported": "Not Supported",
+    "NoPermission": "Insufficient Permissions",
+    "NotFound": "Not Found",
+    "DriverNotLoaded": "Driver Not Loaded",
+    "Timeout": "Timeout",
+    "LibraryNotFound": "NVML Shared Library Not Found",
+    "FunctionNotFound": "Function Not Found",
+    "GpuIsLost": "GPU is lost",
+    "Unknown": "Unknown Error",
+}
+NVML_VALUE_NOT_AVAILABLE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process on a card without MIG
 _ERROR_CODES = {
     "Uninitialized": 1,
     "InvalidArgument": 2,
@@ -74,7 +98,12 @@ class NVMLError(Exception):
         self.value = value
 
     def __str__(self) -> str:
-        return type(self).__name__.removeprefix("NVMLError_")
+        name = type(self).__name__.removeprefix("NVMLError_")
+        return _ERROR_MESSAGES.get(name, name)
+
+
+class NVMLLibraryMismatchError(Exception):
+    """pynvml raises this (not an NVMLError) from an unversioned call whose function the driver lacks."""
 
 
 def _make_error_classes() -> dict[str, type[NVMLError]]:
@@ -89,7 +118,11 @@ def _make_error_classes() -> dict[str, type[NVMLError]]:
 _ERRORS = _make_error_classes()
 
 
-def _error(name: str) -> NVMLError:
+def _error(name: str) -> Exception:
+    if name == "LibraryMismatch":
+        return NVMLLibraryMismatchError(
+            "Unversioned function called and the pyNVML version does not match the NVML lib version."
+        )
     return _ERRORS.get(name, _ERRORS["Unknown"])(_ERROR_CODES.get(name, 999))
 
 
@@ -282,8 +315,9 @@ class FakeNvml:
     def nvmlDeviceGetPciInfo(self, h: _Handle) -> SimpleNamespace:
         self._enter("nvmlDeviceGetPciInfo")
         bus = str(self._field(h.gpu, "pci_bus_id"))
-        # the real struct's char arrays come back as bytes
-        return SimpleNamespace(busId=bus.encode(), busIdLegacy=bus.encode())
+        # pynvml's structures decode their char arrays: busId "00000000:00:06.0", busIdLegacy "0000:00:06.0"
+        legacy = bus[4:] if len(bus.split(":")[0]) == 8 else bus
+        return SimpleNamespace(busId=bus, busIdLegacy=legacy)
 
     def nvmlDeviceGetMemoryInfo(self, h: _Handle, version: int | None = None) -> SimpleNamespace:
         self._enter("nvmlDeviceGetMemoryInfo")
@@ -396,7 +430,7 @@ class FakeNvml:
         bus = self._link(h, link).get("remote_bus_id")
         if bus is None:
             raise _error("NotSupported")
-        return SimpleNamespace(busId=str(bus).encode())
+        return SimpleNamespace(busId=str(bus))
 
     def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: _Handle, link: int) -> int:
         self._enter("nvmlDeviceGetNvLinkRemoteDeviceType")
@@ -411,9 +445,15 @@ class FakeNvml:
         self._enter(fn)
         reasons = h.gpu.get("unavailable") or {}
         if f"processes_{kind}" in reasons:
-            raise _error(reasons[f"processes_{kind}"])
+            raise _error(reasons[f"processes_{kind}"].split(" ")[0].rstrip(":"))
+        # pynvml's nvmlFriendlyObject for c_nvmlProcessInfo_v2_t/v3_t; usedGpuMemory None = NVML_VALUE_NOT_AVAILABLE
         return [
-            SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used_bytes"), gpuInstanceId=0xFFFFFFFF)
+            SimpleNamespace(
+                pid=p["pid"],
+                usedGpuMemory=p.get("used_bytes"),
+                gpuInstanceId=NVML_VALUE_NOT_AVAILABLE,
+                computeInstanceId=NVML_VALUE_NOT_AVAILABLE,
+            )
             for p in h.gpu.get("processes", [])
             if p.get("kind", "compute") == kind
         ]
@@ -421,8 +461,14 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, h: _Handle) -> list[SimpleNamespace]:
         return self._processes(h, "compute", "nvmlDeviceGetComputeRunningProcesses")
 
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, h: _Handle) -> list[SimpleNamespace]:
+        return self._processes(h, "compute", "nvmlDeviceGetComputeRunningProcesses_v2")
+
     def nvmlDeviceGetGraphicsRunningProcesses(self, h: _Handle) -> list[SimpleNamespace]:
         return self._processes(h, "graphics", "nvmlDeviceGetGraphicsRunningProcesses")
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v2(self, h: _Handle) -> list[SimpleNamespace]:
+        return self._processes(h, "graphics", "nvmlDeviceGetGraphicsRunningProcesses_v2")
 
     # ---------------------------------------------------------------- pairs
 
@@ -450,3 +496,131 @@ class FakeNvml:
 def load_machine(path: str | Path) -> FakeNvml:
     """``FakeNvml.load`` under the name tests read best: ``load_machine(fixtures / "machines/8xh100.yaml")``."""
     return FakeNvml.load(path)
+
+
+# ---------------------------------------------------------------- real NVML answers → machine description
+
+_TOPOLOGY_NAMES = {v: k for k, v in _TOPOLOGY_LEVELS.items()}
+_P2P_NAMES = {v: k for k, v in _P2P_CODES.items()}
+
+
+def _raw_error(v: Any) -> str | None:
+    """``{"error": "NVMLError_NotSupported", ...}`` (benchmarks/gpu/nvml_dump.py's record of a failed query) →
+    ``NotSupported``; None for an answer."""
+    if isinstance(v, dict) and "error" in v:
+        return str(v["error"]).removeprefix("NVMLError_")
+    return None
+
+
+def report_dict_from_raw_dump(raw: dict[str, Any], assume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A machine description (``NvmlReport.to_dict()`` format) from ``benchmarks/gpu/nvml_dump.py``'s JSON.
+
+    The dump records every pynvml query independently of qwendeploy's adapter, so a description built from it is
+    an outside check of how the adapter reads each answer. Where the dump holds no v2 memory answer, the driver's
+    reserve is NVML's total minus the CUDA runtime's total (``torch`` section); fields the dump did not query
+    come from ``assume`` (per GPU), and without it they stay out (the fake then answers NotSupported).
+    """
+    assume = assume or {}
+    cuda = raw.get("cuda_driver")
+    out: dict[str, Any] = {
+        "driver_version": raw.get("driver"),
+        "cuda_driver_version": f"{cuda // 1000}.{(cuda % 1000) // 10}" if isinstance(cuda, int) else None,
+        "nvml_version": raw.get("nvml_version"),
+        "gpus": [],
+        "pairs": [],
+        "unavailable": {},
+    }
+    torch_totals = (raw.get("torch") or {}).get("total_memory") or []
+    for r in raw.get("gpus", []):
+        i = int(r["index"])
+        u: dict[str, str] = {}
+        g: dict[str, Any] = {"index": i, "name": r["name"], "uuid": r.get("uuid")}
+        g["pci_bus_id"] = (r.get("pci") or {}).get("busId")
+        mem2, mem = r.get("memory_v2"), r.get("memory") or {}
+        procs = [*(r.get("compute_procs") or []), *(r.get("graphics_procs") or [])]
+        if isinstance(mem2, dict) and _raw_error(mem2) is None:
+            g.update(memory_total=mem2["total"], memory_reserved=mem2["reserved"])
+            g.update(memory_used=mem2["used"], memory_free=mem2["free"])
+        else:
+            g.update(memory_total=mem["total"], memory_free=mem["free"])
+            reserved = mem["total"] - torch_totals[i] if i < len(torch_totals) else None
+            g["memory_reserved"] = reserved
+            g["memory_used"] = mem["used"] - reserved if reserved is not None else mem["used"]
+        g["compute_capability"] = list(r["cc"]) if _raw_error(r.get("cc")) is None else None
+        mig = r.get("mig_mode")
+        if _raw_error(mig) is None and mig is not None:
+            g["mig_mode"], g["mig_pending"] = bool(mig[0]), bool(mig[1])
+        else:
+            u["mig_mode"] = _raw_error(mig) or "NotSupported"
+        ecc = r.get("ecc_mode")
+        if _raw_error(ecc) is None and ecc is not None:
+            g["ecc_enabled"], g["ecc_pending"] = bool(ecc[0]), bool(ecc[1])
+            g["ecc_volatile_uncorrected"] = r.get("ecc_volatile_uncorrected")
+            g["ecc_aggregate_uncorrected"] = r.get("ecc_aggregate_uncorrected")
+        else:
+            u["ecc_mode"] = _raw_error(ecc) or "NotSupported"
+        dbe = r.get("retired_pages_dbe")
+        if _raw_error(dbe) is not None:
+            # the function itself is refused (Ampere/Hopper remap rows instead): every cause answers the same
+            g["retired_pages_sbe"] = g["retired_pages_dbe"] = None
+            u["retired_pages"] = str(_raw_error(dbe))
+        else:
+            g["retired_pages_dbe"] = len(dbe or [])
+        pending = r.get("retired_pending")
+        if _raw_error(pending) is not None:
+            u["retired_pages_pending"] = str(_raw_error(pending))
+        else:
+            g["retired_pages_pending"] = bool(pending)
+        rows = r.get("remapped_rows")
+        if _raw_error(rows) is None and rows is not None:
+            g["remapped_rows_correctable"], g["remapped_rows_uncorrectable"] = int(rows[0]), int(rows[1])
+            g["remapped_rows_pending"], g["remapped_rows_failure"] = bool(rows[2]), bool(rows[3])
+        else:
+            u["remapped_rows"] = _raw_error(rows) or "NotSupported"
+        for key, raw_key in (
+            ("pcie_gen_current", "pcie_gen"),
+            ("pcie_gen_max", "pcie_gen_max"),
+            ("pcie_width_current", "pcie_width"),
+            ("pcie_width_max", "pcie_width_max"),
+        ):
+            v = r.get(raw_key)
+            if _raw_error(v) is None:
+                g[key] = v
+            else:
+                u[key] = str(_raw_error(v))
+        links = r.get("nvlink") or []
+        if links and _raw_error(links[0]["state"]) is not None:
+            g["nvlinks"] = []
+            u["nvlink"] = str(_raw_error(links[0]["state"]))
+        else:
+            g["nvlinks"] = [
+                {
+                    "link": lk["link"],
+                    "active": bool(lk["state"]),
+                    "remote_bus_id": (lk.get("remote_pci") or {}).get("busId"),
+                    "remote_type": None,
+                }
+                for lk in links
+                if _raw_error(lk["state"]) is None
+            ]
+        g["processes"] = [
+            {"pid": int(p["pid"]), "used_bytes": p.get("usedGpuMemory"), "kind": kind, "visible": False}
+            for kind, key in (("compute", "compute_procs"), ("graphics", "graphics_procs"))
+            for p in (r.get(key) or [])
+        ]
+        if procs and g["memory_reserved"] is not None and not isinstance(mem2, dict):
+            g["memory_reserved"] = None  # v1 "used" then holds the processes too: the reserve is not known
+        g.update(assume.get(i, {}))
+        g["unavailable"] = u
+        out["gpus"].append(g)
+        for j, p in sorted((r.get("p2p") or {}).items(), key=lambda kv: int(kv[0])):
+            if int(j) <= i:
+                continue
+            pair: dict[str, Any] = {"a": i, "b": int(j), "nvlinks": 0}
+            if _raw_error(p.get("topology")) is None:
+                pair["topology"] = _TOPOLOGY_NAMES.get(int(p["topology"]), str(p["topology"]))
+            for key, raw_key in (("p2p_read", "read"), ("p2p_write", "write"), ("p2p_nvlink", "nvlink")):
+                if _raw_error(p.get(raw_key)) is None:
+                    pair[key] = _P2P_NAMES.get(int(p[raw_key]), str(p[raw_key]))
+            out["pairs"].append(pair)
+    return out
