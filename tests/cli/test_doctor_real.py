@@ -119,3 +119,14 @@ def test_profile_written_there_has_the_same_hardware_section(real_h100: FakeNvml
     assert got["placement"]["gpus"] == real["placement"]["gpus"] == ["GPU-7202b0ca-9c79-6baa-b24a-9ad0f2029620"]
     assert got["model"]["hf_overrides"] == real["model"]["hf_overrides"]
     assert got["model"]["max_model_len"] == real["model"]["max_model_len"] == 131072
+
+
+def test_doctor_log_on_the_real_vllm_failure(real_h100: FakeNvml) -> None:
+    log = FIXTURES / "gpu-runs" / "h200-vllm0.26" / "q7_fail" / "vllm.log"
+    result = runner.invoke(app, ["doctor", "--log", str(log), "--json"])
+    assert result.exit_code == 1
+    top = json.loads(result.stdout)["diagnoses"][0]
+    assert top["category"] == "max_model_len_exceeds_kv_cache" and "--max-model-len 100416" in top["fix"]
+    clean = FIXTURES / "gpu-runs" / "h200-vllm0.26" / "q7_u90" / "vllm.log"
+    result = runner.invoke(app, ["doctor", "--log", str(clean), "--json"])
+    assert json.loads(result.stdout)["diagnoses"] == []
