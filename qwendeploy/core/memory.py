@@ -9,18 +9,27 @@ This is the one place that holds the KV-cache formula. Per GPU of one replica (`
   stages just before the last). The first stage holds the embedding; the last stage holds the final norm and
   the LM head (with tied embeddings and PP > 1 the last stage keeps its own copy). Quantized linear layers
   are counted at their stored size; embedding, LM head and norms stay in the activation dtype.
-* **activation** — the torch peak of vLLM's profiling forward pass at ``max_num_batched_tokens`` tokens and
-  of its dummy sampler run over ``max_num_seqs`` rows of logits (fp32).
+* **activation** — the torch peak of vLLM's profiling run: a forward pass over ``max_num_batched_tokens`` tokens,
+  then a dummy sampler run over ``max_num_seqs`` rows of logits. Which model runner profiles it matters (see
+  ``Accounting``): the V1 runner's sampler keeps fp32 copies of the logits (≈ 2.2 GiB for Qwen at 1024 rows,
+  published vLLM 0.19 logs); the V2 runner's (dense models from vLLM 0.25, all from 0.29) is light, and its peak
+  is a vocab × hidden-sized buffer plus the hidden states (measured on vLLM 0.26); from 0.33 the V2 profile also
+  runs the fp32 sampler warm-up that 0.26 ran only after sizing the KV cache.
 * **non-torch** — memory that appears during profiling outside PyTorch's allocator: cuBLAS workspaces, NCCL
   buffers and custom all-reduce buffers when TP/PP > 1.
-* **CUDA graphs** — 0 with ``enforce_eager``. vLLM ≥ 0.28 subtracts its estimate from the KV budget
-  (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``); older releases (0.26 on the project's GPU machine) capture
-  the graphs after sizing the KV cache, so they come on top of the budget.
+* **CUDA graphs** — 0 with ``enforce_eager``. Subtracted from the KV budget when the release's profiler estimates
+  them (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``, on by default from 0.20) *and* the model runner implements
+  the estimate (V1 always; V2 from 0.29). Otherwise (0.19 and older; dense models on 0.25–0.28, e.g. the 0.26
+  runs on the project's H200) they are captured after the KV cache is sized and come on top of the budget.
 * **KV cache** — ``total × gpu_memory_utilization − everything else``, counted in whole blocks of
   ``block_size`` (16) tokens. KV bytes per token per GPU =
   ``2 × layers on the GPU × ceil(KV heads / TP) × head_dim × KV-dtype bytes``.
 * **CUDA context** — created before vLLM takes its memory snapshot, so it is outside the budget; it must fit
   in the free memory that ``gpu_memory_utilization`` leaves.
+* **working memory** — what PyTorch's allocator keeps reserved while serving: the larger of a forward pass and
+  the sampler warm-up (fp32 logits pipeline over ``max_num_seqs`` rows), run after the KV cache exists.
+* **footprint** — what nvidia-smi shows for the process while serving: CUDA context + weights + non-torch + KV
+  cache + CUDA graphs + working memory. It can exceed ``gpu_memory_utilization × total``.
 
 Every term carries an ``Explanation`` (formula, inputs, value) so ``plan --explain`` can print it. The
 constants that are not fixed by the model's shape live in one ``Calibration`` value.
@@ -79,16 +88,20 @@ class Explanation:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Constants of the estimate that the model shape does not fix. Calibrate against real vLLM start-up logs.
+    """Constants of the estimate that the model shape does not fix, each with where it comes from.
 
-    Byte constants are per GPU. Defaults are fitted to published vLLM 0.19 start-up logs on H100
-    (tests/fixtures/published_logs.yaml; docs/accuracy.md shows the fit) and are meant to be refined.
+    Byte constants are per GPU. Two sources: published vLLM 0.17–0.19 start-up logs on H100 (V1 model runner;
+    tests/fixtures/published_logs.yaml) and vLLM 0.26 start-ups measured on the project's H200 (V2 model runner;
+    tests/fixtures/gpu-runs/measured.yaml). docs/accuracy.md shows both fits.
     """
 
-    cuda_context_bytes: int = 500 * MiB
-    """CUDA context + kernel images of the worker; created before vLLM's baseline snapshot (outside the budget)."""
+    cuda_context_bytes: int = 520 * MiB
+    """CUDA context + kernel images of the worker; created before vLLM's baseline snapshot (outside the budget).
+    Measured: "Free memory on device (139.29/139.8 GiB) on startup" on an empty H200 (0.51 GiB)."""
     non_torch_bytes: int = 250 * MiB
-    """Non-torch growth during profiling on a single GPU (cuBLAS/cuBLASLt workspaces): 0.24–0.25 GiB logged."""
+    """V1 runner: non-torch growth during profiling on one GPU (cuBLAS workspaces): 0.24–0.25 GiB in the 0.19 logs."""
+    v2_non_torch_bytes: int = 225 * MiB
+    """V2 runner: 0.22 GiB on every vLLM 0.26 run on the H200 (0.5B to 14B)."""
     nccl_base_bytes: int = 256 * MiB
     """NCCL communicator buffers when TP×PP > 1."""
     nccl_per_peer_bytes: int = 36 * MiB
@@ -103,16 +116,34 @@ class Calibration:
     activation_mlp_factor: float = 3.0
     """intermediate-wide tensors per token at the MLP peak (gate_up output = 2, activation output = 1)."""
     activation_scale: float = 1.0
-    """Multiplier on the forward-pass peak (torch.compile fusions and allocator rounding)."""
+    """V1 runner: multiplier on the forward-pass peak (torch.compile fusions and allocator rounding)."""
+    v2_forward_scale: float = 0.85
+    """V2 runner: multiplier on the forward-pass peak. Measured: Qwen2.5-7B peaks at 2.15 GiB with 16384 tokens."""
     activation_moe_scale: float = 4.55
     """Multiplier on the fused-MoE per-token width (fitted: Qwen3-30B-A3B peaks at 2.68 GiB with 8192 tokens)."""
     sampler_fp32_copies: float = 3.22
-    """fp32 copies of the [max_num_seqs × vocab] logits alive in the dummy sampler run: logs show ~14.9 bytes per
-    logit (2 for the bf16 logits + 4 × 3.22) for Qwen2.5-7B, Qwen3-8B and Llama-3.1-8B alike."""
+    """V1 runner: fp32 copies of the [max_num_seqs × vocab] logits alive in the dummy sampler run: logs show ~14.9
+    bytes per logit (2 for the bf16 logits + 4 × 3.22) for Qwen2.5-7B, Qwen3-8B and Llama-3.1-8B alike."""
+    v2_vocab_buffer_factor: float = 1.0
+    """V2 runner: the profile peak holds a buffer of vocab/tp × hidden × dtype bytes (the LM head's shape) next to the
+    hidden states. Measured on 0.26: 7B 1.04 GiB at 2048 tokens / 64 sequences (the buffer is 1.02 GiB) and
+    1.06–1.13 at 8192; 0.5B 0.35, Qwen3-8B 1.29, 14B 1.61; an AWQ 7B log on an RTX 4080 shows 1.04 GiB too."""
+    v2_sampler_bytes_per_logit: float = 0.5
+    """V2 runner: the light default sampler pass of the profile (0.07 GiB at 1024 rows of the Qwen vocabulary)."""
+    warmup_base_bytes: int = 128 * MiB
+    """Sampler warm-up (fp32 logits pipeline: penalties, top-k/top-p, logprobs) fixed part."""
+    warmup_bytes_per_logit: float = 22.7
+    """Sampler warm-up bytes per logit of ``max_num_seqs × vocab``. Measured on 0.26 as the serving footprint above
+    weights + KV + graphs + context: 3.2–3.5 GiB at 1024 sequences (every model), 0.33 GiB at 64."""
     cuda_graph_base_bytes: int = 560 * MiB
-    """CUDA-graph memory independent of depth (capture pool, the largest batch's buffers)."""
+    """V1 runner: CUDA-graph memory independent of depth (capture pool, the largest batch's buffers)."""
     cuda_graph_per_layer_bytes: int = 11776 * 1024
-    """CUDA-graph memory per decoder layer on the GPU (11.5 MiB; piecewise graphs are captured per layer)."""
+    """V1 runner: CUDA-graph memory per decoder layer on the GPU (11.5 MiB; fitted to the 0.19 logs)."""
+    v2_graph_base_bytes: int = 312 * MiB
+    """V2 runner: CUDA-graph memory at 512 captured sizes, fixed part (0.26: 0.5B 0.39, 7B 0.89, Qwen3-8B 1.00,
+    14B 0.94 GiB; least squares on hidden size)."""
+    v2_graph_per_hidden_bytes: int = 157 * 1024
+    """V2 runner: CUDA-graph memory per unit of hidden size (0.146 MiB)."""
     cuda_graph_tp_exponent: float = 0.25
     """Graph memory shrinks with TP as tp^-exponent (logged: 0.87 / 0.71 / 0.64 GiB at TP 1 / 2 / 4)."""
 
@@ -120,15 +151,63 @@ class Calibration:
 DEFAULT_CALIBRATION = Calibration()
 
 
+V2_ARCHITECTURES_0_24 = frozenset(
+    {
+        "Qwen3ForCausalLM",
+        "DeepseekV2ForCausalLM",
+        "Qwen2MoeForCausalLM",
+        "GraniteMoeForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+    }
+)
+"""Architectures that default to the V2 model runner in vLLM 0.24 (vllm/config/vllm.py)."""
+
+V2_MOE_ARCHITECTURES = frozenset({"Qwen2MoeForCausalLM", "DeepseekV2ForCausalLM", "GraniteMoeForCausalLM"})
+"""MoE architectures on the V2 runner in 0.25–0.28 (dense models are all on it)."""
+
+
 @dataclass(frozen=True)
 class Accounting:
-    """How a vLLM release sizes its KV cache."""
+    """How a vLLM release profiles memory and sizes its KV cache (read in the sources of 0.19–0.33)."""
 
     vllm_version: str
-    graphs_in_budget: bool
-    """True: the CUDA-graph estimate is subtracted from the KV budget (vLLM ≥ 0.28). False: graphs come on top."""
     default_gpu_memory_utilization: float
-    """--gpu-memory-utilization default of the release (0.92 in 0.33; 0.9 in older releases)."""
+    """--gpu-memory-utilization default: 0.92 from 0.20 (0.26 and 0.33 alike), 0.9 before."""
+    graph_estimate_flag: bool
+    """``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` default: off in 0.19, on from 0.20."""
+    v2_runner: str
+    """Which models default to the V2 model runner: ``none`` (≤ 0.21), ``qwen3`` (0.22–0.23: Qwen3 dense),
+    ``listed`` (0.24), ``dense`` (0.25–0.28: every dense model and a few MoE), ``all`` (≥ 0.29)."""
+    v2_estimates_graphs: bool
+    """The V2 runner's CUDA-graph estimate: returns 0 up to 0.28, profiles the graphs from 0.29."""
+    sampler_warmup_profiled: bool
+    """0.33: the V2 profile runs the fp32 sampler warm-up, so the budget pays for it. Before: it runs after the KV
+    cache is sized and sits on top of the budget."""
+
+    def runner(self, spec: ModelSpec) -> str:
+        """``"v1"`` or ``"v2"``: the model runner this release uses for ``spec`` by default."""
+        arch = spec.architecture
+        if self.v2_runner == "all":
+            return "v2"
+        if self.v2_runner == "dense":
+            return "v2" if spec.moe is None or arch in V2_MOE_ARCHITECTURES else "v1"
+        if self.v2_runner == "listed":
+            return "v2" if arch in V2_ARCHITECTURES_0_24 else "v1"
+        if self.v2_runner == "qwen3":
+            return "v2" if arch == "Qwen3ForCausalLM" and spec.quantization is None else "v1"
+        return "v1"
+
+    def graphs_subtracted(self, spec: ModelSpec) -> bool:
+        """Whether the CUDA-graph estimate comes out of the KV budget for ``spec``."""
+        if not self.graph_estimate_flag:
+            return False
+        return self.runner(spec) == "v1" or self.v2_estimates_graphs
+
+    @property
+    def graphs_in_budget(self) -> bool:
+        """Whether graphs come out of the KV budget for a dense Qwen2 model (the common case)."""
+        return self.graph_estimate_flag and (self.v2_runner in ("none", "qwen3", "listed") or self.v2_estimates_graphs)
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -147,20 +226,34 @@ def parse_version(text: str) -> tuple[int, int]:
 
 
 def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
-    """The KV-budget accounting of a vLLM release.
+    """The memory accounting of a vLLM release.
 
-    0.33 (read in its source) subtracts the CUDA-graph estimate; 0.26 (observed on the project's H100) does
-    not. Releases in between are assumed to follow 0.33 from 0.28 on; that boundary is not verified.
+    Read in the released sources of 0.19, 0.20, 0.22, 0.24, 0.25 and 0.26–0.33 (``config/vllm.py``, ``envs.py``,
+    ``v1/worker/gpu/model_runner.py``); 0.21 and 0.23 are assumed to follow 0.20 and 0.22. Measured on a GPU:
+    0.26 (H200). Releases after 0.33 follow 0.33.
 
     Raises:
         ValueError: ``vllm_version`` is not a version string.
     """
     major, minor = parse_version(vllm_version)
-    newer = (major, minor) >= (0, 28)
+    v = (major, minor)
+    if v < (0, 22):
+        runner = "none"
+    elif v < (0, 24):
+        runner = "qwen3"
+    elif v < (0, 25):
+        runner = "listed"
+    elif v < (0, 29):
+        runner = "dense"
+    else:
+        runner = "all"
     return Accounting(
         vllm_version=f"{major}.{minor}",
-        graphs_in_budget=newer,
-        default_gpu_memory_utilization=0.92 if newer else 0.9,
+        default_gpu_memory_utilization=0.92 if v >= (0, 20) else 0.9,
+        graph_estimate_flag=v >= (0, 20),
+        v2_runner=runner,
+        v2_estimates_graphs=v >= (0, 29),
+        sampler_warmup_profiled=v >= (0, 33),
     )
 
 
@@ -380,6 +473,10 @@ class GpuMemory:
     capacity_bytes: int
     """gpu_memory_utilization × total."""
     explanations: tuple[Explanation, ...]
+    graphs_in_budget: bool = True
+    """True: the CUDA graphs were subtracted from the KV budget. False: they come on top of it."""
+    working_bytes: int = 0
+    """Allocator memory kept while serving (forward pass / sampler warm-up), in place of the profiled activation."""
 
     @property
     def overhead_bytes(self) -> int:
@@ -387,9 +484,34 @@ class GpuMemory:
         return self.non_torch_bytes + self.cuda_graph_bytes + self.cuda_context_bytes
 
     @property
+    def in_budget_bytes(self) -> int:
+        """What vLLM counts against ``gpu_memory_utilization × total``: weights, activation, non-torch, KV cache and,
+        where the release subtracts them, the CUDA graphs."""
+        graphs = self.cuda_graph_bytes if self.graphs_in_budget else 0
+        return self.weights_bytes + self.activation_bytes + self.non_torch_bytes + graphs + self.kv_cache_bytes
+
+    @property
+    def outside_budget_bytes(self) -> int:
+        """What the process holds beyond the budget while serving: the CUDA context, CUDA graphs captured after the
+        KV cache was sized, and working memory beyond the profiled activation (negative when it is less)."""
+        return self.footprint_bytes - self.in_budget_bytes
+
+    @property
+    def footprint_bytes(self) -> int:
+        """What nvidia-smi shows for the vLLM worker on this GPU while serving."""
+        return (
+            self.cuda_context_bytes
+            + self.weights_bytes
+            + self.non_torch_bytes
+            + self.kv_cache_bytes
+            + self.cuda_graph_bytes
+            + self.working_bytes
+        )
+
+    @property
     def total_bytes(self) -> int:
-        """Everything the vLLM worker holds on this GPU once serving."""
-        return self.weights_bytes + self.activation_bytes + self.overhead_bytes + self.kv_cache_bytes
+        """Everything the vLLM worker holds on this GPU once serving (= ``footprint_bytes``)."""
+        return self.footprint_bytes
 
 
 @dataclass(frozen=True)
@@ -411,6 +533,9 @@ class MemoryEstimate:
     max_model_len_fit: int
     """Longest max_model_len one request can have (``--max-model-len auto``): (num_blocks − 1) × block_size."""
     explanations: tuple[Explanation, ...]
+    runner: str = "v1"
+    """The vLLM model runner the estimate follows (``v1`` or ``v2``)."""
+    graphs_in_budget: bool = True
 
     @property
     def fits_one_request(self) -> bool:
@@ -426,12 +551,22 @@ class MemoryEstimate:
         return self.max_len_for(concurrency) >= self.settings.max_model_len
 
 
-def activation_bytes(
-    spec: ModelSpec, *, tp: int, layers: int, settings: EngineSettings, dtype: str, cal: Calibration
-) -> Explanation:
-    """Torch peak of vLLM's profiling run: a forward pass over max_num_batched_tokens, then the dummy sampler."""
-    dt = DTYPE_BYTES[dtype]
-    tokens = settings.max_num_batched_tokens
+def rotary_cache_bytes(spec: ModelSpec, *, max_model_len: int, dtype: str) -> int:
+    """The rotary cos/sin cache every GPU keeps with the weights: positions × head_dim in the activation dtype.
+
+    Positions are the model's window, or the YaRN-extended one when ``max_model_len`` is beyond it (vLLM 0.26 loads
+    14.29 GiB of Qwen2.5-7B at 32K and 14.32 GiB with the 128K YaRN override).
+    """
+    return max(spec.max_position_embeddings, max_model_len) * spec.head_dim * DTYPE_BYTES[dtype]
+
+
+def sampler_warmup_bytes(spec: ModelSpec, *, rows: int, cal: Calibration) -> int:
+    """The sampler warm-up's fp32 logits pipeline over ``rows`` × vocab logits (measured on vLLM 0.26)."""
+    return int(cal.warmup_base_bytes + rows * spec.vocab_size * cal.warmup_bytes_per_logit)
+
+
+def _forward_per_token(spec: ModelSpec, *, tp: int, cal: Calibration) -> tuple[float, float]:
+    """(elements per token at the forward peak, MLP width) on one TP rank."""
     h = spec.hidden_size
     q_local = spec.num_attention_heads * spec.head_dim / tp
     kv_local = kv_heads_per_rank(spec.num_key_value_heads, tp) * spec.head_dim
@@ -443,35 +578,126 @@ def activation_bytes(
         mlp_width = k * per_expert * cal.activation_moe_scale
     else:
         mlp_width = spec.intermediate_size / tp * cal.activation_mlp_factor
-    per_token = cal.activation_hidden_factor * h + mlp_width + q_local + 2 * kv_local
-    forward = tokens * per_token * dt * cal.activation_scale if layers > 0 else 0.0
+    return cal.activation_hidden_factor * h + mlp_width + q_local + 2 * kv_local, mlp_width
+
+
+def activation_bytes(
+    spec: ModelSpec,
+    *,
+    tp: int,
+    layers: int,
+    settings: EngineSettings,
+    dtype: str,
+    cal: Calibration,
+    runner: str = "v1",
+    warmup_profiled: bool = False,
+) -> Explanation:
+    """Torch peak of vLLM's profiling run: a forward pass over max_num_batched_tokens, then the dummy sampler.
+
+    ``runner`` ``v1``: max(forward, hidden states + sampler with fp32 copies of the logits) — published 0.17–0.19
+    logs. ``v2``: max(forward, vocab/tp × hidden buffer + hidden states + light sampler) — measured on 0.26;
+    ``warmup_profiled`` (0.33) adds a third candidate: hidden states + logits + the sampler's fp32 warm-up pass
+    (derived from the 0.33 source and the 0.26 serving footprint; not measured on 0.33).
+    """
+    dt = DTYPE_BYTES[dtype]
+    tokens = settings.max_num_batched_tokens
+    h = spec.hidden_size
+    per_token, mlp_width = _forward_per_token(spec, tp=tp, cal=cal)
     rows = min(settings.max_num_seqs, tokens)
-    sampler = rows * spec.vocab_size * (dt + 4 * cal.sampler_fp32_copies)
-    value = max(forward, tokens * h * dt + sampler)
-    return Explanation(
-        "activation",
-        "max(forward, sampler) with forward = max_num_batched_tokens × (a_h × hidden + mlp_width + q/tp + 2 × kv/tp)"
-        " × dtype_bytes × scale; sampler = T × hidden × dtype_bytes + min(max_num_seqs, T) × vocab × "
-        "(dtype_bytes + 4 × fp32_copies)",
-        {
-            "max_num_batched_tokens": tokens,
+    hidden_states = tokens * h * dt
+    if runner == "v2":
+        scale = cal.v2_forward_scale
+        forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+        padded_vocab = math.ceil(spec.vocab_size / VOCAB_PADDING) * VOCAB_PADDING
+        vocab_buffer = math.ceil(padded_vocab / tp) * h * dt * cal.v2_vocab_buffer_factor
+        sampler = rows * spec.vocab_size * cal.v2_sampler_bytes_per_logit
+        held = vocab_buffer + hidden_states + sampler
+        warmup = 0
+        if warmup_profiled:
+            # 0.33 runs the fp32 warm-up pass on the profile's logits; the vocab-sized buffer belongs to the logits
+            # computation, which the warm-up pass does not repeat.
+            warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal)
+            held = max(held, hidden_states + rows * spec.vocab_size * dt + warmup)
+        formula = (
+            "V2 runner: max(forward, vocab_buffer + hidden_states + sampler"
+            + (", hidden_states + logits + sampler_warmup" if warmup_profiled else "")
+            + ") with forward = T × (a_h × hidden + mlp_width + q/tp + 2 × kv/tp) × dtype_bytes × scale; "
+            "vocab_buffer = pad64(vocab)/tp × hidden × dtype_bytes; hidden_states = T × hidden × dtype_bytes; "
+            "sampler = min(max_num_seqs, T) × vocab × bytes_per_logit"
+            + ("; logits = min(max_num_seqs, T) × vocab × dtype_bytes" if warmup_profiled else "")
+        )
+        inputs: dict[str, object] = {
+            "T": tokens,
             "a_h": cal.activation_hidden_factor,
             "hidden": h,
             "mlp_width": round(mlp_width, 1),
             "dtype_bytes": dt,
-            "scale": cal.activation_scale,
+            "scale": scale,
+            "forward_bytes": int(forward),
+            "vocab": spec.vocab_size,
+            "vocab_buffer_bytes": int(vocab_buffer),
+            "hidden_states_bytes": int(hidden_states),
+            "max_num_seqs": settings.max_num_seqs,
+            "bytes_per_logit": cal.v2_sampler_bytes_per_logit,
+            "sampler_bytes": int(sampler),
+        }
+        if warmup_profiled:
+            inputs["sampler_warmup_bytes"] = int(warmup)
+    else:
+        scale = cal.activation_scale
+        forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+        sampler = rows * spec.vocab_size * (dt + 4 * cal.sampler_fp32_copies)
+        held = hidden_states + sampler
+        formula = (
+            "V1 runner: max(forward, hidden_states + sampler) with forward = T × (a_h × hidden + mlp_width + q/tp + "
+            "2 × kv/tp) × dtype_bytes × scale; hidden_states = T × hidden × dtype_bytes; sampler = "
+            "min(max_num_seqs, T) × vocab × (dtype_bytes + 4 × fp32_copies)"
+        )
+        inputs = {
+            "T": tokens,
+            "a_h": cal.activation_hidden_factor,
+            "hidden": h,
+            "mlp_width": round(mlp_width, 1),
+            "dtype_bytes": dt,
+            "scale": scale,
             "forward_bytes": int(forward),
             "max_num_seqs": settings.max_num_seqs,
             "vocab": spec.vocab_size,
             "fp32_copies": cal.sampler_fp32_copies,
             "sampler_bytes": int(sampler),
+        }
+    return Explanation("activation", formula, inputs, int(max(forward, held)))
+
+
+def working_bytes(
+    spec: ModelSpec, *, tp: int, layers: int, settings: EngineSettings, dtype: str, cal: Calibration, runner: str
+) -> Explanation:
+    """Allocator memory the worker keeps while serving: the larger of a forward pass and the sampler warm-up."""
+    dt = DTYPE_BYTES[dtype]
+    tokens = settings.max_num_batched_tokens
+    per_token, _ = _forward_per_token(spec, tp=tp, cal=cal)
+    scale = cal.v2_forward_scale if runner == "v2" else cal.activation_scale
+    forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+    rows = min(settings.max_num_seqs, tokens)
+    warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal)
+    return Explanation(
+        "working",
+        "max(forward, sampler_warmup) with sampler_warmup = warmup_base + min(max_num_seqs, T) × vocab × "
+        "bytes_per_logit (fp32 logits pipeline run after the KV cache is allocated)",
+        {
+            "forward_bytes": int(forward),
+            "warmup_base": cal.warmup_base_bytes,
+            "max_num_seqs": settings.max_num_seqs,
+            "vocab": spec.vocab_size,
+            "bytes_per_logit": cal.warmup_bytes_per_logit,
+            "sampler_warmup_bytes": warmup,
         },
-        int(value),
+        int(max(forward, warmup)),
     )
 
 
 def non_torch_bytes(
-    *, tp: int, pp: int, custom_all_reduce: bool, cal: Calibration, nvlink: bool = False
+    *, tp: int, pp: int, custom_all_reduce: bool, cal: Calibration, nvlink: bool = False, runner: str = "v1"
 ) -> Explanation:
     """Non-torch growth during profiling: cuBLAS workspaces, NCCL and custom all-reduce buffers."""
     nccl = cal.nccl_base_bytes + cal.nccl_per_peer_bytes * (tp - 1) if tp * pp > 1 else 0
@@ -480,38 +706,63 @@ def non_torch_bytes(
         car = cal.nvlink_all_reduce_bytes
     elif tp > 1 and custom_all_reduce:
         car = cal.custom_all_reduce_bytes
+    base = cal.v2_non_torch_bytes if runner == "v2" else cal.non_torch_bytes
     return Explanation(
         "non_torch",
         "base + (tp×pp > 1: nccl_base + nccl_per_peer × (tp − 1)) + (tp > 1: NVLink all-reduce workspaces, or "
         "custom all-reduce buffers over PCIe P2P)",
         {
-            "base": cal.non_torch_bytes,
+            "base": base,
             "nccl_base": cal.nccl_base_bytes,
             "nccl_per_peer": cal.nccl_per_peer_bytes,
             "tp": tp,
             "pp": pp,
             "all_reduce_buffers": car,
         },
-        cal.non_torch_bytes + nccl + car,
+        base + nccl + car,
     )
 
 
-def cuda_graph_bytes(*, layers: int, enforce_eager: bool, cal: Calibration, tp: int = 1) -> Explanation:
+def cuda_graph_capture_size(settings: EngineSettings) -> int:
+    """vLLM's largest captured batch: min(2 × max_num_seqs, 512, max_num_batched_tokens); 0 with --enforce-eager."""
+    if settings.enforce_eager:
+        return 0
+    return min(2 * settings.max_num_seqs, 512, settings.max_num_batched_tokens)
+
+
+def cuda_graph_bytes(
+    *,
+    layers: int,
+    enforce_eager: bool,
+    cal: Calibration,
+    tp: int = 1,
+    runner: str = "v1",
+    hidden: int = 0,
+    capture_size: int = 512,
+) -> Explanation:
     shrink = tp ** (-cal.cuda_graph_tp_exponent)
-    value = 0 if enforce_eager else int((cal.cuda_graph_base_bytes + cal.cuda_graph_per_layer_bytes * layers) * shrink)
-    return Explanation(
-        "cuda_graphs",
-        "0 with --enforce-eager, else (graph_base + graph_per_layer × layers_on_gpu) × tp^-exponent",
-        {
-            "tp": tp,
-            "exponent": cal.cuda_graph_tp_exponent,
-            "enforce_eager": enforce_eager,
-            "graph_base": cal.cuda_graph_base_bytes,
-            "graph_per_layer": cal.cuda_graph_per_layer_bytes,
-            "layers_on_gpu": layers,
-        },
-        value,
-    )
+    size = capture_size / 512
+    if runner == "v2":
+        base = cal.v2_graph_base_bytes + cal.v2_graph_per_hidden_bytes * hidden
+        formula = (
+            "0 with --enforce-eager, else (graph_base + graph_per_hidden × hidden) × capture_size/512 × tp^-exponent"
+        )
+    else:
+        base = cal.cuda_graph_base_bytes + cal.cuda_graph_per_layer_bytes * layers
+        formula = (
+            "0 with --enforce-eager, else (graph_base + graph_per_layer × layers_on_gpu) × capture_size/512 × "
+            "tp^-exponent"
+        )
+    value = 0 if enforce_eager or capture_size <= 0 else int(base * size * shrink)
+    inputs: dict[str, object] = {"tp": tp, "exponent": cal.cuda_graph_tp_exponent, "enforce_eager": enforce_eager}
+    if runner == "v2":
+        inputs.update(graph_base=cal.v2_graph_base_bytes, graph_per_hidden=cal.v2_graph_per_hidden_bytes, hidden=hidden)
+    else:
+        inputs.update(
+            graph_base=cal.cuda_graph_base_bytes, graph_per_layer=cal.cuda_graph_per_layer_bytes, layers_on_gpu=layers
+        )
+    inputs["capture_size"] = capture_size
+    return Explanation("cuda_graphs", formula, inputs, value)
 
 
 def estimate(
@@ -533,7 +784,7 @@ def estimate(
         tp: tensor-parallel size. Validity (heads divisible …) is the planner's job.
         pp: pipeline-parallel size.
         settings: engine arguments.
-        accounting: the vLLM release's KV-budget rules (default: the current release).
+        accounting: the vLLM release's rules (default: the current release).
         calibration: constants of the activation/overhead terms.
         ep: expert-parallel spread of routed experts beyond TP (1 = experts split over TP only).
 
@@ -543,25 +794,48 @@ def estimate(
     if len(gpus) != tp * pp:
         raise ValueError(f"a replica with tp={tp} pp={pp} needs {tp * pp} GPUs, got {len(gpus)}")
     acc = accounting or accounting_for(CURRENT_VLLM)
+    runner = acc.runner(spec)
+    graphs_in = acc.graphs_subtracted(spec)
+    warmup_profiled = runner == "v2" and acc.sampler_warmup_profiled
     dtype = resolve_dtype(spec, settings.dtype)
     quant = effective_quantization(spec, settings.quantization)
     bd = param_breakdown(spec)
     counts = pp_layer_counts(spec.num_hidden_layers, pp)
     cal = calibration
+    rotary = rotary_cache_bytes(spec, max_model_len=settings.max_model_len, dtype=dtype)
+    capture = cuda_graph_capture_size(settings)
     rows: list[tuple[Gpu, int, int, WeightShard, Explanation, Explanation, Explanation, Explanation, int, int]] = []
     for i, gpu in enumerate(gpus):
         stage = i // tp
         layers = counts[stage]
         shard = weight_shard(spec, tp=tp, pp_rank=stage, pp=pp, dtype=dtype, quantization=quant, ep=ep, breakdown=bd)
-        act = activation_bytes(spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal)
-        nt = non_torch_bytes(
-            tp=tp, pp=pp, custom_all_reduce=settings.custom_all_reduce, cal=cal, nvlink=settings.nvlink
+        act = activation_bytes(
+            spec,
+            tp=tp,
+            layers=layers,
+            settings=settings,
+            dtype=dtype,
+            cal=cal,
+            runner=runner,
+            warmup_profiled=warmup_profiled,
         )
-        cg = cuda_graph_bytes(layers=layers, enforce_eager=settings.enforce_eager, cal=cal, tp=tp)
+        nt = non_torch_bytes(
+            tp=tp, pp=pp, custom_all_reduce=settings.custom_all_reduce, cal=cal, nvlink=settings.nvlink, runner=runner
+        )
+        cg = cuda_graph_bytes(
+            layers=layers,
+            enforce_eager=settings.enforce_eager,
+            cal=cal,
+            tp=tp,
+            runner=runner,
+            hidden=spec.hidden_size,
+            capture_size=capture,
+        )
         kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=dtype)
-        capacity = int(gpu.total_bytes * settings.gpu_memory_utilization)
-        graphs_in = int(cg.value) if acc.graphs_in_budget else 0
-        budget = capacity - shard.bytes - int(act.value) - int(nt.value) - graphs_in
+        capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
+        weights = shard.bytes + rotary
+        graphs_taken = int(cg.value) if graphs_in else 0
+        budget = capacity - weights - int(act.value) - int(nt.value) - graphs_taken
         per_block = int(kvt.value) * settings.block_size
         blocks = max(0, budget) // per_block if per_block else 0
         rows.append((gpu, stage, layers, shard, act, nt, cg, kvt, budget, blocks))
@@ -569,13 +843,16 @@ def estimate(
     num_blocks = min(r[9] for r in rows)
     per_gpu: list[GpuMemory] = []
     for gpu, stage, layers, shard, act, nt, cg, kvt, budget, blocks in rows:
-        capacity = int(gpu.total_bytes * settings.gpu_memory_utilization)
+        capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         per_block = int(kvt.value) * settings.block_size
+        weights = shard.bytes + rotary
+        work = working_bytes(spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner)
         weights_exp = Explanation(
             "weights",
             "embedding (first stage) + lm_head (last stage) rows × hidden × dtype_bytes, vocab padded to 64 and "
             "split over tp; + replicated norms/routers × dtype_bytes; + sharded linear elements at their stored "
-            "size (q/o/MLP ÷ tp, k/v × ceil(kv/tp)/kv, experts ÷ tp×ep)",
+            "size (q/o/MLP ÷ tp, k/v × ceil(kv/tp)/kv, experts ÷ tp×ep); + rotary cache (positions × head_dim × "
+            "dtype_bytes)",
             {
                 "pp_rank": stage,
                 "layers_on_gpu": layers,
@@ -586,21 +863,28 @@ def estimate(
                 "replicated_elements": int(shard.layers_replicated + shard.final_norm),
                 "dtype": dtype,
                 "quantization": quant.method if quant else None,
+                "rotary_cache_bytes": rotary,
             },
-            shard.bytes,
+            weights,
         )
         budget_exp = Explanation(
             "kv_budget",
             "gpu_memory_utilization × total − weights − activation − non_torch"
-            + (" − cuda_graphs (vLLM ≥ 0.28)" if acc.graphs_in_budget else " (CUDA graphs come on top in vLLM 0.26)"),
+            + (
+                " − cuda_graphs (the release subtracts its graph estimate)"
+                if graphs_in
+                else " (CUDA graphs are captured afterwards, on top of the budget)"
+            ),
             {
+                "vllm": acc.vllm_version,
+                "runner": runner,
                 "gpu_memory_utilization": settings.gpu_memory_utilization,
                 "total": gpu.total_bytes,
                 "capacity": capacity,
-                "weights": shard.bytes,
+                "weights": weights,
                 "activation": int(act.value),
                 "non_torch": int(nt.value),
-                "cuda_graphs": int(cg.value) if acc.graphs_in_budget else 0,
+                "cuda_graphs": int(cg.value) if graphs_in else 0,
             },
             budget,
         )
@@ -618,12 +902,28 @@ def estimate(
             {"cuda_context": cal.cuda_context_bytes},
             cal.cuda_context_bytes,
         )
+        kv_bytes = num_blocks * per_block
+        footprint = cal.cuda_context_bytes + weights + int(nt.value) + kv_bytes + int(cg.value) + int(work.value)
+        footprint_exp = Explanation(
+            "footprint",
+            "cuda_context + weights + non_torch + kv_cache + cuda_graphs + working (what nvidia-smi shows while "
+            "serving; may exceed the budget)",
+            {
+                "cuda_context": cal.cuda_context_bytes,
+                "weights": weights,
+                "non_torch": int(nt.value),
+                "kv_cache": kv_bytes,
+                "cuda_graphs": int(cg.value),
+                "working": int(work.value),
+            },
+            footprint,
+        )
         per_gpu.append(
             GpuMemory(
                 gpu=gpu,
                 pp_rank=stage,
                 layers=layers,
-                weights_bytes=shard.bytes,
+                weights_bytes=weights,
                 activation_bytes=int(act.value),
                 non_torch_bytes=int(nt.value),
                 cuda_graph_bytes=int(cg.value),
@@ -631,9 +931,22 @@ def estimate(
                 kv_budget_bytes=budget,
                 kv_bytes_per_token=int(kvt.value),
                 num_blocks=blocks,
-                kv_cache_bytes=num_blocks * per_block,
+                kv_cache_bytes=kv_bytes,
                 capacity_bytes=capacity,
-                explanations=(weights_exp, act, nt, cg, context_exp, kvt, budget_exp, blocks_exp),
+                explanations=(
+                    weights_exp,
+                    act,
+                    nt,
+                    cg,
+                    context_exp,
+                    kvt,
+                    budget_exp,
+                    blocks_exp,
+                    work,
+                    footprint_exp,
+                ),
+                graphs_in_budget=graphs_in,
+                working_bytes=int(work.value),
             )
         )
     tokens = num_blocks * settings.block_size
@@ -674,6 +987,8 @@ def estimate(
         max_concurrency=conc,
         max_model_len_fit=fit_len,
         explanations=summary,
+        runner=runner,
+        graphs_in_budget=graphs_in,
     )
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from qwendeploy.core.hardware import Gpu
 from qwendeploy.core.memory import (
+    DEFAULT_CALIBRATION,
     EngineSettings,
     MemoryEstimate,
     accounting_for,
@@ -18,6 +19,7 @@ from qwendeploy.core.memory import (
     kv_plan,
     model_weight_bytes,
     pp_layer_counts,
+    sampler_warmup_bytes,
     weight_shard,
 )
 from qwendeploy.core.models import ModelSpec, Moe, Quantization
@@ -176,18 +178,62 @@ def test_budget_is_never_exceeded_in_0_33_accounting() -> None:
     est = _est(tp=2)
     for m in est.per_gpu:
         inside = m.weights_bytes + m.activation_bytes + m.non_torch_bytes + m.cuda_graph_bytes + m.kv_cache_bytes
-        assert inside <= m.capacity_bytes
-        assert m.total_bytes == inside + m.cuda_context_bytes
+        assert m.graphs_in_budget and inside == m.in_budget_bytes <= m.capacity_bytes
+        # what nvidia-smi shows: the context, everything held, and the working memory instead of the profiled peak
+        held = m.weights_bytes + m.non_torch_bytes + m.cuda_graph_bytes + m.kv_cache_bytes
+        assert m.total_bytes == m.footprint_bytes == m.cuda_context_bytes + held + m.working_bytes
+        assert m.outside_budget_bytes == m.footprint_bytes - m.in_budget_bytes
 
 
 def test_0_26_puts_cuda_graphs_on_top_of_the_budget() -> None:
+    """0.26 and 0.29 profile a dense model alike (V2 runner); 0.29 also subtracts the graph estimate."""
     s = EngineSettings(max_model_len=32768, max_num_seqs=256, max_num_batched_tokens=2048)
-    new = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s, accounting=accounting_for("0.33"))
+    new = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s, accounting=accounting_for("0.29"))
     old = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s, accounting=accounting_for("0.26.0"))
     graphs = new.per_gpu[0].cuda_graph_bytes
-    assert graphs > 0
+    assert graphs > 0 and new.graphs_in_budget and not old.graphs_in_budget
+    assert old.per_gpu[0].activation_bytes == new.per_gpu[0].activation_bytes
     assert old.per_gpu[0].kv_budget_bytes - new.per_gpu[0].kv_budget_bytes == graphs
     assert old.kv_cache_tokens > new.kv_cache_tokens
+    # in 0.26 the graphs sit outside the budget, on top of it
+    assert (
+        old.per_gpu[0].outside_budget_bytes
+        >= graphs + old.per_gpu[0].cuda_context_bytes - old.per_gpu[0].activation_bytes
+    )
+
+
+def test_0_33_profiles_the_sampler_warmup() -> None:
+    # 1024 sequences (the H100 default): the fp32 warm-up pass outweighs the vocab-sized buffer
+    s = EngineSettings(max_model_len=32768, max_num_seqs=1024, max_num_batched_tokens=8192)
+    cur = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s, accounting=accounting_for("0.33"))
+    prev = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s, accounting=accounting_for("0.32"))
+    warm = sampler_warmup_bytes(QWEN25_7B, rows=1024, cal=DEFAULT_CALIBRATION)
+    logits = 1024 * QWEN25_7B.vocab_size * 2
+    assert cur.per_gpu[0].activation_bytes == pytest.approx(8192 * 3584 * 2 + logits + warm, abs=2)
+    assert cur.per_gpu[0].activation_bytes > prev.per_gpu[0].activation_bytes + 2 * GiB
+    # 64 sequences: the warm-up is small and the profile peak is 0.32's
+    few = EngineSettings(max_model_len=32768, max_num_seqs=64, max_num_batched_tokens=2048)
+    a = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=few, accounting=accounting_for("0.33"))
+    b = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=few, accounting=accounting_for("0.32"))
+    assert a.per_gpu[0].activation_bytes == b.per_gpu[0].activation_bytes
+
+
+def test_runner_and_graph_rules_per_release() -> None:
+    moe = QWEN3_30B_A3B
+    table = {
+        "0.19": ("v1", "v1", False, False, 0.9),
+        "0.20": ("v1", "v1", True, True, 0.92),
+        "0.26": ("v2", "v1", False, True, 0.92),
+        "0.29": ("v2", "v2", True, True, 0.92),
+        "0.33": ("v2", "v2", True, True, 0.92),
+    }
+    for version, (dense_runner, moe_runner, dense_graphs, moe_graphs, util) in table.items():
+        acc = accounting_for(version)
+        assert acc.runner(QWEN25_7B) == dense_runner, version
+        assert acc.runner(moe) == moe_runner, version
+        assert acc.graphs_subtracted(QWEN25_7B) == dense_graphs, version
+        assert acc.graphs_subtracted(moe) == moe_graphs, version
+        assert acc.default_gpu_memory_utilization == util, version
 
 
 def test_enforce_eager_removes_cuda_graphs() -> None:
