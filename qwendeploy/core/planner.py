@@ -531,18 +531,20 @@ def _evaluate(
         "gpu_memory_utilization": util,
         "needed_bytes_per_gpu": per_gpu_fixed,
     }
-    # Graphs on top of the budget (vLLM < 0.28) must still fit in what the GPU physically has free.
-    if not acc.graphs_in_budget:
-        over = [m for m in est.per_gpu if m.total_bytes > m.gpu.free_bytes]
-        if over:
-            m = over[0]
-            return reject(
-                "cuda_graphs",
-                f"CUDA graphs ({human_size(m.cuda_graph_bytes)}) come on top of the {util} budget in vLLM "
-                f"{acc.vllm_version} and would not fit on GPU {m.gpu.index}; lower --gpu-memory-utilization or "
-                "use --enforce-eager",
-                **common,
-            )
+    # What sits outside the budget (CUDA context, graphs captured after the KV cache in some releases, the sampler
+    # warm-up's working memory) must still fit in what the GPU physically has free.
+    over = [m for m in est.per_gpu if m.footprint_bytes > m.gpu.free_bytes]
+    if over:
+        m = over[0]
+        graphs = "" if m.graphs_in_budget else f"CUDA graphs {human_size(m.cuda_graph_bytes)}, "
+        return reject(
+            "cuda_graphs" if not m.graphs_in_budget else "footprint",
+            f"the process would hold {human_size(m.footprint_bytes)} on GPU {m.gpu.index} ({util} budget "
+            f"{human_size(m.capacity_bytes)} plus {graphs}CUDA context and working memory outside it in vLLM "
+            f"{acc.vllm_version}) but {human_size(m.gpu.free_bytes)} is free; lower --gpu-memory-utilization"
+            + (" or use --enforce-eager" if not m.graphs_in_budget else ""),
+            **common,
+        )
     fixed = max(m.capacity_bytes - m.kv_budget_bytes for m in est.per_gpu)
     if any(m.kv_budget_bytes <= 0 for m in est.per_gpu) or est.num_blocks < 2:
         m0 = est.per_gpu[0]
