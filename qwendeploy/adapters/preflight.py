@@ -347,12 +347,42 @@ def run_preflight(
     strict: bool = False,
     insecure: bool = False,
     probe: Callable[[], Any],
+    ray_probe: Callable[[str, Sequence[str]], Any] | None = None,
 ) -> list[Check]:
-    """Every check, in the order a user would fix them. ``probe`` returns an NvmlReport or raises ProbeError."""
+    """Every check, in the order a user would fix them. ``probe`` returns an NvmlReport or raises ProbeError.
+
+    Multi-node profiles (placement.nodes > 1) check the Ray cluster instead of this host's GPUs: ``ray_probe``
+    (address, env keys) → ``core.cluster.RayCluster`` (default: ``adapters.ray_cluster.probe``).
+    """
     checks = check_security(specs, insecure=insecure)
     checks += check_ports(specs)
-    checks += check_gpus(profile, specs, strict=strict, probe=probe)
+    if profile.placement.nodes > 1:
+        checks += check_ray_cluster(profile, specs, env=env, ray_probe=ray_probe)
+    else:
+        checks += check_gpus(profile, specs, strict=strict, probe=probe)
     checks += check_orphans()
     checks += check_shm(profile)
     checks += check_model(profile, env)
     return checks
+
+
+def check_ray_cluster(
+    profile: Profile,
+    specs: Sequence[LaunchSpec],
+    *,
+    env: Mapping[str, str],
+    ray_probe: Callable[[str, Sequence[str]], Any] | None = None,
+) -> list[Check]:
+    """The Ray cluster has the nodes and GPUs the profile needs, the profile's environment on every node and
+    the same vLLM/torch/ray everywhere (``core.cluster.check_cluster``). No cluster at all is a ``fail``."""
+    from qwendeploy.adapters import ray_cluster
+    from qwendeploy.core import cluster as core
+
+    address = next((s.env_set["RAY_ADDRESS"] for s in specs if "RAY_ADDRESS" in s.env_set), None)
+    address = address or ray_cluster.default_address(env, profile.cluster.ray_port)
+    keys = sorted({*core.IFNAME_VARS, core.HOST_IP_VAR, *core.cluster_env(profile)})
+    try:
+        found = (ray_probe or (lambda a, k: ray_cluster.probe(a, env_keys=k, env=env)))(address, keys)
+    except ProbeError as e:
+        return [Check("ray cluster", "fail", e.message, hint=e.hint)]
+    return [Check(c.name, c.status, c.message, c.hint) for c in core.check_cluster(profile, found)]

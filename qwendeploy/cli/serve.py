@@ -123,7 +123,14 @@ def _serve(
         specs = [d.launch for d in dspecs]
     else:
         bin_path = resolve_vllm_bin(vllm_bin, env, required=not dry_run)
-        specs = vllm_args.build_launch_specs(prof, vllm_bin=bin_path, base_env=env, host=host, port=port)
+        ray_address = None
+        if prof.placement.nodes > 1:
+            from qwendeploy.adapters.ray_cluster import default_address
+
+            ray_address = default_address(env, prof.cluster.ray_port)
+        specs = vllm_args.build_launch_specs(
+            prof, vllm_bin=bin_path, base_env=env, host=host, port=port, ray_address=ray_address
+        )
         rendered = [vllm_args.render_spec(s) for s in specs]
         launches = [Launch.native(s) for s in specs]
         bin_shown = bin_path

@@ -60,6 +60,7 @@ FLAGS: tuple[FlagRule, ...] = (
     FlagRule("placement", "tensor_parallel_size", "--tensor-parallel-size"),
     FlagRule("placement", "pipeline_parallel_size", "--pipeline-parallel-size"),
     FlagRule("placement", "distributed_executor_backend", "--distributed-executor-backend"),
+    FlagRule("placement", "data_parallel_backend", "--data-parallel-backend"),
     FlagRule("engine", "gpu_memory_utilization", "--gpu-memory-utilization"),
     FlagRule("engine", "max_num_seqs", "--max-num-seqs"),
     FlagRule("engine", "max_num_batched_tokens", "--max-num-batched-tokens"),
@@ -258,6 +259,7 @@ def build_launch_specs(
     base_env: Mapping[str, str],
     host: str | None = None,
     port: int | None = None,
+    ray_address: str | None = None,
 ) -> list[LaunchSpec]:
     """Every server process the profile needs, in replica order.
 
@@ -268,26 +270,31 @@ def build_launch_specs(
             from it.
         host: overrides ``server.host``.
         port: overrides ``server.port`` (replica i of ``servers`` mode listens on port + i).
+        ray_address: multi-node only: the Ray cluster (``HOST:PORT``) vLLM attaches to, as RAY_ADDRESS.
 
     Raises:
         BadInput: inconsistent GPU list, multi-node placement, bad extra_args, a missing API key variable or
             a port range past 65535.
     """
     pl, srv = profile.placement, profile.server
-    if pl.nodes > 1:
+    multi = pl.nodes > 1
+    if multi and "ray" not in (pl.distributed_executor_backend, pl.data_parallel_backend):
         raise BadInput(
-            f"placement.nodes is {pl.nodes}: serve launches on one host only.",
-            hint="Start the Ray cluster yourself and run `vllm serve` on the head node (see docs/serving.md).",
+            f"placement.nodes is {pl.nodes}, but neither placement.distributed_executor_backend nor "
+            "placement.data_parallel_backend is ray: serve runs multi-node profiles on a Ray cluster only.",
+            hint="Set placement.distributed_executor_backend: ray (or regenerate with `qwendeploy plan --nodes N`); "
+            "vLLM's own multi-node mp mode is described in docs/multi-node.md.",
         )
     check_extra_args(profile.engine.extra_args)
-    gpus = gpu_ids(profile)
+    # Multi-node: Ray places the workers on the nodes' GPUs; no per-host GPU list applies.
+    gpus = () if multi else gpu_ids(profile)
     the_host = host if host is not None else srv.host
     base_port = port if port is not None else srv.port
     served = srv.served_model_name or profile.model.id
     key = _api_key(profile, base_env)
 
     dp = pl.data_parallel_size
-    if pl.data_parallel_mode == "servers" and dp > 1:
+    if pl.data_parallel_mode == "servers" and dp > 1 and not multi:
         groups = _split(gpus, dp)
         dp_flags: list[str] = []
     else:
@@ -305,9 +312,17 @@ def build_launch_specs(
         if key is not None:
             argv += ["--api-key", key]
         argv += list(profile.engine.extra_args)
-        env_set = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(group)}
-        env_set.update(vllm_env_switches(profile))
-        env_set.update(profile.env)  # the profile wins: a user's explicit NCCL/VLLM choice is kept
+        if multi:
+            from qwendeploy.core.cluster import cluster_env
+
+            # The same variables every node's `ray start` got (qwendeploy cluster head/join).
+            env_set = cluster_env(profile)
+            if ray_address:
+                env_set["RAY_ADDRESS"] = ray_address
+        else:
+            env_set = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(group)}
+            env_set.update(vllm_env_switches(profile))
+            env_set.update(profile.env)  # the profile wins: a user's explicit NCCL/VLLM choice is kept
         env = {**base_env, **env_set}
         name = profile.name if len(groups) == 1 else f"{profile.name}-{i}"
         specs.append(

@@ -57,7 +57,12 @@ def test_every_table_flag_is_emitted_for_non_default_values() -> None:
         model=ModelSection(
             id="m", revision="abc", dtype="bfloat16", quantization="awq", hf_overrides={"a": 1}, trust_remote_code=True
         ),
-        placement=PlacementSection(tensor_parallel_size=2, pipeline_parallel_size=2, distributed_executor_backend="mp"),
+        placement=PlacementSection(
+            tensor_parallel_size=2,
+            pipeline_parallel_size=2,
+            distributed_executor_backend="mp",
+            data_parallel_backend="mp",
+        ),
         engine=EngineSection(
             max_num_seqs=64,
             max_num_batched_tokens=4096,
@@ -117,9 +122,7 @@ def test_data_parallel_vllm_mode_is_one_server() -> None:
 @pytest.mark.parametrize("gpus", [["0"], ["0", "1", "2"], ["0", "0"]])
 def test_gpu_list_must_match_world_size(gpus: list[str]) -> None:
     with pytest.raises(BadInput, match=r"placement\.gpus"):
-        build_launch_specs(
-            _p(placement=PlacementSection(tensor_parallel_size=2, gpus=gpus)), vllm_bin="v", base_env={}
-        )
+        build_launch_specs(_p(placement=PlacementSection(tensor_parallel_size=2, gpus=gpus)), vllm_bin="v", base_env={})
 
 
 @pytest.mark.parametrize(

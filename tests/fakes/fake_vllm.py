@@ -12,6 +12,9 @@ Environment:
     FAKE_VLLM_STATE_DIR     if set: writes <server pid>.json there ({"server": pid, "worker": pid}) and keeps
                             the start counter for crash_first
     FAKE_VLLM_LOG_RATE      lines per second to log once ready (default 0)
+    FAKE_VLLM_RAY           if 1 and --distributed-executor-backend/--data-parallel-backend is ray: like vLLM,
+                            attach to the Ray cluster at $RAY_ADDRESS first and exit 1 when it has fewer GPUs
+                            than TP × PP × DP (the check runs in a subprocess: ray is never imported here)
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--pipeline-parallel-size",
         "--data-parallel-size",
         "--distributed-executor-backend",
+        "--data-parallel-backend",
         "--gpu-memory-utilization",
         "--max-num-seqs",
         "--max-num-batched-tokens",
@@ -160,8 +164,42 @@ OOM = (
 )
 
 
+_RAY_GPUS = (
+    "import json, sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+    "print(json.dumps({'gpus': ray.cluster_resources().get('GPU', 0), 'nodes': len(ray.nodes())}))"
+)
+
+
+def ray_attach(args: argparse.Namespace) -> int | None:
+    """vLLM's Ray start-up in miniature: None when fine, else the exit code."""
+    import subprocess
+
+    world = int(args.tensor_parallel_size or 1) * int(args.pipeline_parallel_size or 1)
+    world *= int(args.data_parallel_size or 1)
+    address = os.environ.get("RAY_ADDRESS", "")
+    log("INFO", "ray_utils.py:1", f"Connecting to existing Ray cluster at address: {address}")
+    r = subprocess.run([sys.executable, "-c", _RAY_GPUS, address], capture_output=True, text=True, check=False)
+    if r.returncode != 0 or not r.stdout.strip():
+        log("ERROR", "ray_utils.py:2", f"Could not connect to Ray: {r.stderr.strip().splitlines()[-1:]}")
+        return 1
+    found = json.loads(r.stdout.strip().splitlines()[-1])
+    log("INFO", "ray_utils.py:3", f"Ray cluster: {found['nodes']} nodes, {found['gpus']:g} GPUs; world size {world}")
+    if found["gpus"] < world:
+        log("ERROR", "ray_utils.py:4", "ValueError: The number of required GPUs exceeds the total number of "
+            "available GPUs in the placement group.")  # fmt: skip
+        return 1
+    return None
+
+
 def main() -> int:
     args = parse(sys.argv[1:])
+    if os.environ.get("FAKE_VLLM_RAY") == "1" and "ray" in (
+        args.distributed_executor_backend,
+        args.data_parallel_backend,
+    ):
+        code = ray_attach(args)
+        if code is not None:
+            return code
     mode = os.environ.get("FAKE_VLLM_MODE", "healthy")
     kind, _, num = mode.partition(":")
     ready_after = float(os.environ.get("FAKE_VLLM_READY_AFTER", "3" if kind == "slow_start" else "0.2"))
