@@ -17,8 +17,12 @@ import re
 import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qwendeploy.core.machine_facts import IbDevice, IbPort, SystemFacts
+
+if TYPE_CHECKING:
+    from qwendeploy.core.cluster import HostNetFacts
 
 ENV_PREFIXES = ("NCCL_", "GLOO_", "VLLM_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_")
 ENV_NAMES = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING", "LD_LIBRARY_PATH", "MASTER_ADDR")
@@ -272,3 +276,29 @@ def collect(
         with contextlib.suppress(OSError, OverflowError):
             facts.ports_free[int(port)] = port_free(int(port))
     return facts
+
+
+def host_network(
+    env: Mapping[str, str] | None = None, sys_class_net: str | os.PathLike[str] = "/sys/class/net"
+) -> HostNetFacts:
+    """Interfaces, the NCCL/Gloo/vLLM address variables exported here, and what the host name resolves to
+    (for a multi-node profile's checks in ``core.cluster.check_host_network``)."""
+    from qwendeploy.core.cluster import HOST_IP_VAR, IFNAME_VARS, HostNetFacts
+
+    env = os.environ if env is None else env
+    try:
+        names = sorted(p.name for p in Path(sys_class_net).iterdir())
+    except OSError:
+        names = sorted(name for _, name in socket.if_nameindex())
+    hostname = socket.gethostname()
+    try:
+        ip: str | None = socket.gethostbyname(hostname)
+    except OSError:
+        ip = None
+    keys = (*IFNAME_VARS, HOST_IP_VAR)
+    return HostNetFacts(
+        interfaces=tuple(names),
+        env={k: env[k] for k in keys if env.get(k)},
+        hostname=hostname,
+        hostname_ip=ip,
+    )

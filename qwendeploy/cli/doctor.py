@@ -146,6 +146,24 @@ def _nccl_check_and_diagnosis(outcome: Any, checks: list[Check]) -> tuple[Check,
     return Check("nccl_test", "fail", outcome.message + " " + " | ".join(outcome.last_lines[-5:]), fix), None
 
 
+def _multi_node(profile: Profile) -> list[Check]:
+    """Interface, host name, and the Ray cluster (at $RAY_ADDRESS, else this host's head port) vs the profile."""
+    import os
+
+    from qwendeploy.adapters import ray_cluster, system
+    from qwendeploy.core import cluster as core
+    from qwendeploy.core.machine_checks import multi_node_checks
+
+    net = system.host_network()
+    address = ray_cluster.default_address(os.environ, profile.cluster.ray_port)
+    keys = sorted({*core.IFNAME_VARS, core.HOST_IP_VAR, *core.cluster_env(profile)})
+    try:
+        found = ray_cluster.probe(address, env_keys=keys)
+    except (ProbeError, BadInput) as e:
+        return multi_node_checks(profile, net, None, cluster_error=e.message, cluster_hint=e.hint)
+    return multi_node_checks(profile, net, found)
+
+
 def _doctor(
     profile_path: Path | None,
     log: str | None,
@@ -164,6 +182,8 @@ def _doctor(
         typer.echo(json.dumps(facts.to_dict(), indent=2))
         return 0
     checks = run_checks(facts, profile)
+    if profile is not None and profile.placement.nodes > 1:
+        checks += _multi_node(profile)
     diagnoses: list[dict[str, Any]] = []
     nccl: dict[str, Any] | None = None
     if nccl_test:

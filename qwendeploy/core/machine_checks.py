@@ -9,11 +9,14 @@ explains each one. A check NVML cannot answer is ``skip``, never a failure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from qwendeploy.core.machine_facts import MachineFacts, NvmlGpu, NvmlProcess, NvmlReport, SystemFacts
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.units import GiB, MiB, human_size
+
+if TYPE_CHECKING:
+    from qwendeploy.core.cluster import HostNetFacts, RayCluster
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -874,3 +877,31 @@ def _profile_ports(sysf: SystemFacts, profile: Profile) -> Check:
             f"Find the owner: ss -ltnp 'sport = :{busy[0]}'; or set server.port in the profile.",
         )
     return Check("profile.port", "ok", f"Port(s) {', '.join(map(str, ports))} free.")
+
+
+def multi_node_checks(
+    profile: Profile,
+    net: HostNetFacts,
+    cluster: RayCluster | None,
+    *,
+    cluster_error: str | None = None,
+    cluster_hint: str | None = None,
+) -> list[Check]:
+    """A multi-node profile on this host: interface selection, host name resolution, and — where the Ray
+    cluster answers — its nodes, GPUs, per-node environment and versions against the profile."""
+    from qwendeploy.core.cluster import check_cluster, check_host_network
+
+    found = check_host_network(profile, net)
+    if cluster is not None:
+        found += check_cluster(profile, cluster)
+    out = [Check(f"multi-node {c.name}", c.status, c.message, c.hint or "") for c in found]
+    if cluster is None:
+        out.append(
+            Check(
+                "multi-node ray cluster",
+                "warn",
+                f"Ray cluster not checked: {cluster_error or 'no address'}",
+                cluster_hint or "Start it with `qwendeploy cluster head PROFILE` / `cluster join`.",
+            )
+        )
+    return out
