@@ -12,7 +12,7 @@ from rich.table import Table
 from qwendeploy.core.hardware import Machine
 from qwendeploy.core.memory import GpuMemory, MemoryEstimate
 from qwendeploy.core.planner import Candidate, Plan
-from qwendeploy.core.units import GiB
+from qwendeploy.core.units import GiB, human_size
 
 BAR_WIDTH = 48
 
@@ -48,6 +48,12 @@ def per_gpu_json(est: MemoryEstimate | None) -> list[dict[str, Any]]:
             "total_bytes": m.total_bytes,
             "capacity_bytes": m.capacity_bytes,
             "gpu_total_bytes": m.gpu.total_bytes,
+            "kv_budget_bytes": m.kv_budget_bytes,
+            "working_bytes": m.working_bytes,
+            "graphs_in_budget": m.graphs_in_budget,
+            "in_budget_bytes": m.in_budget_bytes,
+            "outside_budget_bytes": m.outside_budget_bytes,
+            "footprint_bytes": m.footprint_bytes,
         }
         for m in est.per_gpu
     ]
@@ -164,24 +170,85 @@ def dumps(data: dict[str, Any]) -> str:
 
 
 def _bar(m: GpuMemory) -> str:
+    """The GPU's memory to scale: inside the budget (up to ``|``), then what the process holds outside it."""
     total = m.gpu.total_bytes
-    parts = [
+    graphs_in = m.cuda_graph_bytes if m.graphs_in_budget else 0
+    inside = [
         ("W", m.weights_bytes, "blue"),
         ("A", m.activation_bytes, "magenta"),
-        ("O", m.overhead_bytes, "yellow"),
+        ("N", m.non_torch_bytes, "yellow"),
+        ("G", graphs_in, "cyan"),
         ("K", m.kv_cache_bytes, "green"),
     ]
-    out = ""
-    used = 0
-    for ch, n, color in parts:
-        cells = round(n / total * BAR_WIDTH)
-        cells = min(cells, BAR_WIDTH - used)
-        if cells:
-            out += f"[{color}]{ch * cells}[/]"
-            used += cells
-    cap = round(m.capacity_bytes / total * BAR_WIDTH)
-    out += "·" * max(0, cap - used) + " " * max(0, BAR_WIDTH - max(cap, used))
-    return f"[{out}]"
+    extra = max(0, m.working_bytes - m.activation_bytes)
+    outside = [
+        ("g", m.cuda_graph_bytes - graphs_in, "cyan"),
+        ("c", m.cuda_context_bytes, "red"),
+        ("s", extra, "magenta"),
+    ]
+
+    def cells(n: int) -> int:
+        return max(0, round(n / total * BAR_WIDTH))
+
+    out, used = "", 0
+    for ch, n, color in inside:
+        k = min(cells(n), BAR_WIDTH - used)
+        if k:
+            out += f"[{color}]{ch * k}[/]"
+            used += k
+    cap = cells(m.capacity_bytes)
+    if cap > used:
+        out += "·" * (cap - used)
+        used = cap
+    out += "|"
+    for ch, n, color in outside:
+        k = min(cells(n), BAR_WIDTH - used)
+        if k:
+            out += f"[{color}]{ch * k}[/]"
+            used += k
+    return f"[{out}{' ' * max(0, BAR_WIDTH - used)}]"
+
+
+def _gpu_lines(m: GpuMemory, version: str, label: str) -> list[str]:
+    """Per GPU: the bar, what vLLM counts inside its budget, what it holds outside, and what nvidia-smi will show."""
+    util = m.capacity_bytes / m.gpu.total_bytes
+    graphs_in = m.graphs_in_budget and m.cuda_graph_bytes > 0
+    inside = f"W {_n(m.weights_bytes)} + A {_n(m.activation_bytes)} + N {_n(m.non_torch_bytes)}"
+    if graphs_in:
+        inside += f" + G {_n(m.cuda_graph_bytes)}"
+    inside += f" + K {_n(m.kv_cache_bytes)}"
+    out = []
+    if m.cuda_graph_bytes and not m.graphs_in_budget:
+        out.append(f"g {_n(m.cuda_graph_bytes)} graphs (vLLM {version})")
+    out.append(f"c {_n(m.cuda_context_bytes)} context")
+    delta = m.working_bytes - m.activation_bytes
+    out.append(f"s {'+' if delta >= 0 else '-'}{_n(abs(delta))} working")
+    return [
+        f"{label} {_bar(m)}",
+        f"  budget {util:.2f}×{_n(m.gpu.total_bytes)} = {_n(m.capacity_bytes)}: {inside}",
+        f"  outside the budget: {', '.join(out)}",
+        f"  nvidia-smi while serving ≈ {_g(m.footprint_bytes)} of {_g(m.gpu.total_bytes)}",
+    ]
+
+
+def _grouped_gpu_lines(est: MemoryEstimate, version: str) -> list[str]:
+    """``_gpu_lines`` per GPU, GPUs with the same breakdown shown once (``GPU 0-3``)."""
+    groups: list[tuple[list[int], GpuMemory]] = []
+    for m in est.per_gpu:
+        key = _gpu_lines(m, version, "")
+        if groups and _gpu_lines(groups[-1][1], version, "") == key:
+            groups[-1][0].append(m.gpu.index)
+        else:
+            groups.append(([m.gpu.index], m))
+    out: list[str] = []
+    for idx, m in groups:
+        label = f"GPU {idx[0]}" if len(idx) == 1 else f"GPU {idx[0]}-{idx[-1]}"
+        out += _gpu_lines(m, version, label)
+    return out
+
+
+def _n(n: float) -> str:
+    return f"{n / GiB:.2f}"
 
 
 def _inventory(console: Console, machine: Machine) -> None:
@@ -215,16 +282,32 @@ def _candidates(console: Console, p: Plan) -> None:
     console.print(t)
 
 
-def _explain_table(console: Console, est: MemoryEstimate) -> None:
-    t = Table(title="How each term is computed (--explain)", title_justify="left", show_edge=False)
-    for col in ("GPU", "term", "formula", "inputs", "value"):
-        t.add_column(col, overflow="fold")
+def _shown_value(value: Any, unit: str) -> str:
+    if unit == "bytes":
+        return f"{int(value):,} B ({human_size(value)})"
+    return f"{value:,} {unit}"
+
+
+def _input_value(v: object) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,g}"
+    return str(v)
+
+
+def _explain_blocks(console: Console, est: MemoryEstimate) -> None:
+    """Each term as a block: ``term = formula``, its inputs, ``= value`` (readable at 80 columns)."""
+    console.print("[bold]How each term is computed (--explain)[/]")
     for row in _explanations(est):
-        value = row["value"]
-        shown = _g(value) if row["unit"] == "bytes" else f"{value:,} {row['unit']}"
-        inputs = ", ".join(f"{k}={v}" for k, v in row["inputs"].items())
-        t.add_row(str(row.get("gpu", "replica")), row["name"], row["formula"], inputs, shown)
-    console.print(t)
+        where = f"GPU {row['gpu']}" if "gpu" in row else "replica"
+        console.print()
+        console.print(f"[bold]{row['name']}[/] ({where}) = {row['formula']}", highlight=False)
+        inputs = ", ".join(f"{k}={_input_value(v)}" for k, v in row["inputs"].items())
+        console.print(f"  inputs: {inputs}", highlight=False)
+        console.print(f"  = {_shown_value(row['value'], row['unit'])}", highlight=False)
 
 
 def vllm_command(p: Plan) -> str:
@@ -255,12 +338,19 @@ def one_line(p: Plan) -> str:
     if c is None or c.estimate is None:
         return head + f" | nothing fits {p.max_model_len} tokens"
     est = c.estimate
-    m = max(est.per_gpu, key=lambda x: x.total_bytes)
+    m = max(est.per_gpu, key=lambda x: x.footprint_bytes)
+    graphs = f"graphs {_g(m.cuda_graph_bytes)}"
+    inside = (
+        f"weights {_g(m.weights_bytes)}, activation {_g(m.activation_bytes)}, non-torch {_g(m.non_torch_bytes)}, "
+        + (f"{graphs}, " if m.graphs_in_budget else "")
+        + f"KV {_g(m.kv_cache_bytes)}"
+    )
+    outside = ("" if m.graphs_in_budget else f"{graphs}, ") + f"CUDA context {_g(m.cuda_context_bytes)}"
     return (
         f"{head} | tp={c.tp} pp={c.pp} dp={c.dp} max_model_len={p.max_model_len} kv={c.kv_cache_dtype} "
-        f"util={c.gpu_memory_utilization} vllm={p.accounting.vllm_version} | per GPU: weights {_g(m.weights_bytes)}, "
-        f"activation {_g(m.activation_bytes)}, overhead {_g(m.overhead_bytes)}, KV {_g(m.kv_cache_bytes)}, "
-        f"total {_g(m.total_bytes)} of {_g(m.gpu.total_bytes)} (budget {_g(m.capacity_bytes)}) | "
+        f"util={c.gpu_memory_utilization} vllm={p.accounting.vllm_version} | per GPU: budget "
+        f"{_g(m.capacity_bytes)} holds {inside}; outside it {outside}, working memory {_g(m.working_bytes)}; "
+        f"nvidia-smi ~{_g(m.footprint_bytes)} of {_g(m.gpu.total_bytes)} | "
         f"KV {est.kv_cache_tokens} tokens, {est.kv_cache_tokens / p.max_model_len:.2f}x at {p.max_model_len}"
     )
 
@@ -280,14 +370,16 @@ def render(console: Console, p: Plan, *, explain: bool = False) -> None:
     if c is not None and c.estimate is not None:
         est = c.estimate
         title = "Chosen" if p.fits else "Best partial fit"
-        console.print(f"[bold]{title}: {c.label}[/] (W weights, A activation, O overhead, K KV cache, · unused budget)")
-        for m in est.per_gpu:
-            console.print(
-                f"  GPU {m.gpu.index:>2} {_bar(m)} W {_g(m.weights_bytes)} A {_g(m.activation_bytes)} "
-                f"O {_g(m.overhead_bytes)} K {_g(m.kv_cache_bytes)} = {_g(m.total_bytes)} "
-                f"/ budget {_g(m.capacity_bytes)}",
-                highlight=False,
-            )
+        console.print(f"[bold]{title}: {c.label}[/]")
+        console.print(
+            "  GiB. Up to | the vLLM budget (gpu_memory_utilization × total): W weights, A activation peak, "
+            "N non-torch, G CUDA graphs (if the release subtracts them), K KV cache, · unused. After |, outside "
+            "it: g CUDA graphs (if captured after the KV cache), c CUDA context, s working memory while serving "
+            "beyond A.",
+            highlight=False,
+        )
+        for line in _grouped_gpu_lines(est, p.accounting.vllm_version):
+            console.print(f"  {line}", highlight=False)
         console.print()
     _candidates(console, p)
     console.print()
@@ -310,7 +402,7 @@ def render(console: Console, p: Plan, *, explain: bool = False) -> None:
         console.print(f"  [dim]Note:[/] {note}")
     if explain and c is not None and c.estimate is not None:
         console.print()
-        _explain_table(console, c.estimate)
+        _explain_blocks(console, c.estimate)
     console.print()
     cmd = vllm_command(p)
     if cmd:

@@ -108,3 +108,55 @@ def test_vllm_026_accounting_is_selectable() -> None:
     new = json.loads(runner.invoke(app, [*SEED, "--tp", "4", "--json"]).stdout)
     old = json.loads(runner.invoke(app, [*SEED, "--tp", "4", "--json", "--vllm-version", "0.26"]).stdout)
     assert old["vllm_version"] == "0.26" and old["kv_cache_tokens"] != new["kv_cache_tokens"]
+
+
+H200_026 = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xH200", "--vllm-version", "0.26"]
+
+
+def test_bar_separates_the_budget_from_what_vllm_holds_outside_it() -> None:
+    r = runner.invoke(app, [*H200_026, "--gpu-memory-utilization", "0.9", "--context", "32768"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    # inside the 0.9 budget: weights + activation + non-torch + KV, nothing more
+    assert "budget 0.90×139.80 = 125.82: W 14.19 + A 1.14 + N 0.22 + K 110.27" in out
+    # outside it in vLLM 0.26: the CUDA graphs (captured after the KV cache), the CUDA context, working memory
+    assert "outside the budget: g 0.84 graphs (vLLM 0.26), c 0.51 context, s +2.27 working" in out
+    # the whole process, as nvidia-smi showed 133,220 MiB (130.10 GiB) on the real H200
+    assert "nvidia-smi while serving ≈ 129.44 GiB of 139.80 GiB" in out
+    assert "/ budget" not in out
+
+
+def test_json_reports_budget_and_footprint() -> None:
+    d = json.loads(runner.invoke(app, [*H200_026, "--gpu-memory-utilization", "0.9", "--json"]).stdout)
+    g = d["per_gpu"][0]
+    assert g["total_bytes"] == g["footprint_bytes"] > g["capacity_bytes"] >= g["in_budget_bytes"]
+    assert g["graphs_in_budget"] is False
+    assert g["footprint_bytes"] - g["in_budget_bytes"] == g["outside_budget_bytes"]
+    cur = json.loads(runner.invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xH200", "--json"]).stdout)
+    assert cur["per_gpu"][0]["graphs_in_budget"] is True and cur["vllm_version"] == "0.33"
+    assert cur["engine"]["gpu_memory_utilization"] == 0.92
+
+
+def test_refused_start_measured_on_h200_is_predicted() -> None:
+    """vLLM 0.26 refused 131072 tokens at utilisation 0.15 ("estimated maximum model length is 100416")."""
+    args = [*H200_026, "--gpu-memory-utilization", "0.15", "--context", "131072", "--kv-cache-dtype", "auto"]
+    r = runner.invoke(app, [*args, "--json"])
+    assert r.exit_code == 1
+    d = json.loads(r.stdout)
+    assert d["fits"] is False
+    assert abs(d["max_model_len_fit"] - 100416) / 100416 <= 0.02
+    assert any("--max-model-len" in s for s in d["suggestions"])
+
+
+def test_explain_is_readable_at_80_columns() -> None:
+    r = runner.invoke(app, [*H200_026, "--context", "32768", "--explain"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    text = r.stdout
+    section = text[text.index("How each term is computed") : text.index("One replica as a vLLM command")]
+    assert all(len(line) <= 80 for line in section.splitlines())
+    for term in ("weights", "activation", "non_torch", "cuda_graphs", "kv_budget", "working", "footprint"):
+        assert f"\n{term} (GPU 0) = " in section, term
+    assert "\n  inputs: T=8,192, a_h=6, hidden=3,584" in section
+    assert "\n  = 2,117,008 tokens" in section  # default utilisation 0.92
+    # no narrow wrapped table columns
+    assert "┃" not in section and "│" not in section
