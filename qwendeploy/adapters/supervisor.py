@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from qwendeploy.adapters import process
 from qwendeploy.adapters.health import HttpHealth, base_url
+from qwendeploy.core.diagnosis.engine import phase_of_line
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.vllm_args import LaunchSpec, redact_argv, redact_env, shell_command
 
@@ -58,17 +59,17 @@ _FALLBACK_DETERMINISTIC = re.compile(
     r"|larger than the maximum number of tokens that can be stored in KV cache"
 )
 
-PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("loading weights", re.compile(r"Starting to load model|Loading weights|Loading model weights|safetensors", re.I)),
-    ("profiling memory", re.compile(r"Memory profiling|profiling run|determine_available_memory", re.I)),
-    ("KV cache allocated", re.compile(r"GPU KV cache size|# GPU blocks|GPU blocks:|Maximum concurrency", re.I)),
-    ("capturing CUDA graphs", re.compile(r"Capturing CUDA graph|Capturing the model for CUDA graphs|cudagraph", re.I)),
-    ("sampler warm-up", re.compile(r"_dummy_sampler_run|warming up sampler", re.I)),
-    ("ready", re.compile(r"Application startup complete|Uvicorn running on|Starting vLLM API server", re.I)),
+PHASES: tuple[str, ...] = (
+    "loading weights",
+    "profiling memory",
+    "KV cache allocated",
+    "capturing CUDA graphs",
+    "sampler warm-up",
+    "ready",
 )
 """Start-up phases in order, as the status line names them."""
 
-PHASE_ORDER = {name: i for i, (name, _) in enumerate(PHASES)}
+PHASE_ORDER = {name: i for i, name in enumerate(PHASES)}
 
 _ENGINE_PHASES = {
     "loading": "loading weights",
@@ -77,23 +78,19 @@ _ENGINE_PHASES = {
     "sampler": "sampler warm-up",
     "serving": "ready",
 }
-"""The diagnosis engine's phase names (``phase_of_line``) → ours; its catalog knows more marker lines."""
+"""The diagnosis catalog's phase names (``phase_of_line``, markers kept in data/rules.yaml) → ours."""
+
+_KV_ALLOCATED = re.compile(r"GPU KV cache size|# GPU blocks|GPU blocks:|Maximum concurrency for", re.I)
+"""The one milestone the diagnosis catalog does not name: the KV cache is sized (end of profiling)."""
 
 
 def phase_of(line: str) -> str | None:
-    """The start-up phase a log line announces: our table first, then the diagnosis engine's markers."""
-    for name, pattern in PHASES:
-        if pattern.search(line):
-            return name
-    try:
-        from qwendeploy.core.diagnosis.engine import phase_of_line
-    except ImportError:
-        return None
-    try:
-        got = phase_of_line(line)
-    except Exception:  # the diagnosis engine must never break supervision
-        return None
-    return _ENGINE_PHASES.get(str(got)) if got else None
+    """The start-up phase a log line announces. The diagnosis catalog's phase markers are the single source
+    (so `serve` and `doctor` agree on real vLLM logs); we add only the KV-cache milestone."""
+    if _KV_ALLOCATED.search(line):
+        return "KV cache allocated"
+    got = phase_of_line(line)
+    return _ENGINE_PHASES.get(got) if got else None
 
 
 @dataclass(frozen=True)

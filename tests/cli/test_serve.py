@@ -184,8 +184,10 @@ def test_serve_runs_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     proc = _spawn(tmp_path, p, QK="sk-run-secret")
     out = _read_until(proc, "ready after")
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=20)
-    out += rest
+    proc.wait(timeout=20)
+    # read through the same buffered reader: communicate() would skip what its read-ahead already holds
+    assert proc.stdout is not None
+    out += proc.stdout.read()
     assert proc.returncode == 0, out
     assert "curl http://127.0.0.1:" in out and "Authorization: Bearer $QK" in out
     assert str(tmp_path / "logs" / "t.0.log") in out
