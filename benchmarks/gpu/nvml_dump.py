@@ -51,7 +51,7 @@ def main() -> int:
             ("uuid", n.nvmlDeviceGetUUID, ()),
             ("pci", n.nvmlDeviceGetPciInfo, ()),
             ("memory", n.nvmlDeviceGetMemoryInfo, ()),
-            ("memory_v2", getattr(n, "nvmlDeviceGetMemoryInfo_v2", None) or (lambda h: None), ()),
+            ("memory_v2", lambda h: n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2), ()),  # has `reserved`
             ("cc", n.nvmlDeviceGetCudaComputeCapability, ()),
             ("mig_mode", n.nvmlDeviceGetMigMode, ()),
             ("ecc_mode", n.nvmlDeviceGetEccMode, ()),
@@ -76,7 +76,6 @@ def main() -> int:
             ("compute_mode", n.nvmlDeviceGetComputeMode, ()),
             ("power_limit_mw", n.nvmlDeviceGetPowerManagementLimit, ()),
             ("temperature", n.nvmlDeviceGetTemperature, (n.NVML_TEMPERATURE_GPU,)),
-            ("xid_recent", getattr(n, "nvmlDeviceGetXidEvents", lambda h: None), ()),
             ("compute_procs", n.nvmlDeviceGetComputeRunningProcesses, ()),
             ("graphics_procs", n.nvmlDeviceGetGraphicsRunningProcesses, ()),
             ("bar1", n.nvmlDeviceGetBAR1MemoryInfo, ()),
