@@ -35,13 +35,14 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; importing them must stay cheap (no vllm, torch, pynvml, hub).
-    from qwendeploy.cli import cluster, doctor, plan, schema, serve
+    from qwendeploy.cli import cluster, doctor, export, plan, schema, serve
 
     app.command(name="plan")(plan.plan)
     app.command(name="serve")(serve.serve)
     app.command(name="doctor")(doctor.doctor)
     app.command(name="schema")(schema.schema)
     app.add_typer(cluster.app, name="cluster")
+    app.add_typer(export.app, name="export")
 
 
 _register()
