@@ -168,9 +168,7 @@ def test_weights_within_2_percent(entry: dict[str, Any]) -> None:
 
 
 # Entries whose KV figure the estimator misses by more than 5%, with the reason (kept visible in docs/accuracy.md).
-KV_KNOWN_MISSES = {
-    "gh-file-rtx4080-qwen2.5-7b-awq-v0260": "activation peak 1.04 GiB logged vs ~0.6 predicted (AWQ Marlin, WSL2)",
-}
+KV_KNOWN_MISSES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["id"] for e in ENTRIES])
