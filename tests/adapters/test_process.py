@@ -100,9 +100,11 @@ def test_parent_killed_server_does_not_live_on(tmp_path: Path, mode: str, use_wa
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     assert parent.stdout is not None
     server_pid, wd_pid = map(int, parent.stdout.readline().split())
-    pids = json.loads((tmp_path / f"{server_pid}.json").read_text()) if wait_for(
-        (tmp_path / f"{server_pid}.json").exists
-    ) else {}
+    pids = (
+        json.loads((tmp_path / f"{server_pid}.json").read_text())
+        if wait_for((tmp_path / f"{server_pid}.json").exists)
+        else {}
+    )
     parent.kill()
     parent.wait()
     assert wait_for(lambda: alive([server_pid, *pids.values()]) == [], timeout=5)
