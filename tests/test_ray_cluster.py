@@ -197,7 +197,7 @@ def test_a_node_started_without_the_profiles_environment_is_caught(cluster: Clus
         found = ray_cluster.probe(cluster.address, env_keys=["NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_DEBUG"])
         assert len(found.alive) == 3
         bad = [c for c in check_cluster(prof, found) if c.status == "fail"]
-        assert any("NCCL_SOCKET_IFNAME=None (want qdtest0)" in c.message for c in bad), bad
+        assert any("NCCL_SOCKET_IFNAME=None (want qdtest0)" in c.detail for c in bad), bad
     finally:
         assert ray_cluster.stop_node(started.pgid)
         shutil.rmtree(d, ignore_errors=True)

@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from qwendeploy.adapters.system import port_free
+from qwendeploy.core.checks import Check, Status
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.units import human_size
 from qwendeploy.core.vllm_args import LaunchSpec
 from qwendeploy.errors import ProbeError
-
-Status = Literal["ok", "warn", "skip", "fail"]
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    message: str
-    hint: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "message": self.message, "hint": self.hint}
 
 
 def is_loopback(host: str) -> bool:
@@ -58,23 +45,11 @@ def check_security(specs: Sequence[LaunchSpec], *, insecure: bool) -> list[Check
                     "security",
                     "fail",
                     f"{s.name} would bind {s.host} (reachable from other machines) without an API key.",
-                    hint="Set server.api_key_env in the profile and export that variable, bind 127.0.0.1, "
+                    fix="Set server.api_key_env in the profile and export that variable, bind 127.0.0.1, "
                     "or pass --insecure if the network is trusted.",
                 )
             )
     return out
-
-
-def port_free(host: str, port: int) -> bool:
-    """Whether a TCP server could bind host:port now (SO_REUSEADDR, as uvicorn binds)."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host.strip("[]") or "0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def _port_user(port: int) -> str:
@@ -93,7 +68,7 @@ def _port_user(port: int) -> str:
 def check_ports(specs: Sequence[LaunchSpec]) -> list[Check]:
     out: list[Check] = []
     for s in specs:
-        if port_free(s.host, s.port):
+        if port_free(s.port, s.host):
             out.append(Check("port", "ok", f"{s.host}:{s.port} is free"))
         else:
             out.append(
@@ -101,7 +76,7 @@ def check_ports(specs: Sequence[LaunchSpec]) -> list[Check]:
                     "port",
                     "fail",
                     f"Port {s.port} on {s.host} is already in use{_port_user(s.port)}.",
-                    hint="Stop whatever holds it, or pass --port with a free port.",
+                    fix="Stop whatever holds it, or pass --port with a free port.",
                 )
             )
     return out
@@ -127,7 +102,7 @@ def check_shm(profile: Profile, *, shm_path: str = "/dev/shm") -> list[Check]:
                 "fail",
                 f"{shm_path} has {human_size(free)} free (of {human_size(total)}); tensor parallelism needs at "
                 f"least {human_size(need)} for NCCL and vLLM's shared-memory queues ({ranks} ranks).",
-                hint="In Docker: --ipc=host or --shm-size=16g; on a host: mount -o remount,size=16G /dev/shm.",
+                fix="In Docker: --ipc=host or --shm-size=16g; on a host: mount -o remount,size=16G /dev/shm.",
             )
         ]
     return [Check("shm", "ok", f"{shm_path}: {human_size(free)} free")]
@@ -151,7 +126,7 @@ def check_orphans() -> list[Check]:
             "orphans",
             "warn",
             f"Orphaned vLLM processes from an earlier server: {desc}.",
-            hint=f"End them with: {_kill_command([p.pid for p in orphans])}",
+            fix=f"End them with: {_kill_command([p.pid for p in orphans])}",
         )
     ]
 
@@ -173,7 +148,7 @@ def check_gpus(
                 "gpus",
                 status,
                 f"GPU checks skipped: {e.message}",
-                hint="--strict makes this an error." if not strict else e.hint,
+                fix="--strict makes this an error." if not strict else (e.hint or ""),
             )
         ]
     from qwendeploy.adapters.nvml import cuda_total_bytes
@@ -196,7 +171,7 @@ def check_gpus(
                         "gpus",
                         "fail",
                         f"GPU {gid} (placement.gpus) does not exist here; NVML sees: {have}.",
-                        hint="Edit placement.gpus or run `qwendeploy plan` on this machine.",
+                        fix="Edit placement.gpus or run `qwendeploy plan` on this machine.",
                     )
                 )
                 continue
@@ -232,7 +207,7 @@ def check_gpus(
                     f"GPU {gid} has {human_size(free)} free but vLLM will ask for {human_size(need)} "
                     f"(gpu_memory_utilization {util} × {human_size(total)})."
                     + (f" Held by: {names}." if names else ""),
-                    hint=hint,
+                    fix=hint,
                 )
             )
     out += _check_fingerprint(profile, report, specs)
@@ -249,7 +224,7 @@ def _check_fingerprint(profile: Profile, report: Any, specs: Sequence[LaunchSpec
                 "hardware",
                 "warn",
                 f"The profile was planned for a simulated inventory ({', '.join(hw.gpus) or '?'}), not measured.",
-                hint="Run `qwendeploy plan` on this machine for numbers that match it.",
+                fix="Run `qwendeploy plan` on this machine for numbers that match it.",
             )
         ]
     seen: set[str] = set()
@@ -266,7 +241,7 @@ def _check_fingerprint(profile: Profile, report: Any, specs: Sequence[LaunchSpec
             "hardware",
             "warn",
             f"This machine's GPUs differ from the ones the profile was planned for ({', '.join(hw.gpus) or '?'}).",
-            hint="Run `qwendeploy plan` again here; memory figures may not hold.",
+            fix="Run `qwendeploy plan` again here; memory figures may not hold.",
         )
     ]
 
@@ -282,7 +257,7 @@ def check_model(profile: Profile, env: Mapping[str, str]) -> list[Check]:
                 "model",
                 "fail",
                 f"model.id {ref} looks like a local directory but {path / 'config.json'} does not exist.",
-                hint="Point model.id at the checkpoint directory, or use a Hub id like Qwen/Qwen2.5-7B-Instruct.",
+                fix="Point model.id at the checkpoint directory, or use a Hub id like Qwen/Qwen2.5-7B-Instruct.",
             )
         ]
     try:
@@ -300,7 +275,7 @@ def check_model(profile: Profile, env: Mapping[str, str]) -> list[Check]:
                 "model",
                 "warn",
                 f"{ref} is not in the local cache and HF_HUB_OFFLINE is set; vLLM will not be able to download it.",
-                hint=f"huggingface-cli download {ref}",
+                fix=f"huggingface-cli download {ref}",
             )
         ]
     if _hub_reachable(env):
@@ -310,7 +285,7 @@ def check_model(profile: Profile, env: Mapping[str, str]) -> list[Check]:
             "model",
             "warn",
             f"{ref} is not in the local cache and huggingface.co is not reachable.",
-            hint="Download it where there is network (huggingface-cli download) or set model.id to a local directory.",
+            fix="Download it where there is network (huggingface-cli download) or set model.id to a local directory.",
         )
     ]
 
@@ -384,5 +359,5 @@ def check_ray_cluster(
     try:
         found = (ray_probe or (lambda a, k: ray_cluster.probe(a, env_keys=k, env=env)))(address, keys)
     except ProbeError as e:
-        return [Check("ray cluster", "fail", e.message, hint=e.hint)]
-    return [Check(c.name, c.status, c.message, c.hint) for c in core.check_cluster(profile, found)]
+        return [Check("ray cluster", "fail", e.message, fix=e.hint or "")]
+    return core.check_cluster(profile, found)

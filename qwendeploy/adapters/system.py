@@ -238,11 +238,13 @@ def iommu(
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a TCP server could bind ``host:port`` now (SO_REUSEADDR, as uvicorn binds)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Whether a TCP server could bind ``host:port`` now (SO_REUSEADDR, as uvicorn binds; IPv4 or IPv6)."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
+            s.bind((bare or "0.0.0.0", port))
         except OSError:
             return False
     return True

@@ -224,7 +224,7 @@ def _status(address: str | None, profile_path: Path | None, json_out: bool) -> i
                 for n in found.nodes
             ],
             "total_gpus": found.total_gpus,
-            "checks": [{"name": c.name, "status": c.status, "message": c.message, "hint": c.hint} for c in checks],
+            "checks": [c.to_dict() for c in checks],
         }
         typer.echo(json.dumps(doc, indent=2))
     else:
@@ -250,7 +250,7 @@ def _status(address: str | None, profile_path: Path | None, json_out: bool) -> i
         console.print(t)
         marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "skip": "[yellow]-[/]", "fail": "[red]✗[/]"}
         for c in checks:
-            console.print(f"{marks[c.status]} {escape(c.name)}: {escape(c.message)}")
-            if c.hint and c.status != "ok":
-                console.print(f"    [dim]{escape(c.hint)}[/]")
+            console.print(f"{marks[c.status]} {escape(c.name)}: {escape(c.detail)}")
+            if c.fix and c.status != "ok":
+                console.print(f"    [dim]{escape(c.fix)}[/]")
     return 1 if any(c.status == "fail" for c in checks) else 0

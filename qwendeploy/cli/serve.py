@@ -148,7 +148,7 @@ def _serve(
     if failed:
         first = failed[0]
         more = f" ({len(failed) - 1} more check(s) failed, listed above)" if len(failed) > 1 else ""
-        raise PreflightFailed(first.message + more, hint=first.hint)
+        raise PreflightFailed(first.detail + more, hint=first.fix or None)
     nvml_ok = not any(c.name == "gpus" and c.status in ("skip", "fail") for c in checks)
     return _run(prof, launches, env, console, json_out, log_dir, gpu_check=nvml_ok)
 
@@ -208,9 +208,9 @@ def _print_checks(console: Any, checks: Any, json_out: bool) -> None:
         if json_out:
             typer.echo(json.dumps({"event": "preflight", **c.to_dict()}))
             continue
-        console.print(f"{_MARK[c.status]} {escape(c.name)}: {escape(c.message)}")
-        if c.hint and c.status != "ok":
-            console.print(f"    [dim]{escape(c.hint)}[/]")
+        console.print(f"{_MARK[c.status]} {escape(c.name)}: {escape(c.detail)}")
+        if c.fix and c.status != "ok":
+            console.print(f"    [dim]{escape(c.fix)}[/]")
 
 
 def _gpu_holders(pids: set[int]) -> list[tuple[int, int | None]]:

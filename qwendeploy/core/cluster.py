@@ -15,8 +15,8 @@ import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
+from qwendeploy.core.checks import Check
 from qwendeploy.core.hardware import Gpu, Link, Machine
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.vllm_args import vllm_env_switches
@@ -259,17 +259,6 @@ class RayCluster:
         return int(sum(n.gpus for n in self.alive))
 
 
-Severity = Literal["ok", "warn", "fail", "skip"]
-
-
-@dataclass(frozen=True)
-class ClusterCheck:
-    name: str
-    status: Severity
-    message: str
-    hint: str | None = None
-
-
 VERSION_PACKAGES = ("vllm", "torch", "ray")
 """Packages whose versions must match on every node (a mismatch breaks Ray's pickling or vLLM's workers)."""
 
@@ -278,13 +267,13 @@ def _short(node: RayNode) -> str:
     return f"{node.address} ({node.node_id[:8]})" + (" head" if node.is_head else "")
 
 
-def check_cluster(profile: Profile, cluster: RayCluster) -> list[ClusterCheck]:
+def check_cluster(profile: Profile, cluster: RayCluster) -> list[Check]:
     """Can ``cluster`` run ``profile``: nodes, GPUs, TP groups inside a node, the shared environment, versions.
 
     Pure: ``cluster`` comes from the Ray adapter. ``fail`` means vLLM would not start (or would hang).
     """
     pl = profile.placement
-    out: list[ClusterCheck] = []
+    out: list[Check] = []
     alive = cluster.alive
     need_gpus, need_nodes, tp = pl.world_size, pl.nodes, pl.tensor_parallel_size
     per_node = " + ".join(f"{n.gpus:g}" for n in alive) or "0"
@@ -294,35 +283,35 @@ def check_cluster(profile: Profile, cluster: RayCluster) -> list[ClusterCheck]:
     have = f"the Ray cluster at {cluster.address} has {cluster.total_gpus} GPU(s) on {len(alive)} node(s) ({per_node})"
     if cluster.total_gpus < need_gpus:
         out.append(
-            ClusterCheck(
+            Check(
                 "ray gpus",
                 "fail",
                 f"The profile needs {need_gpus} GPUs ({shape}) on {need_nodes} node(s), but {have}.",
-                hint="Start the missing nodes with `qwendeploy cluster join HEAD_ADDRESS PROFILE` on each, "
+                fix="Start the missing nodes with `qwendeploy cluster join HEAD_ADDRESS PROFILE` on each, "
                 "then check with `qwendeploy cluster status`.",
             )
         )
     else:
-        out.append(ClusterCheck("ray gpus", "ok", f"{need_gpus} GPUs needed; {have}."))
+        out.append(Check("ray gpus", "ok", f"{need_gpus} GPUs needed; {have}."))
     if len(alive) < need_nodes:
         out.append(
-            ClusterCheck(
+            Check(
                 "ray nodes",
                 "fail",
                 f"The profile spans {need_nodes} nodes but {len(alive)} node(s) are alive in the Ray cluster.",
-                hint="Join the other nodes: `qwendeploy cluster join HEAD_ADDRESS PROFILE`.",
+                fix="Join the other nodes: `qwendeploy cluster join HEAD_ADDRESS PROFILE`.",
             )
         )
     groups = sum(int(n.gpus) // tp for n in alive)
     need_groups = pl.pipeline_parallel_size * pl.data_parallel_size
     if cluster.total_gpus >= need_gpus and groups < need_groups:
         out.append(
-            ClusterCheck(
+            Check(
                 "ray tp groups",
                 "fail",
                 f"Tensor-parallel groups of {tp} GPUs must stay inside a node, but the nodes' GPUs ({per_node}) "
                 f"form only {groups} such group(s); the profile needs {need_groups}.",
-                hint="Give every node the GPUs the plan assumed (cluster.gpus_per_node) or re-plan for these nodes.",
+                fix="Give every node the GPUs the plan assumed (cluster.gpus_per_node) or re-plan for these nodes.",
             )
         )
     out += _check_env(profile, alive)
@@ -330,45 +319,45 @@ def check_cluster(profile: Profile, cluster: RayCluster) -> list[ClusterCheck]:
     return out
 
 
-def _check_env(profile: Profile, alive: Sequence[RayNode]) -> list[ClusterCheck]:
+def _check_env(profile: Profile, alive: Sequence[RayNode]) -> list[Check]:
     want = cluster_env(profile)
     probed = [n for n in alive if n.env]
     if not probed:
-        return [ClusterCheck("node env", "skip", "No task could run on the nodes; their environment is unknown.")]
-    out: list[ClusterCheck] = []
+        return [Check("node env", "skip", "No task could run on the nodes; their environment is unknown.")]
+    out: list[Check] = []
     for n in probed:
         wrong = [f"{k}={n.env.get(k)!s} (want {v})" for k, v in sorted(want.items()) if n.env.get(k) != v]
         if wrong:
             out.append(
-                ClusterCheck(
+                Check(
                     "node env",
                     "fail",
                     f"Node {_short(n)} was started with a different environment: {'; '.join(wrong)}.",
-                    hint="Ray workers keep the environment of `ray start`: on that node run `ray stop`, then "
+                    fix="Ray workers keep the environment of `ray start`: on that node run `ray stop`, then "
                     "`qwendeploy cluster join HEAD_ADDRESS PROFILE` (it exports the profile's variables first).",
                 )
             )
         if profile.cluster.set_host_ip and HOST_IP_VAR not in profile.env and not n.env.get(HOST_IP_VAR):
             out.append(
-                ClusterCheck(
+                Check(
                     "node env",
                     "warn",
                     f"Node {_short(n)} has no {HOST_IP_VAR}; vLLM guesses the node's address.",
-                    hint="Start Ray on it with `qwendeploy cluster join` (sets VLLM_HOST_IP).",
+                    fix="Start Ray on it with `qwendeploy cluster join` (sets VLLM_HOST_IP).",
                 )
             )
     if not any(c.status == "fail" for c in out):
         keys = ", ".join(sorted(want)) or "none"
-        out.append(ClusterCheck("node env", "ok", f"{len(probed)} node(s) share the profile's environment ({keys})."))
+        out.append(Check("node env", "ok", f"{len(probed)} node(s) share the profile's environment ({keys})."))
     return out
 
 
-def check_versions(alive: Sequence[RayNode]) -> list[ClusterCheck]:
+def check_versions(alive: Sequence[RayNode]) -> list[Check]:
     """The same vLLM/torch/ray on every node where Ray could tell."""
-    out: list[ClusterCheck] = []
+    out: list[Check] = []
     known = [n for n in alive if n.versions]
     if not known:
-        return [ClusterCheck("versions", "skip", "Package versions per node are unknown (no task could run).")]
+        return [Check("versions", "skip", "Package versions per node are unknown (no task could run).")]
     for pkg in VERSION_PACKAGES:
         seen: dict[str | None, list[RayNode]] = {}
         for n in known:
@@ -376,19 +365,19 @@ def check_versions(alive: Sequence[RayNode]) -> list[ClusterCheck]:
         if len(seen) > 1:
             parts = "; ".join(f"{v or 'not installed'} on {', '.join(_short(n) for n in ns)}" for v, ns in seen.items())
             out.append(
-                ClusterCheck(
+                Check(
                     "versions",
                     "fail",
                     f"{pkg} differs between nodes: {parts}.",
-                    hint=f"Install the same {pkg} on every node (the same container image is simplest).",
+                    fix=f"Install the same {pkg} on every node (the same container image is simplest).",
                 )
             )
         elif None in seen and pkg == "vllm":
-            out.append(ClusterCheck("versions", "warn", "vLLM is not importable on any node's Ray workers."))
+            out.append(Check("versions", "warn", "vLLM is not importable on any node's Ray workers."))
     if not any(c.status == "fail" for c in out):
         v = known[0].versions
         desc = ", ".join(f"{p} {v.get(p) or '-'}" for p in VERSION_PACKAGES)
-        out.append(ClusterCheck("versions", "ok", f"Same versions on {len(known)} node(s): {desc}."))
+        out.append(Check("versions", "ok", f"Same versions on {len(known)} node(s): {desc}."))
     return out
 
 
@@ -417,35 +406,35 @@ def _ifname_values(value: str) -> tuple[bool, list[str]]:
     return exclude, names
 
 
-def check_host_network(profile: Profile, facts: HostNetFacts) -> list[ClusterCheck]:
+def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
     """Interface selection and hostname resolution for a multi-node profile (doctor)."""
-    out: list[ClusterCheck] = []
+    out: list[Check] = []
     want = cluster_env(profile)
     for var in IFNAME_VARS:
         value = facts.env.get(var) or want.get(var)
         source = "exported" if facts.env.get(var) else "from the profile"
         if not value:
             out.append(
-                ClusterCheck(
+                Check(
                     "interface",
                     "warn",
                     f"{var} is not set: NCCL/Gloo pick an interface themselves, often a docker bridge or one the "
                     "other nodes cannot reach.",
-                    hint="Set cluster.socket_ifname in the profile (or plan --ifname) to the NIC between the nodes.",
+                    fix="Set cluster.socket_ifname in the profile (or plan --ifname) to the NIC between the nodes.",
                 )
             )
             continue
         exclude, names = _ifname_values(value)
         if exclude:
-            out.append(ClusterCheck("interface", "ok", f"{var}={value} ({source}) excludes {', '.join(names)}."))
+            out.append(Check("interface", "ok", f"{var}={value} ({source}) excludes {', '.join(names)}."))
             continue
         if any(n == "lo" for n in names):
             out.append(
-                ClusterCheck(
+                Check(
                     "interface",
                     "fail",
                     f"{var}={value} ({source}) selects the loopback interface; other nodes cannot reach it.",
-                    hint="Use the NIC that connects the nodes (see `ip -br addr`).",
+                    fix="Use the NIC that connects the nodes (see `ip -br addr`).",
                 )
             )
             continue
@@ -453,40 +442,40 @@ def check_host_network(profile: Profile, facts: HostNetFacts) -> list[ClusterChe
         if missing:
             have = ", ".join(facts.interfaces) or "none"
             out.append(
-                ClusterCheck(
+                Check(
                     "interface",
                     "fail",
                     f"{var}={value} ({source}): no interface {', '.join(missing)} on this host (it has {have}).",
-                    hint="Each node must have the interface under the same name, or set the variable per node "
+                    fix="Each node must have the interface under the same name, or set the variable per node "
                     "before `ray start`.",
                 )
             )
         else:
-            out.append(ClusterCheck("interface", "ok", f"{var}={value} ({source}) exists on this host."))
+            out.append(Check("interface", "ok", f"{var}={value} ({source}) exists on this host."))
     if facts.hostname_ip is None:
         out.append(
-            ClusterCheck(
+            Check(
                 "hostname",
                 "warn",
                 f"Host name {facts.hostname!r} does not resolve; Ray and vLLM fall back to guessing the address.",
-                hint="Add it to /etc/hosts with the address on the inter-node network, or set VLLM_HOST_IP.",
+                fix="Add it to /etc/hosts with the address on the inter-node network, or set VLLM_HOST_IP.",
             )
         )
     elif _is_loopback(facts.hostname_ip):
         set_ip = facts.env.get(HOST_IP_VAR)
         out.append(
-            ClusterCheck(
+            Check(
                 "hostname",
                 "warn" if set_ip else "fail",
                 f"Host name {facts.hostname!r} resolves to {facts.hostname_ip} (loopback): other nodes would be told "
                 "to reach this one at a loopback address"
                 + (f"; VLLM_HOST_IP={set_ip} overrides it for vLLM." if set_ip else "."),
-                hint="Map the host name to the inter-node address in /etc/hosts, or start Ray with "
+                fix="Map the host name to the inter-node address in /etc/hosts, or start Ray with "
                 "`qwendeploy cluster head/join` (sets VLLM_HOST_IP and --node-ip-address).",
             )
         )
     else:
-        out.append(ClusterCheck("hostname", "ok", f"{facts.hostname} resolves to {facts.hostname_ip}."))
+        out.append(Check("hostname", "ok", f"{facts.hostname} resolves to {facts.hostname_ip}."))
     return out
 
 

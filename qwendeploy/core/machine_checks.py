@@ -8,28 +8,15 @@ explains each one. A check NVML cannot answer is ``skip``, never a failure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from qwendeploy.core.checks import Check, Status
 from qwendeploy.core.machine_facts import MachineFacts, NvmlGpu, NvmlProcess, NvmlReport, SystemFacts
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.units import GiB, MiB, human_size
 
 if TYPE_CHECKING:
     from qwendeploy.core.cluster import HostNetFacts, RayCluster
-
-Status = Literal["ok", "warn", "fail", "skip"]
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
 # Minimum Linux driver for each CUDA toolkit release (NVIDIA's CUDA release notes, "CUDA Toolkit and Corresponding
@@ -894,7 +881,7 @@ def multi_node_checks(
     found = check_host_network(profile, net)
     if cluster is not None:
         found += check_cluster(profile, cluster)
-    out = [Check(f"multi-node {c.name}", c.status, c.message, c.hint or "") for c in found]
+    out = [Check(f"multi-node {c.name}", c.status, c.detail, c.fix) for c in found]
     if cluster is None:
         out.append(
             Check(

@@ -32,4 +32,4 @@ def test_model_local_dir_and_offline_cache(tmp_path: Path) -> None:
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     assert check_model(Profile(model=ModelSection(id=str(tmp_path / "ckpt"))), {})[0].status == "ok"
     offline = check_model(Profile(model=ModelSection(id="Qwen/X")), {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
-    assert offline[0].status == "warn" and "HF_HUB_OFFLINE" in offline[0].message
+    assert offline[0].status == "warn" and "HF_HUB_OFFLINE" in offline[0].detail

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from qwendeploy.core.checks import Check
 from qwendeploy.core.cluster import (
     NETWORKS,
-    ClusterCheck,
     HostNetFacts,
     RayCluster,
     RayNode,
@@ -56,7 +56,7 @@ def _node(i: int, gpus: float = 4, env: dict[str, str | None] | None = None, **v
     )  # fmt: skip
 
 
-def _by(checks: list[ClusterCheck], name: str) -> list[ClusterCheck]:
+def _by(checks: list[Check], name: str) -> list[Check]:
     return [c for c in checks if c.name == name]
 
 
@@ -164,9 +164,7 @@ def test_shortage_16_needed_8_present_fails() -> None:
     checks = check_cluster(_profile(tp=8, pp=2), RayCluster("10.0.0.1:6379", (_node(1), _node(2))))
     (gpus,) = _by(checks, "ray gpus")
     assert gpus.status == "fail"
-    assert (
-        "needs 16 GPUs (TP 8 × PP 2) on 2 node(s)" in gpus.message and "8 GPU(s) on 2 node(s) (4 + 4)" in gpus.message
-    )
+    assert "needs 16 GPUs (TP 8 × PP 2) on 2 node(s)" in gpus.detail and "8 GPU(s) on 2 node(s) (4 + 4)" in gpus.detail
 
 
 def test_matching_cluster_passes_and_missing_node_fails() -> None:
@@ -187,14 +185,14 @@ def test_env_exported_after_ray_start_is_caught() -> None:
     late = _node(2, env={"NCCL_SOCKET_IFNAME": None, "GLOO_SOCKET_IFNAME": None, "CUDA_DEVICE_ORDER": None})
     checks = check_cluster(_profile(), RayCluster("a", (_node(1), late)))
     bad = [c for c in _by(checks, "node env") if c.status == "fail"]
-    assert len(bad) == 1 and "10.0.0.2" in bad[0].message and "NCCL_SOCKET_IFNAME=None (want eth0)" in bad[0].message
+    assert len(bad) == 1 and "10.0.0.2" in bad[0].detail and "NCCL_SOCKET_IFNAME=None (want eth0)" in bad[0].detail
 
 
 def test_versions_must_match_where_ray_can_tell() -> None:
     mixed = (_node(1), _node(2, vllm="0.32.0", torch="2.13.0", ray="2.60.0"))
     checks = check_cluster(_profile(), RayCluster("a", mixed))
     bad = [c for c in _by(checks, "versions") if c.status == "fail"]
-    assert {c.message.split()[0] for c in bad} == {"vllm", "torch"}
+    assert {c.detail.split()[0] for c in bad} == {"vllm", "torch"}
     unknown = (RayNode("x", "10.0.0.1", True, gpus=8), RayNode("y", "10.0.0.2", True, gpus=8))
     assert _by(check_cluster(_profile(), RayCluster("a", unknown)), "versions")[0].status == "skip"
 
@@ -216,7 +214,7 @@ def test_missing_interface_and_unset_variables() -> None:
     facts = HostNetFacts(interfaces=("lo", "ens5"), hostname="h", hostname_ip="10.1.1.1")
     missing = check_host_network(_profile(ifname="eth0"), facts)
     assert [c.status for c in missing if c.name == "interface"] == ["fail", "fail"]
-    assert "it has lo, ens5" in missing[0].message
+    assert "it has lo, ens5" in missing[0].detail
     unset = check_host_network(_profile(ifname=None), facts)
     assert [c.status for c in unset if c.name == "interface"] == ["warn", "warn"]
     prefix = check_host_network(_profile(ifname="ens"), facts)  # NCCL matches prefixes

@@ -1,0 +1,22 @@
+"""One check's verdict, shared by doctor's machine checks, serve's preflight and the Ray cluster checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Status = Literal["ok", "warn", "fail", "skip"]
+"""ok: fine; warn: works but costs something; fail: vLLM would not start or would hang; skip: could not check."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named verdict with its evidence (``detail``) and, unless ok, the change to make (``fix``)."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
