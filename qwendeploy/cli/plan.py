@@ -145,7 +145,12 @@ def plan(
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (a stable contract).")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the chosen plan as a profile.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the --output file.")] = False,
-    name: Annotated[str, typer.Option(help="Profile name (log names; served model name if set).")] = "qwen",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Profile name, also the served model name (default: the model's name, e.g. qwen2.5-7b-instruct)."
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(help="Port written to the profile.")] = 8000,
     host: Annotated[str, typer.Option(help="Bind address written to the profile.")] = "127.0.0.1",
 ) -> None:
@@ -206,7 +211,7 @@ def plan(
                 ("--enforce-eager", enforce_eager),
                 ("--vllm-version", None if vllm_version == "0.33" else vllm_version),
                 ("--revision", revision),
-                ("--name", None if name == "qwen" else name),
+                ("--name", name),
                 ("--port", None if port == 8000 else port),
                 ("--host", None if host == "127.0.0.1" else host),
                 ("--network", None if network == "100gbe" else network),
@@ -216,12 +221,12 @@ def plan(
             command = _command(model, gpus, nodes, max_model_len, concurrency, objective.value, fixed, output)
             profile = profile_from_plan(
                 result,
-                name=name,
+                name=name or _default_name(result.request.spec.id),
                 host=host,
                 port=port,
                 generated_by=command,
                 revision=revision,
-                served_model_name=None if name == "qwen" else name,
+                served_model_name=name,
                 head_address=head_address,
                 socket_ifname=ifname,
             )
@@ -229,3 +234,10 @@ def plan(
             path = write_profile(output, profile, header=header, force=force)
             if not json_out:
                 Console(highlight=False).print(f"Wrote {path}", markup=False)
+
+
+def _default_name(model_id: str) -> str:
+    """``Qwen/Qwen2.5-7B-Instruct`` → ``qwen2.5-7b-instruct``: a name safe for log files."""
+    base = model_id.rstrip("/").rsplit("/", 1)[-1].lower()
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).strip("-.")
+    return safe or "qwen"

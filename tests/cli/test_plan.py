@@ -160,3 +160,14 @@ def test_explain_is_readable_at_80_columns() -> None:
     assert "\n  = 2,117,008 tokens" in section  # default utilisation 0.92
     # no narrow wrapped table columns
     assert "┃" not in section and "│" not in section
+
+
+def test_profile_name_defaults_to_the_model_and_name_sets_the_served_name(tmp_path: Path) -> None:
+    base = ["plan", "Qwen/Qwen2.5-0.5B-Instruct", "--gpus", "1xL4", "--context", "4096", "-o"]
+    assert runner.invoke(app, [*base, str(tmp_path / "a.yaml")]).exit_code == 0
+    a = read_profile(tmp_path / "a.yaml")
+    assert a.name == "qwen2.5-0.5b-instruct" and a.server.served_model_name is None  # clients send the repo id
+    assert runner.invoke(app, [*base, str(tmp_path / "b.yaml"), "--name", "small"]).exit_code == 0
+    b = read_profile(tmp_path / "b.yaml")
+    assert b.name == "small" and b.server.served_model_name == "small"
+    assert "--name small" in (b.generated_by or "")
