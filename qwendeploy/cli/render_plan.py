@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 from typing import Any
 
 from rich.console import Console
@@ -311,23 +310,15 @@ def _explain_blocks(console: Console, est: MemoryEstimate) -> None:
 
 
 def vllm_command(p: Plan) -> str:
-    """The ``vllm serve`` line of one replica (for reading; ``serve`` builds the real one from the profile)."""
-    c = p.chosen
-    if c is None:
+    """The first replica's ``vllm serve`` line with its environment, built exactly as ``serve`` builds it
+    (through the profile and core.vllm_args), so what the plan shows is what will run."""
+    if p.chosen is None:
         return ""
-    argv = ["vllm", "serve", p.request.spec.id, "--tensor-parallel-size", str(c.tp)]
-    if c.pp > 1:
-        argv += ["--pipeline-parallel-size", str(c.pp)]
-    argv += ["--max-model-len", str(p.max_model_len)]
-    if c.gpu_memory_utilization is not None:
-        argv += ["--gpu-memory-utilization", f"{c.gpu_memory_utilization:g}"]
-    if c.kv_cache_dtype != "auto":
-        argv += ["--kv-cache-dtype", c.kv_cache_dtype]
-    if p.request.enforce_eager:
-        argv.append("--enforce-eager")
-    if p.hf_overrides:
-        argv += ["--hf-overrides", json.dumps(p.hf_overrides, separators=(",", ":"))]
-    return shlex.join(argv)
+    from qwendeploy.core.profile_builder import profile_from_plan
+    from qwendeploy.core.vllm_args import build_launch_specs, shell_command
+
+    specs = build_launch_specs(profile_from_plan(p), vllm_bin="vllm", base_env={})
+    return shell_command(specs[0].argv, specs[0].env_set) if specs else ""
 
 
 def one_line(p: Plan) -> str:
