@@ -11,7 +11,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -195,14 +195,16 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def _cache_dir() -> Path:
-    """The hub cache, resolved from the environment now (huggingface_hub fixes its default at import time)."""
+def hub_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The hub cache, resolved from ``env`` (default: the environment now; huggingface_hub fixes its default at
+    import time). serve's preflight asks the same question for the server's environment."""
+    env = os.environ if env is None else env
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
+        if env.get(var):
+            return Path(env[var]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "huggingface" / "hub"
 
@@ -235,7 +237,7 @@ def load_hub(repo_id: str, *, revision: str | None = None) -> ModelSpec:
     """config.json and safetensors headers of a Hub repo: from the local cache first, then the Hub if online."""
     from huggingface_hub import hf_hub_download
 
-    cache = _cache_dir()
+    cache = hub_cache_dir()
     offline = _offline()
     config_file: str | None = None
     try:

@@ -263,7 +263,9 @@ def check_model(profile: Profile, env: Mapping[str, str]) -> list[Check]:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cache = _hf_cache(env)
+        from qwendeploy.adapters.hub import hub_cache_dir
+
+        cache = hub_cache_dir(env)
         hit = try_to_load_from_cache(ref, "config.json", cache_dir=str(cache), revision=profile.model.revision or None)
     except Exception:  # a cache we cannot read only loses the check
         hit = None
@@ -288,16 +290,6 @@ def check_model(profile: Profile, env: Mapping[str, str]) -> list[Check]:
             fix="Download it where there is network (huggingface-cli download) or set model.id to a local directory.",
         )
     ]
-
-
-def _hf_cache(env: Mapping[str, str]) -> Path:
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(var):
-            return Path(env[var]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    xdg = env.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
 
 
 def _hub_reachable(env: Mapping[str, str], timeout: float = 3.0) -> bool:
