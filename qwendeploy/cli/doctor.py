@@ -15,7 +15,8 @@ import typer
 
 from qwendeploy.cli import wiring
 from qwendeploy.cli.errors import user_errors
-from qwendeploy.core.machine_checks import Check, run_checks
+from qwendeploy.core.checks import Check
+from qwendeploy.core.machine_checks import run_checks
 from qwendeploy.core.machine_facts import MachineFacts, NvmlReport
 from qwendeploy.core.profile import Profile
 from qwendeploy.errors import BadInput, ProbeError, QwendeployError

@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from qwendeploy.core.machine_checks import Check, topology_matrix
+from qwendeploy.core.checks import Check
+from qwendeploy.core.machine_checks import topology_matrix
 from qwendeploy.core.machine_facts import MachineFacts
 from qwendeploy.core.units import human_size
 
@@ -24,7 +25,7 @@ def render(
     nccl: dict[str, Any] | None = None,
 ) -> None:
     nv = facts.nvml if facts is not None else None
-    if nv is not None and nv.gpus:
+    if facts is not None and nv is not None and nv.gpus:
         _gpus(console, facts)
         if len(nv.gpus) > 1:
             _topology(console, facts)
