@@ -89,14 +89,18 @@ def _topology(console: Console, facts: MachineFacts) -> None:
 
 
 def _checks(console: Console, checks: list[Check]) -> None:
-    t = Table(title="Checks", title_justify="left", show_lines=False)
-    t.add_column("status")
-    t.add_column("check")
-    t.add_column("detail", overflow="fold")
-    t.add_column("fix", overflow="fold")
+    # A borderless grid: one row a check, the fix in a row under it, long text wrapping inside its own column
+    # (a 4-column table with borders cut every detail into slivers at 80 columns).
+    console.print("[bold]Checks[/]")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
     for c in checks:
-        t.add_row(Text(c.status, style=_STYLE[c.status]), escape(c.name), Text(c.detail), Text(c.fix))
-    console.print(t)
+        grid.add_row(Text(c.status, style=_STYLE[c.status]), escape(c.name), Text(c.detail))
+        if c.fix and c.status != "ok":
+            grid.add_row("", "", Text.assemble(("fix: ", "dim"), c.fix))
+    console.print(grid)
 
 
 def _nccl(console: Console, nccl: dict[str, Any]) -> None:
