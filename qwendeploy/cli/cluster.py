@@ -133,20 +133,29 @@ def _start(
         typer.echo(f"Then check: qwendeploy cluster status --profile {shlex.quote(str(profile_path))}")
 
 
+# Options `head` and `join` share (one declaration each).
+_NodeIp = Annotated[str | None, _Opt(help="This node's address (default: its IPv4 on cluster.socket_ifname).")]
+_Ifname = Annotated[str | None, _Opt(help="Override cluster.socket_ifname (NCCL/GLOO_SOCKET_IFNAME).")]
+_NumGpus = Annotated[int | None, _Opt(help="GPUs to declare (default cluster.gpus_per_node).")]
+_NumCpus = Annotated[int | None, _Opt(help="CPUs to declare (default: Ray counts them).")]
+_ObjectStore = Annotated[int | None, _Opt(help="Ray object store size in bytes.")]
+_TempDir = Annotated[str | None, _Opt(help="Ray's temporary directory on this node.")]
+_DryRun = Annotated[bool, _Opt("--dry-run", help="Print the environment and command only.")]
+_Json = Annotated[bool, _Opt("--json", help="Machine-readable output.")]
+
+
 @app.command("head")
 def head(
     profile: Annotated[Path, typer.Argument(help="Multi-node profile written by `qwendeploy plan --nodes N`.")],
-    node_ip: Annotated[
-        str | None, _Opt(help="This node's address (default: its IPv4 on cluster.socket_ifname).")
-    ] = None,
-    ifname: Annotated[str | None, _Opt(help="Override cluster.socket_ifname (NCCL/GLOO_SOCKET_IFNAME).")] = None,
-    num_gpus: Annotated[int | None, _Opt(help="GPUs to declare (default cluster.gpus_per_node).")] = None,
-    num_cpus: Annotated[int | None, _Opt(help="CPUs to declare (default: Ray counts them).")] = None,
-    object_store_memory: Annotated[int | None, _Opt(help="Ray object store size in bytes.")] = None,
-    temp_dir: Annotated[str | None, _Opt(help="Ray's temporary directory on this node.")] = None,
+    node_ip: _NodeIp = None,
+    ifname: _Ifname = None,
+    num_gpus: _NumGpus = None,
+    num_cpus: _NumCpus = None,
+    object_store_memory: _ObjectStore = None,
+    temp_dir: _TempDir = None,
     dashboard: Annotated[bool, _Opt("--dashboard/--no-dashboard", help="Start Ray's dashboard.")] = False,
-    dry_run: Annotated[bool, _Opt("--dry-run", help="Print the environment and command only.")] = False,
-    json_out: Annotated[bool, _Opt("--json", help="Machine-readable output.")] = False,
+    dry_run: _DryRun = False,
+    json_out: _Json = False,
 ) -> None:
     """Start the Ray head on this node with the profile's environment (exit 0 started, 1 ray failed, 2 bad input)."""
     with user_errors():
@@ -161,16 +170,14 @@ def head(
 def join(
     head_address: Annotated[str, typer.Argument(help="The head's HOST or HOST:PORT (port default cluster.ray_port).")],
     profile: Annotated[Path, typer.Argument(help="The same profile as on the head.")],
-    node_ip: Annotated[
-        str | None, _Opt(help="This node's address (default: its IPv4 on cluster.socket_ifname).")
-    ] = None,
-    ifname: Annotated[str | None, _Opt(help="Override cluster.socket_ifname (NCCL/GLOO_SOCKET_IFNAME).")] = None,
-    num_gpus: Annotated[int | None, _Opt(help="GPUs to declare (default cluster.gpus_per_node).")] = None,
-    num_cpus: Annotated[int | None, _Opt(help="CPUs to declare (default: Ray counts them).")] = None,
-    object_store_memory: Annotated[int | None, _Opt(help="Ray object store size in bytes.")] = None,
-    temp_dir: Annotated[str | None, _Opt(help="Ray's temporary directory on this node.")] = None,
-    dry_run: Annotated[bool, _Opt("--dry-run", help="Print the environment and command only.")] = False,
-    json_out: Annotated[bool, _Opt("--json", help="Machine-readable output.")] = False,
+    node_ip: _NodeIp = None,
+    ifname: _Ifname = None,
+    num_gpus: _NumGpus = None,
+    num_cpus: _NumCpus = None,
+    object_store_memory: _ObjectStore = None,
+    temp_dir: _TempDir = None,
+    dry_run: _DryRun = False,
+    json_out: _Json = False,
 ) -> None:
     """Join this node to the Ray cluster at HEAD_ADDRESS with the profile's environment (exit 0, 1, 2)."""
     with user_errors():
