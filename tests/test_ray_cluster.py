@@ -79,8 +79,13 @@ class Cluster:
     temp_dirs: list[str]
 
 
-def _start(role: str, *args: str, temp_dir: str) -> dict[str, object]:
-    common = ["--node-ip", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(100 * 1024 * 1024)]
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+"""Two loopback addresses, one per node. Not 127.0.0.1: Ray swaps that for the host's outward address
+(resolve_ip_for_localhost), so its daemons would talk over eth0; other 127/8 addresses it keeps as given."""
+
+
+def _start(role: str, *args: str, temp_dir: str, node_ip: str) -> dict[str, object]:
+    common = ["--node-ip", node_ip, "--num-cpus", "1", "--object-store-memory", str(100 * 1024 * 1024)]
     r = _qd("cluster", role, *args, *common, "--temp-dir", temp_dir, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     return dict(json.loads(r.stdout))
@@ -97,11 +102,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     dirs = [tempfile.mkdtemp(prefix="qdh", dir="/tmp"), tempfile.mkdtemp(prefix="qdw", dir="/tmp")]
     pgids: list[int] = []
     try:
-        head = _start("head", str(profile), temp_dir=dirs[0])
+        head = _start("head", str(profile), temp_dir=dirs[0], node_ip=HEAD_IP)
         pgids.append(int(head["pgid"]))  # type: ignore[call-overload]
-        worker = _start("join", f"127.0.0.1:{ray_port}", str(profile), temp_dir=dirs[1])
+        worker = _start("join", f"{HEAD_IP}:{ray_port}", str(profile), temp_dir=dirs[1], node_ip=WORKER_IP)
         pgids.append(int(worker["pgid"]))  # type: ignore[call-overload]
-        yield Cluster(f"127.0.0.1:{ray_port}", ray_port, profile, pgids, dirs)
+        yield Cluster(f"{HEAD_IP}:{ray_port}", ray_port, profile, pgids, dirs)
     finally:
         for pgid in reversed(pgids):
             assert stop_node(pgid), f"Ray node in process group {pgid} did not stop"
@@ -120,7 +125,7 @@ def test_join_starts_every_node_with_the_profiles_environment(cluster: Cluster) 
         # What a Ray task on that node sees: the variables exported into its `ray start`.
         assert n["env"]["NCCL_SOCKET_IFNAME"] == IFNAME
         assert n["env"]["GLOO_SOCKET_IFNAME"] == IFNAME
-        assert n["env"]["VLLM_HOST_IP"] == "127.0.0.1"
+        assert n["env"]["VLLM_HOST_IP"] == (HEAD_IP if n["head"] else WORKER_IP)
         assert n["env"]["NCCL_DEBUG"] == "WARN"
         assert n["labels"]["qwendeploy-env"] == alive[0]["labels"]["qwendeploy-env"]
         assert n["versions"]["ray"]
@@ -188,7 +193,8 @@ def test_a_node_started_without_the_profiles_environment_is_caught(cluster: Clus
 
     d = tempfile.mkdtemp(prefix="qdx", dir="/tmp")
     bare = {k: v for k, v in os.environ.items() if not k.startswith(("NCCL_", "GLOO_", "VLLM_"))}
-    argv = [ray_cluster.ray_executable(), "start", "--address", cluster.address, "--num-gpus", "0", "--num-cpus", "1"]
+    argv = [ray_cluster.ray_executable(), "start", "--address", cluster.address, "--node-ip-address", "127.0.0.4"]
+    argv += ["--num-gpus", "0", "--num-cpus", "1"]
     argv += ["--object-store-memory", str(100 * 1024 * 1024), "--temp-dir", d, "--disable-usage-stats"]
     started = ray_cluster.start_node(argv, bare)
     try:
