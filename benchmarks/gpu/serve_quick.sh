@@ -3,6 +3,7 @@
 # recipe, build the Qwen2.5-0.5B random-weight checkpoint, then plan --gpus auto and serve it with qwendeploy
 # against real vLLM (--enforce-eager: no compile, a short boot): ready, /v1/models, one completion, kill the
 # engine core (crash noticed, leftovers reaped, restart begun), SIGTERM, and nvidia-smi shows nothing left.
+# A cold machine needs minutes before vLLM is ready (imports alone took over 60 s there): allow 300 s.
 set -u
 R=/tmp/r; mkdir -p $R; T=$R/timings.txt; now() { date +%s.%N; }; el() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
 cd /tmp/stage && cat site.tar.xz.part* > site.tar.xz && sha256sum -c site.tar.xz.sha256 >/dev/null && tar -xJf site.tar.xz -C /tmp && rm -f site.tar.xz; cd - >/dev/null
@@ -16,7 +17,7 @@ python3 -m qwendeploy plan $M --gpus auto --context 4096 --enforce-eager --vllm-
 t0=$(now)
 python3 -m qwendeploy serve $P --vllm-bin /tmp/vllm --log-dir $R/logs > $R/serve.out 2>&1 &
 QD=$!
-ready() { for i in $(seq 240); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/health)" = 200 ] && return 0; kill -0 $QD 2>/dev/null || return 1; sleep 0.25; done; return 1; }
+ready() { for i in $(seq 1200); do [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/health)" = 200 ] && return 0; kill -0 $QD 2>/dev/null || return 1; sleep 0.25; done; return 1; }
 if ready; then
   echo "launch to ready (health 200): $(el $t0) s" >> $T
   curl -s http://127.0.0.1:8000/v1/models > $R/models.json
