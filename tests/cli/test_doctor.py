@@ -14,7 +14,7 @@ from qwendeploy.cli import app, wiring
 from qwendeploy.core.profile import ModelSection, PlacementSection, Profile
 
 MACHINES = Path(__file__).parent.parent / "fixtures" / "machines"
-CORPUS = Path(__file__).parent.parent / "fixtures" / "doctor_logs"
+CORPUS = Path(__file__).parent.parent / "fixtures" / "doctor-corpus"
 runner = CliRunner()
 
 
@@ -97,6 +97,13 @@ def test_profile_checks_on_fake_machine(machine, tmp_path: Path) -> None:  # typ
 
 def _corpus() -> list[Path]:
     return sorted(CORPUS.glob("*.log"))
+
+
+def test_the_cli_walks_the_one_corpus_copy() -> None:
+    """One copy of the shared corpus under tests/fixtures (the one tests/core/test_diagnosis.py reads), not two."""
+    fixtures = Path(__file__).parent.parent / "fixtures"
+    assert len(_corpus()) >= 20
+    assert not (fixtures / "doctor_logs").exists()
 
 
 def _body_and_category(path: Path) -> tuple[str, str]:
