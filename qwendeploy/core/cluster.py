@@ -406,17 +406,23 @@ def _ifname_values(value: str) -> tuple[bool, list[str]]:
     return exclude, names
 
 
+def ifname_check_name(var: str) -> str:
+    """``NCCL_SOCKET_IFNAME`` → ``nccl_ifname``, ``GLOO_SOCKET_IFNAME`` → ``gloo_ifname`` (stable check ids)."""
+    return var.split("_", 1)[0].lower() + "_ifname"
+
+
 def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
     """Interface selection and hostname resolution for a multi-node profile (doctor)."""
     out: list[Check] = []
     want = cluster_env(profile)
     for var in IFNAME_VARS:
+        name = ifname_check_name(var)
         value = facts.env.get(var) or want.get(var)
         source = "exported" if facts.env.get(var) else "from the profile"
         if not value:
             out.append(
                 Check(
-                    "interface",
+                    name,
                     "warn",
                     f"{var} is not set: NCCL/Gloo pick an interface themselves, often a docker bridge or one the "
                     "other nodes cannot reach.",
@@ -426,12 +432,12 @@ def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
             continue
         exclude, names = _ifname_values(value)
         if exclude:
-            out.append(Check("interface", "ok", f"{var}={value} ({source}) excludes {', '.join(names)}."))
+            out.append(Check(name, "ok", f"{var}={value} ({source}) excludes {', '.join(names)}."))
             continue
         if any(n == "lo" for n in names):
             out.append(
                 Check(
-                    "interface",
+                    name,
                     "fail",
                     f"{var}={value} ({source}) selects the loopback interface; other nodes cannot reach it.",
                     fix="Use the NIC that connects the nodes (see `ip -br addr`).",
@@ -443,7 +449,7 @@ def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
             have = ", ".join(facts.interfaces) or "none"
             out.append(
                 Check(
-                    "interface",
+                    name,
                     "fail",
                     f"{var}={value} ({source}): no interface {', '.join(missing)} on this host (it has {have}).",
                     fix="Each node must have the interface under the same name, or set the variable per node "
@@ -451,7 +457,7 @@ def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
                 )
             )
         else:
-            out.append(Check("interface", "ok", f"{var}={value} ({source}) exists on this host."))
+            out.append(Check(name, "ok", f"{var}={value} ({source}) exists on this host."))
     if facts.hostname_ip is None:
         out.append(
             Check(

@@ -866,6 +866,11 @@ def _profile_ports(sysf: SystemFacts, profile: Profile) -> Check:
     return Check("profile.port", "ok", f"Port(s) {', '.join(map(str, ports))} free.")
 
 
+def multi_node_check_name(name: str) -> str:
+    """The stable id doctor gives a multi-node check: ``ray gpus`` → ``multinode.ray_gpus``."""
+    return "multinode." + name.replace(" ", "_")
+
+
 def multi_node_checks(
     profile: Profile,
     net: HostNetFacts,
@@ -881,11 +886,11 @@ def multi_node_checks(
     found = check_host_network(profile, net)
     if cluster is not None:
         found += check_cluster(profile, cluster)
-    out = [Check(f"multi-node {c.name}", c.status, c.detail, c.fix) for c in found]
+    out = [Check(multi_node_check_name(c.name), c.status, c.detail, c.fix) for c in found]
     if cluster is None:
         out.append(
             Check(
-                "multi-node ray cluster",
+                multi_node_check_name("ray cluster"),
                 "warn",
                 f"Ray cluster not checked: {cluster_error or 'no address'}",
                 cluster_hint or "Start it with `qwendeploy cluster head PROFILE` / `cluster join`.",

@@ -203,7 +203,10 @@ def test_versions_must_match_where_ray_can_tell() -> None:
 def test_loopback_interface_and_hostname_are_wrong_on_multi_node() -> None:
     facts = HostNetFacts(interfaces=("lo", "eth0"), env={}, hostname="gpu1", hostname_ip="127.0.1.1")
     checks = check_host_network(_profile(ifname="lo"), facts)
-    assert [c.status for c in checks if c.name == "interface"] == ["fail", "fail"]
+    assert [(c.name, c.status) for c in checks if c.name.endswith("_ifname")] == [
+        ("nccl_ifname", "fail"),
+        ("gloo_ifname", "fail"),
+    ]
     assert [c.status for c in checks if c.name == "hostname"] == ["fail"]
     good = HostNetFacts(interfaces=("lo", "eth0"), env={"VLLM_HOST_IP": "10.0.0.1"}, hostname="gpu1",
                         hostname_ip="10.0.0.1")  # fmt: skip
@@ -213,18 +216,30 @@ def test_loopback_interface_and_hostname_are_wrong_on_multi_node() -> None:
 def test_missing_interface_and_unset_variables() -> None:
     facts = HostNetFacts(interfaces=("lo", "ens5"), hostname="h", hostname_ip="10.1.1.1")
     missing = check_host_network(_profile(ifname="eth0"), facts)
-    assert [c.status for c in missing if c.name == "interface"] == ["fail", "fail"]
+    assert [c.status for c in missing if c.name.endswith("_ifname")] == ["fail", "fail"]
     assert "it has lo, ens5" in missing[0].detail
     unset = check_host_network(_profile(ifname=None), facts)
-    assert [c.status for c in unset if c.name == "interface"] == ["warn", "warn"]
+    assert [c.status for c in unset if c.name.endswith("_ifname")] == ["warn", "warn"]
     prefix = check_host_network(_profile(ifname="ens"), facts)  # NCCL matches prefixes
-    assert [c.status for c in prefix if c.name == "interface"] == ["ok", "ok"]
+    assert [c.status for c in prefix if c.name.endswith("_ifname")] == ["ok", "ok"]
 
 
 def test_machine_checks_wrap_the_multi_node_checks() -> None:
     facts = HostNetFacts(interfaces=("lo",), hostname="h", hostname_ip="127.0.0.1")
     out = multi_node_checks(_profile(tp=8, pp=2), facts, RayCluster("a", (_node(1), _node(2))))
     names = {c.name for c in out if c.status == "fail"}
-    assert {"multi-node interface", "multi-node hostname", "multi-node ray gpus"} <= names
+    assert {"multinode.nccl_ifname", "multinode.gloo_ifname", "multinode.hostname", "multinode.ray_gpus"} <= names
     none = multi_node_checks(_profile(), facts, None, cluster_error="No Ray cluster at a")
-    assert none[-1].name == "multi-node ray cluster" and none[-1].status == "warn"
+    assert none[-1].name == "multinode.ray_cluster" and none[-1].status == "warn"
+
+
+def test_multi_node_check_names_are_stable_ids() -> None:
+    """docs/doctor.md: names are stable ids — one per check, no spaces (scripts key on them in --json)."""
+    import re
+
+    facts = HostNetFacts(interfaces=("lo", "eth0"), hostname="h", hostname_ip="10.0.0.1")
+    out = multi_node_checks(_profile(tp=8, pp=2), facts, RayCluster("a", (_node(1), _node(2))))
+    names = [c.name for c in out]
+    assert all(re.fullmatch(r"multinode\.[a-z0-9_]+", n) for n in names), names
+    ifnames = [n for n in names if n.endswith("_ifname")]
+    assert ifnames == ["multinode.nccl_ifname", "multinode.gloo_ifname"]
