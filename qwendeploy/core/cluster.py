@@ -415,6 +415,7 @@ def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
     """Interface selection and hostname resolution for a multi-node profile (doctor)."""
     out: list[Check] = []
     want = cluster_env(profile)
+    pinned: dict[str, str] = {}  # variable → value, for the interface variables that name interfaces found here
     for var in IFNAME_VARS:
         name = ifname_check_name(var)
         value = facts.env.get(var) or want.get(var)
@@ -457,6 +458,7 @@ def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
                 )
             )
         else:
+            pinned[var] = value
             out.append(Check(name, "ok", f"{var}={value} ({source}) exists on this host."))
     if facts.hostname_ip is None:
         out.append(
@@ -468,20 +470,38 @@ def check_host_network(profile: Profile, facts: HostNetFacts) -> list[Check]:
             )
         )
     elif _is_loopback(facts.hostname_ip):
-        set_ip = facts.env.get(HOST_IP_VAR)
+        overrides = _address_pins(profile, facts, pinned)
         out.append(
             Check(
                 "hostname",
-                "warn" if set_ip else "fail",
-                f"Host name {facts.hostname!r} resolves to {facts.hostname_ip} (loopback): other nodes would be told "
-                "to reach this one at a loopback address"
-                + (f"; VLLM_HOST_IP={set_ip} overrides it for vLLM." if set_ip else "."),
+                "warn" if overrides else "fail",
+                f"Host name {facts.hostname!r} resolves to {facts.hostname_ip} (loopback): anything that takes this "
+                "node's address from its name would give the other nodes a loopback address"
+                + (f"; {'; '.join(overrides)}." if overrides else "."),
                 fix="Map the host name to the inter-node address in /etc/hosts, or start Ray with "
                 "`qwendeploy cluster head/join` (sets VLLM_HOST_IP and --node-ip-address).",
             )
         )
     else:
         out.append(Check("hostname", "ok", f"{facts.hostname} resolves to {facts.hostname_ip}."))
+    return out
+
+
+def _address_pins(profile: Profile, facts: HostNetFacts, pinned: Mapping[str, str]) -> list[str]:
+    """What keeps vLLM, NCCL and Gloo off the host name's loopback address (empty: nothing does).
+
+    Gloo and NCCL bind the interface their ``*_SOCKET_IFNAME`` names; vLLM takes VLLM_HOST_IP, which
+    ``cluster head/join`` export from ``cluster.socket_ifname`` when ``cluster.set_host_ip`` is on.
+    """
+    out: list[str] = []
+    set_ip = facts.env.get(HOST_IP_VAR) or profile.env.get(HOST_IP_VAR)
+    if set_ip:
+        out.append(f"{HOST_IP_VAR}={set_ip} gives vLLM its address")
+    if len(pinned) == len(IFNAME_VARS):
+        out.append(" and ".join(f"{k}={v}" for k, v in pinned.items()) + " pin NCCL and Gloo to their interface")
+    ifname = profile.cluster.socket_ifname
+    if not set_ip and profile.cluster.set_host_ip and ifname and ifname in pinned.values():
+        out.append(f"`qwendeploy cluster head/join` export {HOST_IP_VAR} from {ifname} (cluster.set_host_ip)")
     return out
 
 

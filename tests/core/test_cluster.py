@@ -213,6 +213,29 @@ def test_loopback_interface_and_hostname_are_wrong_on_multi_node() -> None:
     assert all(c.status == "ok" for c in check_host_network(_profile(), good))
 
 
+def test_loopback_hostname_only_warns_when_the_addresses_are_pinned() -> None:
+    """Ubuntu maps the host name to 127.0.1.1 by default: with the socket interfaces pinned (profile or shell)
+    or VLLM_HOST_IP set, nothing takes the address from the name, so the doctor --profile gate must not fail."""
+
+    def hostname(profile: Profile, env: dict[str, str]) -> Check:
+        facts = HostNetFacts(interfaces=("lo", "eth0", "ens5"), env=env, hostname="gpu1", hostname_ip="127.0.1.1")
+        (check,) = [c for c in check_host_network(profile, facts) if c.name == "hostname"]
+        return check
+
+    from_profile = hostname(_profile(ifname="eth0"), {})
+    assert from_profile.status == "warn" and "NCCL_SOCKET_IFNAME=eth0" in from_profile.detail
+    assert "cluster.set_host_ip" in from_profile.detail
+    exported = hostname(_profile(ifname=None), {"NCCL_SOCKET_IFNAME": "ens5", "GLOO_SOCKET_IFNAME": "ens5"})
+    assert exported.status == "warn" and "GLOO_SOCKET_IFNAME=ens5" in exported.detail
+    assert hostname(_profile(ifname=None), {"VLLM_HOST_IP": "10.0.0.1"}).status == "warn"
+    # nothing pins it, or only one of the two libraries, or the pinned interface does not exist: still a failure
+    assert hostname(_profile(ifname=None), {}).status == "fail"
+    assert hostname(_profile(ifname=None), {"NCCL_SOCKET_IFNAME": "eth0"}).status == "fail"
+    assert hostname(_profile(ifname="ib0"), {}).status == "fail"
+    no_host_ip = _profile(ifname=None).model_copy(update={"cluster": ClusterSection(set_host_ip=False)})
+    assert hostname(no_host_ip, {}).status == "fail"
+
+
 def test_missing_interface_and_unset_variables() -> None:
     facts = HostNetFacts(interfaces=("lo", "ens5"), hostname="h", hostname_ip="10.1.1.1")
     missing = check_host_network(_profile(ifname="eth0"), facts)
