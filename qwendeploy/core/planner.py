@@ -653,6 +653,9 @@ def _check_request(req: PlanRequest) -> None:
             raise BadInput(f"{name} must be at least 1, got {value}.")
     if req.dp is not None and req.dp < 1:
         raise BadInput(f"--data-parallel-size must be at least 1, got {req.dp}.")
+    for name, value in (("--max-num-seqs", req.max_num_seqs), ("--max-num-batched-tokens", req.max_num_batched_tokens)):
+        if value is not None and value < 1:
+            raise BadInput(f"{name} must be at least 1, got {value}.")
     if req.kv_cache_dtype not in (None, "auto") and req.kv_cache_dtype not in KV_DTYPE_BYTES:
         raise BadInput(
             f"Unsupported --kv-cache-dtype {req.kv_cache_dtype!r}.",

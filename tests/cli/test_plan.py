@@ -171,3 +171,11 @@ def test_profile_name_defaults_to_the_model_and_name_sets_the_served_name(tmp_pa
     b = read_profile(tmp_path / "b.yaml")
     assert b.name == "small" and b.server.served_model_name == "small"
     assert "--name small" in (b.generated_by or "")
+
+
+def test_non_positive_batching_limits_exit_2_without_traceback() -> None:
+    for flag, value in (("--max-num-seqs", "0"), ("--max-num-batched-tokens", "-1")):
+        r = runner.invoke(app, [*SEED, flag, value])
+        assert r.exit_code == 2, (flag, r.output)
+        assert f"{flag} must be at least 1, got {value}." in r.output
+        assert "Traceback" not in r.output and "pydantic" not in r.output
