@@ -61,12 +61,24 @@ def _read_log(log: str) -> list[str]:
     if log == "-":
         return sys.stdin.read().splitlines()
     path = Path(log)
+    if path.is_dir():
+        raise BadInput(f"{log} is a directory, not a log file.", hint="Pass a vLLM log file, or --log - to read stdin.")
     if not path.is_file():
         raise BadInput(f"Log file {log} does not exist.", hint="Pass a vLLM log file, or --log - to read stdin.")
     try:
         return path.read_text(errors="replace").splitlines()
     except OSError as e:
         raise BadInput(f"Cannot read log file {log}: {e.strerror or e}.") from None
+
+
+def _empty_log(log: str | None) -> Check:
+    source = "stdin" if log == "-" else str(log)
+    return Check(
+        "log",
+        "warn",
+        f"The log is empty ({source} gave no text): nothing to diagnose.",
+        "Pass the log of the failed run (the file serve wrote, or `journalctl -u UNIT` under systemd).",
+    )
 
 
 def _load_profile(path: Path) -> Profile:
@@ -203,7 +215,10 @@ def _doctor(
             diagnoses.append(diag)
         nccl = outcome.to_dict()
     if lines is not None:
-        diagnoses += _diagnose(lines, profile, facts)
+        if any(line.strip() for line in lines):
+            diagnoses += _diagnose(lines, profile, facts)
+        else:
+            checks.append(_empty_log(log))
 
     if json_out:
         sys.stdout.write(json.dumps({"checks": [c.to_dict() for c in checks], "diagnoses": diagnoses}) + "\n")

@@ -115,7 +115,7 @@ def run_checks(
         checks.append(check_pcie(nv))
     else:
         checks.append(Check("driver", "skip", "No NVIDIA driver to check."))
-    tp_ranks = profile.placement.gpus_per_replica if profile else None
+    tp_ranks = ranks_on_this_node(profile) if profile else None
     n_gpus = len(nv.gpus) if nv is not None else 0
     checks.append(check_shm(sysf, tp_ranks=tp_ranks, n_gpus=n_gpus))
     checks.append(check_container(sysf, nv))
@@ -832,20 +832,37 @@ def _profile_heads(profile: Profile) -> Check:
     return Check("profile.tp_heads", "ok", f"TP {tp} divides {heads} attention heads.")
 
 
+def ranks_on_this_node(profile: Profile) -> int:
+    """Ranks of one model replica that share this node's /dev/shm: TP×PP on one node; on several nodes only
+    the replica's share of a node (``cluster.gpus_per_node``, else the world size spread over the nodes)."""
+    pl = profile.placement
+    if pl.nodes <= 1:
+        return pl.gpus_per_replica
+    per_node = profile.cluster.gpus_per_node or -(-pl.world_size // pl.nodes)
+    return max(1, min(pl.gpus_per_replica, per_node))
+
+
 def _profile_shm(sysf: SystemFacts, profile: Profile) -> Check:
-    ranks = profile.placement.gpus_per_replica
+    pl = profile.placement
+    ranks = ranks_on_this_node(profile)
     total = sysf.shm_total_bytes
     if total is None:
         return Check("profile.shm", "skip", f"Could not read {sysf.shm_path}.")
     need = shm_needed(ranks)
+    layout = f"TP×PP={pl.gpus_per_replica}"
+    if ranks != pl.gpus_per_replica:
+        layout += f" over {pl.nodes} nodes: {ranks} rank(s) on this node"
     if need and total < need:
         return Check(
             "profile.shm",
             "fail",
-            f"{sysf.shm_path} is {human_size(total)}; TP×PP={ranks} needs about {human_size(need)}.",
+            f"{sysf.shm_path} is {human_size(total)}; {layout} needs about {human_size(need)}.",
             "docker run --ipc=host (or --shm-size=16g).",
         )
-    return Check("profile.shm", "ok", f"{sysf.shm_path} {human_size(total)} is enough for {ranks} rank(s).")
+    where = " on this node" if pl.nodes > 1 else ""
+    return Check(
+        "profile.shm", "ok", f"{sysf.shm_path} {human_size(total)} is enough for {ranks} rank(s){where} ({layout})."
+    )
 
 
 def _profile_ports(sysf: SystemFacts, profile: Profile) -> Check:

@@ -135,6 +135,26 @@ def test_log_file_argument(machine, tmp_path: Path) -> None:  # type: ignore[no-
     assert result.exit_code == 1 and category in result.output and "Fix:" in result.output
 
 
+def test_log_that_is_a_directory_is_bad_input_saying_so(machine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    machine("no-driver.yaml")
+    result = runner.invoke(app, ["doctor", "--log", str(tmp_path)])
+    assert result.exit_code == 2 and "is a directory" in result.output and "does not exist" not in result.output
+    missing = runner.invoke(app, ["doctor", "--log", str(tmp_path / "nope.log")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_empty_log_says_it_is_empty(machine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    machine("no-driver.yaml")
+    code, d = doctor_json("--log", "-", input="\n  \n")
+    (log,) = [c for c in d["checks"] if c["name"] == "log"]
+    assert log["status"] == "warn" and "The log is empty (stdin" in log["detail"] and d["diagnoses"] == []
+    assert code == 0  # nothing failed: an empty journal must not block an ExecStartPre gate
+    f = tmp_path / "vllm.log"
+    f.write_text("")
+    result = runner.invoke(app, ["doctor", "--log", str(f)])
+    assert result.exit_code == 0 and "The log is empty" in result.output
+
+
 def test_nccl_test_single_gpu_runs_nothing(machine) -> None:  # type: ignore[no-untyped-def]
     machine("1xh100.yaml")
     code, d = doctor_json("--nccl-test")

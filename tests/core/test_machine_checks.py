@@ -10,7 +10,14 @@ from fakes.fake_nvml import FakeNvml
 from qwendeploy.adapters import nvml
 from qwendeploy.core.machine_checks import Check, required_driver, run_checks, shm_needed, topology_matrix
 from qwendeploy.core.machine_facts import IbDevice, IbPort, MachineFacts, SystemFacts
-from qwendeploy.core.profile import EstimateSection, GpuEstimate, ModelSection, PlacementSection, Profile
+from qwendeploy.core.profile import (
+    ClusterSection,
+    EstimateSection,
+    GpuEstimate,
+    ModelSection,
+    PlacementSection,
+    Profile,
+)
 from qwendeploy.core.units import GiB, MiB
 
 MACHINES = Path(__file__).parent.parent / "fixtures" / "machines"
@@ -230,3 +237,21 @@ def test_machine_facts_round_trip() -> None:
     again = MachineFacts.from_dict(f.to_dict())
     assert again == f
     assert [c.to_dict() for c in run_checks(again)] == [c.to_dict() for c in run_checks(f)]
+
+
+def test_profile_shm_counts_only_this_nodes_ranks_of_a_multi_node_profile() -> None:
+    """TP=8 × PP=2 over 2 nodes: 8 ranks use this node's /dev/shm (1.25 GiB), not 16 (2.5 GiB)."""
+    two_nodes = Profile(
+        model=ModelSection(id="Qwen/Qwen2.5-72B-Instruct"),
+        placement=PlacementSection(
+            tensor_parallel_size=8, pipeline_parallel_size=2, nodes=2, distributed_executor_backend="ray"
+        ),
+        cluster=ClusterSection(socket_ifname="eth0", gpus_per_node=8),
+    )
+    checks = by_name(run_checks(facts("8xh100-nvlink.yaml", shm_total_bytes=2 * GiB), two_nodes))
+    assert checks["profile.shm"].status == "ok" and checks["shm"].status == "ok"
+    assert "8 rank(s) on this node" in checks["profile.shm"].detail
+    small = by_name(run_checks(facts("8xh100-nvlink.yaml", shm_total_bytes=1 * GiB), two_nodes))["profile.shm"]
+    assert small.status == "fail" and "8 rank(s) on this node" in small.detail
+    one_node = by_name(run_checks(facts("8xh100-nvlink.yaml", shm_total_bytes=2 * GiB), profile(8)))["profile.shm"]
+    assert one_node.status == "ok" and "enough for 8 rank(s) (TP×PP=8)" in one_node.detail
