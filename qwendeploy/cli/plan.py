@@ -166,6 +166,10 @@ def plan(
         target = parse_tokens(max_model_len) if max_model_len is not None else None
         if not 1 <= port <= 65535:
             raise BadInput(f"--port must be between 1 and 65535, got {port}.")
+        if output is not None:
+            from qwendeploy.adapters.profile_files import check_target
+
+            check_target(output, force=force)  # a bad -o fails before any planning or output
         spec = load_model(model, revision=revision)
         machine = _machine(gpus, nodes)
         req = PlanRequest(

@@ -179,3 +179,17 @@ def test_non_positive_batching_limits_exit_2_without_traceback() -> None:
         assert r.exit_code == 2, (flag, r.output)
         assert f"{flag} must be at least 1, got {value}." in r.output
         assert "Traceback" not in r.output and "pydantic" not in r.output
+
+
+def test_bad_output_target_fails_before_planning(tmp_path: Path) -> None:
+    args = ["plan", "Qwen/Qwen2.5-0.5B-Instruct", "--gpus", "1xL4", "--context", "4096", "--json"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path), "--force"])
+    assert r.exit_code == 2 and "is a directory" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, [*args, "-o", "/dev/null", "--force"])
+    assert r.exit_code == 2 and "not a regular file" in r.output
+    existing = tmp_path / "p.yaml"
+    existing.write_text("keep")
+    r = runner.invoke(app, [*args, "-o", str(existing)])
+    assert r.exit_code == 2 and "already exists" in r.output
+    assert r.stdout == ""  # no plan printed for a write that was refused
+    assert existing.read_text() == "keep"
