@@ -1,7 +1,8 @@
 """Kubernetes manifests for a multi-node profile, PURE: vLLM's LeaderWorkerSet recipe shape.
 
 One LeaderWorkerSet group is one model replica spread over ``placement.nodes`` pods (``size``): the leader
-starts the Ray head and then ``vllm serve ... --distributed-executor-backend ray``; each worker joins with
+starts the Ray head, waits until the workers' GPUs have joined (vLLM raises at once when Ray has fewer GPUs than
+TP×PP) and then runs ``vllm serve ... --distributed-executor-backend ray``; each worker joins with
 ``ray start --address=$(LWS_LEADER_ADDRESS):PORT --block`` (LWS sets LWS_LEADER_ADDRESS; Kubernetes expands
 ``$(VAR)`` in command arguments). Every pod gets the profile's shared environment (``core.cluster.cluster_env``),
 VLLM_HOST_IP from its own pod IP, its GPUs as ``nvidia.com/gpu`` limits and a memory-backed /dev/shm. A
@@ -20,6 +21,7 @@ from qwendeploy.core.vllm_args import build_launch_specs
 LWS_API = "leaderworkerset.x-k8s.io/v1"
 DEFAULT_IMAGE = "vllm/vllm-openai:latest"
 SHM_SIZE = "16Gi"
+VLLM_API_KEY_VAR = "VLLM_API_KEY"
 
 
 def _name(profile: Profile) -> str:
@@ -32,7 +34,10 @@ def _env(profile: Profile, api_key_secret: str) -> list[dict[str, Any]]:
     env.append({"name": HOST_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     key = profile.server.api_key_env
     if key:
-        env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": api_key_secret, "key": "api-key"}}})
+        secret = {"secretKeyRef": {"name": api_key_secret, "key": "api-key"}}
+        env.append({"name": key, "valueFrom": secret})
+        if key != VLLM_API_KEY_VAR:  # vLLM reads the key from here when --api-key is absent
+            env.append({"name": VLLM_API_KEY_VAR, "valueFrom": secret})
     return env
 
 
@@ -61,6 +66,49 @@ def _pod(container: dict[str, Any], role: str) -> dict[str, Any]:
     }
 
 
+RAY_WAIT_S = 600
+"""Seconds the leader waits for the workers' GPUs to join its Ray cluster before it gives up (and the group is
+recreated). vLLM raises at once when Ray has fewer GPUs than TP×PP, so it must not start earlier."""
+
+_RAY_GPUS = (
+    'python3 -c \'import ray; ray.init(address="auto", logging_level="ERROR"); '
+    'print(int(ray.cluster_resources().get("GPU", 0)))\' 2>/dev/null || echo 0'
+)
+
+
+def _wait_for_gpus(need: int, timeout_s: int) -> str:
+    """Shell lines that poll the Ray cluster until it has ``need`` GPUs, failing after ``timeout_s``.
+
+    Written without ``$(( ))`` so that Kubernetes' ``$(VAR)`` expansion of the command leaves it alone.
+    """
+    return "\n".join(
+        [
+            "waited=0",
+            f'until [ "$({_RAY_GPUS})" -ge {need} ]; do',
+            f'  if [ "$waited" -ge {timeout_s} ]; then',
+            f'    echo "qwendeploy: the Ray cluster did not reach {need} GPUs within {timeout_s} s '
+            '(workers not joined?)" >&2',
+            "    exit 1",
+            "  fi",
+            "  sleep 5",
+            "  waited=`expr $waited + 5`",
+            "done",
+        ]
+    )
+
+
+def export_warnings(profile: Profile) -> list[str]:
+    """What a reader of the exported manifest must know before applying it."""
+    out: list[str] = []
+    if not profile.server.api_key_env:
+        out.append(
+            "The leader serves on 0.0.0.0 inside the cluster with no API key (server.api_key_env is unset): "
+            "anyone who can reach the Service can use the model. Set server.api_key_env and create the Secret, "
+            "or restrict access with a NetworkPolicy."
+        )
+    return out
+
+
 def leader_worker_set(profile: Profile, *, image: str = DEFAULT_IMAGE, replicas: int = 1) -> list[dict[str, Any]]:
     """The LeaderWorkerSet and the leader's Service for ``profile`` (as plain dicts, ready for YAML).
 
@@ -80,7 +128,15 @@ def leader_worker_set(profile: Profile, *, image: str = DEFAULT_IMAGE, replicas:
     serve = shlex.join(spec.argv)
     if key:  # keep the Kubernetes reference unquoted so the kubelet expands it
         serve = serve.replace(shlex.quote(f"$({key})"), f"$({key})")
-    leader_script = f"ray start --head --port={ray_port} --num-gpus={gpus} --disable-usage-stats && {serve}"
+    need = pl.world_size
+    leader_script = "\n".join(
+        [
+            "set -e",
+            f"ray start --head --port={ray_port} --num-gpus={gpus} --disable-usage-stats",
+            _wait_for_gpus(need, RAY_WAIT_S),
+            f"exec {serve}",
+        ]
+    )
     worker_script = (
         f"ray start --address=$(LWS_LEADER_ADDRESS):{ray_port} --num-gpus={gpus} --disable-usage-stats --block"
     )

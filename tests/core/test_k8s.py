@@ -4,6 +4,7 @@ the LWS v1 and Kubernetes core schemas (tests/fixtures/k8s/schemas.json) and car
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def test_manifest_validates_and_follows_the_lws_recipe(fixtures: Path) -> None:
     leader = t["leaderTemplate"]["spec"]["containers"][0]
     worker = t["workerTemplate"]["spec"]["containers"][0]
     lscript, wscript = leader["command"][-1], worker["command"][-1]
-    assert lscript.startswith("ray start --head --port=6380 --num-gpus=8") and "&& vllm serve" in lscript
+    assert "\nray start --head --port=6380 --num-gpus=8" in lscript and "\nexec vllm serve" in lscript
     assert "--distributed-executor-backend ray" in lscript and "--host 0.0.0.0 --port 8000" in lscript
     assert "--tensor-parallel-size 8 --pipeline-parallel-size 2" in lscript
     assert wscript.startswith("ray start --address=$(LWS_LEADER_ADDRESS):6380") and wscript.endswith("--block")
@@ -71,9 +72,12 @@ def test_api_key_comes_from_a_secret_not_the_manifest(fixtures: Path) -> None:
     docs = leader_worker_set(_profile(api_key_env="QWEN_API_KEY"))
     _validate(fixtures, docs)
     leader = docs[0]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
-    assert "--api-key $(QWEN_API_KEY)" in leader["command"][-1]
-    key = next(e for e in leader["env"] if e["name"] == "QWEN_API_KEY")
-    assert key["valueFrom"]["secretKeyRef"] == {"name": "qwen72b-api-key", "key": "api-key"}
+    script = leader["command"][-1]
+    # vLLM gets the key as VLLM_API_KEY (read when --api-key is absent), or as a $(VAR) the kubelet expands
+    assert "--api-key" not in script or "--api-key $(QWEN_API_KEY)" in script
+    for name in ("QWEN_API_KEY", "VLLM_API_KEY"):
+        key = next(e for e in leader["env"] if e["name"] == name)
+        assert key["valueFrom"]["secretKeyRef"] == {"name": "qwen72b-api-key", "key": "api-key"}
 
 
 def test_schema_rejects_a_broken_manifest(fixtures: Path) -> None:
@@ -88,10 +92,58 @@ def test_cli_export_writes_yaml_and_refuses_one_node(tmp_path: Path, fixtures: P
     p.write_text(dump_yaml(_profile()))
     r = CliRunner().invoke(app, ["export", "k8s", str(p)])
     assert r.exit_code == 0, r.output
-    docs = [d for d in yaml.safe_load_all(r.output) if d]
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
     assert [d["kind"] for d in docs] == ["LeaderWorkerSet", "Service"]
+    assert "# WARNING: The leader serves on 0.0.0.0" in r.stdout and "Warning: The leader" in r.stderr
+    keyed = tmp_path / "keyed.yaml"
+    keyed.write_text(dump_yaml(_profile(api_key_env="QWEN_API_KEY")))
+    r = CliRunner().invoke(app, ["export", "k8s", str(keyed)])
+    assert r.exit_code == 0 and "WARNING" not in r.stdout and not r.stderr
     _validate(fixtures, docs)
     one = tmp_path / "one.yaml"
     one.write_text(dump_yaml(Profile(model=ModelSection(id="m"))))
     r = CliRunner().invoke(app, ["export", "k8s", str(one)])
     assert r.exit_code == 2 and "multi-node" in r.output
+
+
+def _run_leader(tmp_path: Path, gpus_seen: list[int]) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the leader's script with stand-ins on PATH: ``ray`` and ``vllm`` record their calls, ``python3``
+    reports the Ray cluster's GPUs (one value per poll, the last repeated), ``sleep`` returns at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    answers = tmp_path / "gpus"
+    answers.write_text("\n".join(map(str, gpus_seen)) + "\n")
+    scripts = {
+        "ray": f'echo "ray $*" >> {calls}',
+        "vllm": f'echo "vllm $1" >> {calls}',
+        "sleep": "exit 0",
+        "python3": (
+            f"echo poll >> {calls}; n=$(head -n1 {answers}); "
+            f'if [ "$(wc -l < {answers})" -gt 1 ]; then sed -i 1d {answers}; fi; echo "$n"'
+        ),
+    }
+    for name, body in scripts.items():
+        f = bin_dir / name
+        f.write_text("#!/bin/bash\n" + body + "\n")
+        f.chmod(0o755)
+    leader = leader_worker_set(_profile())[0]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    cmd = leader["spec"]["containers"][0]["command"]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_leader_starts_vllm_only_once_the_workers_gpus_joined(tmp_path: Path) -> None:
+    """vLLM raises at once when Ray has fewer GPUs than TP×PP (16 here): the leader polls until the worker's
+    8 GPUs have joined its 8, then execs vllm serve."""
+    done, calls = _run_leader(tmp_path, [0, 8, 8, 16])
+    assert done.returncode == 0, done.stderr
+    assert calls[0].startswith("ray start --head") and calls[1:5] == ["poll"] * 4
+    assert calls[5:] == ["vllm serve"]
+
+
+def test_leader_gives_up_when_the_workers_never_join(tmp_path: Path) -> None:
+    done, calls = _run_leader(tmp_path, [8])
+    assert done.returncode == 1 and "did not reach 16 GPUs within 600 s" in done.stderr
+    assert "vllm serve" not in calls and calls.count("poll") == 600 // 5 + 1
