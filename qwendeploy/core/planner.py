@@ -335,14 +335,64 @@ def _custom_all_reduce(link: LinkClass, tp: int) -> bool:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _assign(machine: Machine, tp: int, pp: int, dp: int) -> list[tuple[Gpu, ...]] | None:
-    """GPUs of each replica: TP groups never cross a node; GPUs with the most free memory first."""
+def _tp_groups(machine: Machine, tp: int) -> list[tuple[Gpu, ...]]:
+    """TP groups, never crossing a node, the group whose weakest GPU has the most free memory first."""
     groups: list[tuple[Gpu, ...]] = []
     for node in sorted({g.node for g in machine.gpus}):
         mine = sorted((g for g in machine.gpus if g.node == node), key=lambda g: (-g.free_bytes, g.index))
         for i in range(0, len(mine) - tp + 1, tp):
             groups.append(tuple(mine[i : i + tp]))
     groups.sort(key=lambda grp: -min(g.free_bytes for g in grp))
+    return groups
+
+
+def _dp_options(machine: Machine, tp: int, pp: int) -> list[int]:
+    """Replica counts worth trying for a TP × PP shape, most replicas first.
+
+    On GPUs with equal free memory fewer replicas only lose throughput, so the most that fit the inventory is
+    the only count. When free memory differs (memory held by other processes), every replica is sized to the
+    GPU with the least free memory, so each smaller count that leaves a busier GPU out is tried too.
+    """
+    most = max(1, len(machine.gpus) // (tp * pp))
+    groups = _tp_groups(machine, tp)
+    usable = min(most, len(groups) // pp)
+    if usable < 1:
+        return [most]
+    weakest = [min(g.free_bytes for grp in groups[: pp * d] for g in grp) for d in range(1, usable + 1)]
+    out = [most]
+    for d in range(usable, 0, -1):
+        if d < most and (d == usable or weakest[d - 1] > weakest[d]):
+            out.append(d)
+    return out
+
+
+def left_out(machine: Machine, used: Sequence[Gpu]) -> str:
+    """Which GPUs of the inventory a placement leaves unused, and why (empty when it uses them all)."""
+    taken = {(g.node, g.index) for g in used}
+    rest = [g for g in machine.gpus if (g.node, g.index) not in taken]
+    if not rest or not used:
+        return ""
+    floor = min(g.free_bytes for g in used)
+    busy = [g for g in rest if g.free_bytes < floor]
+    idle = [g for g in rest if g.free_bytes >= floor]
+    parts = []
+    if busy:
+        frees = ", ".join(f"GPU {g.index} has {_gib(g.free_bytes)} free" for g in busy)
+        parts.append(
+            f"leaves GPU {', '.join(str(g.index) for g in busy)} out for less free memory ({frees}; the GPUs used "
+            f"have {_gib(floor)} or more, and every replica is sized to its GPU with the least free memory)"
+        )
+    if idle:
+        parts.append(
+            f"{'and ' if busy else 'leaves '}GPU {', '.join(str(g.index) for g in idle)} unused (too few GPUs "
+            "left for another replica of this shape)"
+        )
+    return " ".join(parts)
+
+
+def _assign(machine: Machine, tp: int, pp: int, dp: int) -> list[tuple[Gpu, ...]] | None:
+    """GPUs of each replica: TP groups never cross a node; GPUs with the most free memory first."""
+    groups = _tp_groups(machine, tp)
     if len(groups) < pp * dp:
         return None
     replicas = []
@@ -563,6 +613,8 @@ def _evaluate(
             f"fits {max_len} tokens{conc}: KV cache {est.kv_cache_tokens:,} tokens per replica "
             f"({est.max_concurrency:.2f}× concurrency), ~{cost.tokens_per_s:,.0f} tok/s"
         )
+        if "for less free memory" in (out := left_out(machine, used)):
+            reason += f"; {out}"
         return Candidate(
             tp,
             pp,
@@ -583,6 +635,8 @@ def _evaluate(
             f"fits only {fit_len} tokens{conc} (target {max_len}): needs {_gib(per_gpu_fixed)} per GPU, "
             f"has {_gib(capacity)}"
         )
+        if "for less free memory" in (out := left_out(machine, used)):
+            reason += f"; {out}"
         return Candidate(
             tp,
             pp,
@@ -719,7 +773,7 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
     candidates: list[Candidate] = []
     for tp in _tp_options(spec, req, gpn):
         for pp in _pp_options(spec, req, n, tp, nodes):
-            dps = [req.dp] if req.dp is not None else [max(1, n // (tp * pp))]
+            dps = [req.dp] if req.dp is not None else _dp_options(machine, tp, pp)
             for dp in dps:
                 kv_opts = _kv_options(req, machine)
                 first = _evaluate(req, machine, tp, pp, dp, kv_opts[0], max_len, acc)
@@ -751,6 +805,8 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
             f"{overrides['rope_parameters']['factor']:g}) via --hf-overrides; static YaRN may slightly affect short "
             "prompts."
         )
+    if chosen is not None and (out := left_out(machine, chosen.gpus)):
+        notes.append(f"{chosen.label} {out}.")
     why = _explain(req, ranked, chosen, max_len)
     suggestions: tuple[str, ...] = ()
     if chosen is None and suggest:

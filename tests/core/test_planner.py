@@ -183,3 +183,17 @@ def test_large_search_is_complete() -> None:
     )
     assert p.fits
     assert all(c.tp <= 8 for c in p.candidates if c.status != "no")
+
+
+def test_a_busy_gpu_is_left_out_rather_than_sinking_every_replica() -> None:
+    m = parse_inventory("4xRTX4090D")
+    busy = replace(m.gpus[3], free_bytes=4 * GiB)
+    machine = Machine(gpus=(*m.gpus[:3], busy), links=m.links, interconnect=m.interconnect, source="test")
+    p = plan(PlanRequest(spec=model(Q7), machine=machine, max_model_len=32768))
+    assert p.fits and p.chosen is not None
+    assert 3 not in {g.index for g in p.chosen.gpus}
+    assert any("leaves GPU 3 out for less free memory (GPU 3 has 4.0 GiB free" in n for n in p.notes)
+    # The shapes that need all four GPUs are still listed, refused because of GPU 3.
+    assert any(c.tp * c.pp * c.dp == 4 and not c.fits for c in p.candidates)
+    prof = profile_from_plan(p, generated_by="qwendeploy plan x")
+    assert "3" not in prof.placement.gpus and len(prof.placement.gpus) == p.chosen.tp * p.chosen.pp * p.chosen.dp
