@@ -111,3 +111,63 @@ def test_phase_of_lines_the_stored_logs_elide() -> None:
         "(0.9, 21.2 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes."
     )
     assert phase_of_line(refusal) is None
+
+
+# ------------------------------------------------------------------ several runs in one log (restarts, journalctl)
+
+CASES = Path(__file__).parent.parent / "fixtures" / "doctor-cases"
+
+
+def _journal(lines: list[str], start: int = 0) -> list[str]:
+    """The lines as `journalctl -u qwendeploy` prints them (vLLM's own output after the unit's prefix)."""
+    return [
+        f"Nov 25 14:{(start + i // 60) % 60:02d}:{i % 60:02d} gpu-host qwendeploy[566]: {x}"
+        for i, x in enumerate(lines)
+    ]
+
+
+def _case_body(name: str) -> list[str]:
+    return (CASES / name).read_text().partition("\n---\n")[2].splitlines()
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["plain", "journalctl"])
+def test_a_failed_restart_after_a_served_run_is_diagnosed_as_on_its_own(journal: bool) -> None:
+    """A served run, then the same unit restarted into the real KV-too-small failure: the failure is diagnosed
+    as it is alone (phase profiling), not read as something that happened while serving."""
+    served = _lines(RUNS / "q7_u90" / "vllm.log")
+    log = served + _lines(FAIL)
+    if journal:
+        log = _journal(log)
+    assert "Application startup complete" in "\n".join(served)
+    found = diagnose(log, DiagnosisContext())
+    assert found and found[0].category == "max_model_len_exceeds_kv_cache" and found[0].phase == "profiling"
+    assert detect_phase(log) == "profiling"
+    # …and the banner alone (vLLM's ASCII logo line "█  version 0.26.0") starts the new run
+    banner = next(x for x in _lines(FAIL) if "version 0.26" in x)
+    assert detect_phase([*served, banner]) == "starting"
+    assert phase_of_line(banner) == "starting"
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["plain", "journalctl"])
+def test_a_start_up_excerpt_after_a_serving_line_is_a_new_run(journal: bool) -> None:
+    """The review's repro: one serving line, then an excerpt of a start-up that ran out of memory capturing CUDA
+    graphs (no banner, no non-default args): the capture lines after serving begin a new run."""
+    serving = "INFO 12-17 10:30:59 [loggers.py:123] Engine 000: Avg prompt throughput: 5.0 tokens/s, Running: 1 reqs"
+    log = [serving, *_case_body("cudagraph_capture_oom.log")]
+    if journal:
+        log = _journal(log)
+    found = diagnose(log, DiagnosisContext())
+    assert found and found[0].category == "cudagraph_capture_oom" and found[0].phase == "cudagraph"
+    assert detect_phase(log) == "cudagraph"
+
+
+def test_traceback_frames_while_serving_do_not_restart_the_run() -> None:
+    """Frame names that are also phase markers (model_loader, kv_cache_utils.py) appear in serving-time
+    tracebacks; only plain start-up lines begin a new run."""
+    served = _lines(RUNS / "q7_u90" / "vllm.log")
+    frames = [
+        "Traceback (most recent call last):",
+        '  File "/usr/lib/python3/dist-packages/vllm/v1/core/kv_cache_utils.py", line 512, in hash_block_tokens',
+        '  File "/usr/lib/python3/dist-packages/vllm/model_executor/model_loader/utils.py", line 80, in process',
+    ]
+    assert detect_phase(served + frames) == "serving"

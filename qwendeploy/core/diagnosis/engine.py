@@ -299,6 +299,26 @@ class _Compiled:
     fact_gate: re.Pattern[str]
     signatures: tuple[_Sig, ...]
     rank: Mapping[str, int]
+    restart: frozenset[str]
+    """Markers that, seen while serving, begin a new run (``Phase.restart``)."""
+
+    def advance(self, current: str | None, m: re.Match[str]) -> str | None:
+        """The phase after a line whose phase marker matched ``m``, given the phase so far.
+
+        A reset marker begins a new run; within a run the phase only moves forward (a worker's late line
+        does not undo a phase another reached), except that a restart marker after serving is a new run.
+        """
+        group = m.lastgroup
+        if group is None:
+            return current
+        if group == self.reset_group:
+            return self.catalog.phases[0].name
+        ph = self.group_phase[group]
+        if current is None or self.rank[ph] > self.rank[current]:
+            return ph
+        if current == self.catalog.phases[-1].name and ph != current and m.group(group) in self.restart:
+            return ph
+        return current
 
 
 @functools.lru_cache(maxsize=1)
@@ -336,7 +356,8 @@ def _compiled() -> _Compiled:
     rank = {ph.name: i for i, ph in enumerate(cat.phases)}
     fact_words = (*_W_LAUNCH, *_W_TP, *_W_RANKS, *_W_ACS, *_W_ERROR, "CUDA_VISIBLE_DEVICES", "memory in use", "NCCL")
     fact_gate = re.compile(_trie_regex((*fact_words, "nccl")))
-    return _Compiled(cat, phase_re, phase_gate, group_phase, reset_group, gate, fact_gate, tuple(sigs), rank)
+    restart = frozenset(m for ph in cat.phases for m in ph.restart)
+    return _Compiled(cat, phase_re, phase_gate, group_phase, reset_group, gate, fact_gate, tuple(sigs), rank, restart)
 
 
 def phase_of_line(text: str) -> str | None:
@@ -368,14 +389,8 @@ def detect_phase(lines: Iterable[str]) -> str | None:
     current: str | None = None
     for raw in lines:
         m = c.phase_re.search(_clean(raw))
-        if m is None or m.lastgroup is None:
-            continue
-        if m.lastgroup == c.reset_group:
-            current = c.catalog.phases[0].name
-            continue
-        ph = c.group_phase[m.lastgroup]
-        if current is None or c.rank[ph] > c.rank[current]:
-            current = ph
+        if m is not None:
+            current = c.advance(current, m)
     return current
 
 
@@ -445,7 +460,6 @@ class _Scan:
 def _scan(lines: Iterable[object]) -> _Scan:
     c = _compiled()
     st = _Scan()
-    phases = c.catalog.phases
     for i, raw in enumerate(lines, 1):
         text = _clean(raw)
         if not text.strip():
@@ -453,12 +467,9 @@ def _scan(lines: Iterable[object]) -> _Scan:
         st.tail.append((i, text))
         m = c.phase_re.search(text) if c.phase_gate.search(text) else None
         if m is not None and m.lastgroup is not None:
-            if m.lastgroup == c.reset_group:
-                st.phase = phases[0].name
-            else:
+            st.phase = c.advance(st.phase, m)
+            if m.lastgroup != c.reset_group:
                 ph = c.group_phase[m.lastgroup]
-                if st.phase is None or c.rank[ph] > c.rank[st.phase]:
-                    st.phase = ph
                 # Reverse-chronological logs (web consoles print newest first): a hit before any marker
                 # takes the phase of the nearest marker after it.
                 for h in st.unresolved:

@@ -143,6 +143,9 @@ class Phase:
     label: str
     markers: tuple[str, ...]
     reset: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    """Markers (a subset of ``markers``) that, seen after the server was serving, mean a new run reached this
+    phase (a log appended across restarts): plain start-up log lines, never traceback frame names."""
 
 
 @dataclass(frozen=True)
@@ -434,8 +437,11 @@ def parse_catalog(text: str) -> Catalog:
                 label=str(p.get("label") or p["name"]),
                 markers=_tuple_of_str(p.get("markers"), f"phases[{i}].markers"),
                 reset=_tuple_of_str(p.get("reset"), f"phases[{i}].reset"),
+                restart=_tuple_of_str(p.get("restart"), f"phases[{i}].restart"),
             )
         )
+        if not set(phases[-1].restart) <= set(phases[-1].markers):
+            raise CatalogError(f"phases[{i}].restart: every restart marker must also be one of the markers")
     names = [p.name for p in phases]
     if len(set(names)) != len(names) or "none" in names:
         raise CatalogError("phases: names must be unique and not 'none'")
