@@ -581,6 +581,16 @@ def _evaluate(
         "gpu_memory_utilization": util,
         "needed_bytes_per_gpu": per_gpu_fixed,
     }
+    fixed = max(m.capacity_bytes - m.kv_budget_bytes for m in est.per_gpu)
+    if any(m.kv_budget_bytes <= 0 for m in est.per_gpu) or est.num_blocks < 2:
+        m0 = est.per_gpu[0]
+        return reject(
+            "memory",
+            f"does not fit: weights {_gib(m0.weights_bytes)} + activation {_gib(m0.activation_bytes)} + overhead "
+            f"{_gib(fixed - m0.weights_bytes - m0.activation_bytes)} per GPU leave no room for a KV cache in "
+            f"{util} × {_gib(m0.gpu.total_bytes)} = {_gib(capacity)}" + _lowered(req, util, default_util, replica),
+            **common,
+        )
     # What sits outside the budget (CUDA context, graphs captured after the KV cache in some releases, the sampler
     # warm-up's working memory) must still fit in what the GPU physically has free.
     over = [m for m in est.per_gpu if m.footprint_bytes > m.gpu.free_bytes]
@@ -593,16 +603,6 @@ def _evaluate(
             f"{human_size(m.capacity_bytes)} plus {graphs}CUDA context and working memory outside it in vLLM "
             f"{acc.vllm_version}) but {human_size(m.gpu.free_bytes)} is free; lower --gpu-memory-utilization"
             + (" or use --enforce-eager" if not m.graphs_in_budget else ""),
-            **common,
-        )
-    fixed = max(m.capacity_bytes - m.kv_budget_bytes for m in est.per_gpu)
-    if any(m.kv_budget_bytes <= 0 for m in est.per_gpu) or est.num_blocks < 2:
-        m0 = est.per_gpu[0]
-        return reject(
-            "memory",
-            f"does not fit: weights {_gib(m0.weights_bytes)} + activation {_gib(m0.activation_bytes)} + overhead "
-            f"{_gib(fixed - m0.weights_bytes - m0.activation_bytes)} per GPU leave no room for a KV cache in "
-            f"{util} × {_gib(m0.gpu.total_bytes)} = {_gib(capacity)}",
             **common,
         )
     fit_len = min(est.max_len_for(req.concurrency), _model_limit(spec))
@@ -655,6 +655,14 @@ def _evaluate(
         f"does not fit: needs {_gib(per_gpu_fixed)} per GPU for {max_len} tokens{conc}, has {_gib(capacity)}",
         **common,
     )
+
+
+def _lowered(req: PlanRequest, util: float, default_util: float, replica: Sequence[Gpu]) -> str:
+    """Why the budget is smaller than vLLM's default, when free memory lowered it."""
+    if req.gpu_memory_utilization is not None or util >= default_util:
+        return ""
+    low = min(replica, key=lambda g: g.free_bytes)
+    return f" (gpu_memory_utilization lowered to {util} because GPU {low.index} has only {_gib(low.free_bytes)} free)"
 
 
 def _model_limit(spec: ModelSpec) -> int:

@@ -197,3 +197,20 @@ def test_a_busy_gpu_is_left_out_rather_than_sinking_every_replica() -> None:
     assert any(c.tp * c.pp * c.dp == 4 and not c.fits for c in p.candidates)
     prof = profile_from_plan(p, generated_by="qwendeploy plan x")
     assert "3" not in prof.placement.gpus and len(prof.placement.gpus) == p.chosen.tp * p.chosen.pp * p.chosen.dp
+
+
+def test_weights_that_do_not_fit_are_not_blamed_on_the_footprint() -> None:
+    p = plan(
+        PlanRequest(
+            spec=model("Qwen/Qwen3-235B-A22B"), machine=parse_inventory("8xH100-80GB", nodes=2), max_model_len=32768
+        )
+    )
+    tp1 = next(c for c in p.candidates if (c.tp, c.pp) == (1, 1))
+    assert tp1.reason.startswith("does not fit: weights 437.9 GiB")
+    assert "lower --gpu-memory-utilization" not in tp1.reason
+    # Memory held by another process: the budget was lowered to what is free, and the reason says so.
+    m = parse_inventory("1xA10G")
+    busy = Machine(gpus=(replace(m.gpus[0], free_bytes=6 * GiB),), interconnect=m.interconnect, source="test")
+    p2 = plan(PlanRequest(spec=model(Q7), machine=busy, max_model_len=8192))
+    assert p2.candidates[0].reason.startswith("does not fit: weights 14.2 GiB")
+    assert "lowered to" in p2.candidates[0].reason and "GPU 0 has only 6.0 GiB free" in p2.candidates[0].reason
