@@ -358,3 +358,22 @@ def test_troubleshooting_page_has_a_section_per_category() -> None:
         assert f"### Rule `{r.id}`" in md
     doc = Path(__file__).parent.parent.parent / "docs" / "troubleshooting.md"
     assert doc.read_text(encoding="utf-8") == md, "run python scripts/gen_docs.py"
+
+
+def test_a_bare_oom_line_has_no_phase_and_says_so() -> None:
+    """One OOM line, no start-up marker: still the likeliest category, but the phase is unknown (null), the
+    summary says so instead of "while the weights were loaded", and the confidence is lower than under a
+    loading marker."""
+    oom = (
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of "
+        "79.19 GiB of which 3.06 MiB is free."
+    )
+    (bare,) = diagnose([oom])
+    assert bare.category == "weights_oom_tp_not_set" and bare.phase is None
+    assert "while the weights were loaded" not in bare.summary and "no start-up phase" in bare.summary
+    assert "GPU 0 (79.19 GiB) had 3.06 MiB free" in bare.summary
+    loading = diagnose(["INFO 12-27 08:52:20 model_runner.py:1072] Starting to load model Qwen/Qwen2.5-72B", oom])
+    assert loading[0].category == "weights_oom_tp_not_set" and loading[0].phase == "loading"
+    assert "while the weights were loaded" in loading[0].summary
+    assert bare.confidence < 0.6 < loading[0].confidence
+    assert bare.to_dict()["phase"] is None

@@ -805,6 +805,13 @@ class _Candidate:
     evidence: list[Evidence]
     values: dict[str, str]
     phase: str | None
+    no_phase: bool = False
+    """The rule needs a phase and the log shows none (the summary says so)."""
+
+
+NO_PHASE_WEIGHT = 0.6
+"""Factor on the signature weights of a phase-classified rule (``when_phase``) whose lines show no start-up
+phase: a bare OOM line is a weaker sign of weights that do not fit than one under load_model."""
 
 
 def _qualifies(rule: Rule, hit: _Hit) -> bool:
@@ -827,9 +834,14 @@ def _evaluate(rule: Rule, st: _Scan, facts: _Facts, ctx: DiagnosisContext) -> _C
     true_facts = [fr for fr in rule.facts if facts.facts[fr.fact].true]
     if not any(not sup for _, sup, _ in matched) and not any(not fr.supporting for fr in true_facts):
         return None
+    # A rule that classifies by phase (an OOM) whose firing lines sit in no phase at all: the log does not say
+    # when it happened, so the phase is a guess and its lines count for less.
+    firing = [h for _, sup, hs in matched if not sup for h in hs]
+    no_phase = rule.when_phase is not None and bool(firing) and all(h.phase is None for h in firing)
+    scale = NO_PHASE_WEIGHT if no_phase else 1.0
     miss = 1.0
     for w, _, _ in matched:
-        miss *= 1.0 - w
+        miss *= 1.0 - w * scale
     for fr in true_facts:
         miss *= 1.0 - fr.weight
     confidence = round(1.0 - miss, 2)
@@ -860,6 +872,8 @@ def _evaluate(rule: Rule, st: _Scan, facts: _Facts, ctx: DiagnosisContext) -> _C
     ev = ev[:MAX_EVIDENCE]
     ev.sort(key=lambda e: e.line)
     # A diagnosis shown only by whole-log facts (a hang) happened where the log stopped.
+    if no_phase:
+        return _Candidate(rule, confidence, ev, values, None, no_phase=True)
     return _Candidate(rule, confidence, ev, values, best_phase or st.phase or rule.phase)
 
 
@@ -919,7 +933,12 @@ def diagnose(lines: Sequence[str], context: DiagnosisContext | None = None) -> l
 
 def _render(cand: _Candidate, ctx: DiagnosisContext) -> Diagnosis:
     r = cand.rule
-    summary = _fill(r.summary, r.summary_fallback, cand.values)
+    if cand.no_phase and r.summary_no_phase:
+        summary = _fill(r.summary_no_phase, r.summary_no_phase_fallback, cand.values)
+    else:
+        summary = _fill(r.summary, r.summary_fallback, cand.values)
+        if cand.no_phase:
+            summary += " (The log shows no start-up phase: when it happened is unknown.)"
     fix = _fill(r.fix, r.fix_fallback, cand.values)
     if ctx.profile is not None and r.plan_args:
         needed = template_fields(r.plan_args)

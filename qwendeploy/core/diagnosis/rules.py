@@ -171,6 +171,9 @@ class Rule:
     checks: tuple[str, ...]
     looks_for: str
     fallback: bool = False
+    summary_no_phase: str | None = None
+    """Summary when the rule needs a phase (``when_phase``) and the log shows none."""
+    summary_no_phase_fallback: str | None = None
 
     @property
     def fields(self) -> frozenset[str]:
@@ -277,6 +280,8 @@ _RULE_KEYS = {
     "derive",
     "summary",
     "summary_fallback",
+    "summary_no_phase",
+    "summary_no_phase_fallback",
     "explanation",
     "fix",
     "fix_fallback",
@@ -358,9 +363,19 @@ def _rule(raw: Any, index: int, phase_names: Sequence[str]) -> Rule:
         checks=checks,
         looks_for=_str(raw, "looks_for", where) or "",
         fallback=fallback,
+        summary_no_phase=_str(raw, "summary_no_phase", where, required=False),
+        summary_no_phase_fallback=_str(raw, "summary_no_phase_fallback", where, required=False),
     )
     known = rule.fields
-    for key in ("summary", "summary_fallback", "fix", "fix_fallback", "plan_args"):
+    for key in (
+        "summary",
+        "summary_fallback",
+        "summary_no_phase",
+        "summary_no_phase_fallback",
+        "fix",
+        "fix_fallback",
+        "plan_args",
+    ):
         text = getattr(rule, key)
         if text is None:
             continue
