@@ -480,15 +480,17 @@ class GpuMemory:
 
     @property
     def overhead_bytes(self) -> int:
-        """Non-torch memory, CUDA graphs and the CUDA context."""
-        return self.non_torch_bytes + self.cuda_graph_bytes + self.cuda_context_bytes
+        """What vLLM's budget holds besides weights, activation and KV cache: non-torch memory (NCCL/custom
+        all-reduce buffers) and, where the release subtracts them, the CUDA graphs. The CUDA context and graphs
+        captured after the KV cache was sized are outside the budget (``outside_budget_bytes``)."""
+        graphs = self.cuda_graph_bytes if self.graphs_in_budget else 0
+        return self.non_torch_bytes + graphs
 
     @property
     def in_budget_bytes(self) -> int:
         """What vLLM counts against ``gpu_memory_utilization × total``: weights, activation, non-torch, KV cache and,
         where the release subtracts them, the CUDA graphs."""
-        graphs = self.cuda_graph_bytes if self.graphs_in_budget else 0
-        return self.weights_bytes + self.activation_bytes + self.non_torch_bytes + graphs + self.kv_cache_bytes
+        return self.weights_bytes + self.activation_bytes + self.overhead_bytes + self.kv_cache_bytes
 
     @property
     def outside_budget_bytes(self) -> int:
@@ -510,8 +512,9 @@ class GpuMemory:
 
     @property
     def total_bytes(self) -> int:
-        """Everything the vLLM worker holds on this GPU once serving (= ``footprint_bytes``)."""
-        return self.footprint_bytes
+        """weights + activation + overhead + KV cache: the sum inside vLLM's budget (= ``in_budget_bytes``, never
+        more than ``capacity_bytes`` when the plan fits). The whole process is ``footprint_bytes``."""
+        return self.in_budget_bytes
 
 
 @dataclass(frozen=True)

@@ -158,13 +158,18 @@ class GpuEstimate(_Section):
     activation_bytes: int = 0
     """Peak activations of vLLM's profiling forward pass."""
     overhead_bytes: int = 0
-    """CUDA context, NCCL/custom all-reduce buffers, CUDA graphs, sampler."""
+    """Non-torch memory (NCCL/custom all-reduce buffers) and CUDA graphs where the release counts them in the
+    budget."""
     kv_cache_bytes: int = 0
     """KV-cache pool."""
     total_bytes: int = 0
-    """Everything vLLM will hold on this GPU."""
+    """weights + activation + overhead + KV cache: everything in vLLM's budget (≤ capacity_bytes)."""
     capacity_bytes: int = 0
     """gpu_memory_utilization × the GPU's total (CUDA runtime's total)."""
+    footprint_bytes: int = 0
+    """The whole vLLM process on this GPU while serving, as nvidia-smi shows it: the budget's contents plus the
+    CUDA context, CUDA graphs captured outside the budget and working memory. Free memory must cover it
+    (0 in profiles written before it existed: use total_bytes)."""
 
 
 class EstimateSection(_Section):

@@ -75,6 +75,7 @@ def profile_from_plan(
             overhead_bytes=m.overhead_bytes,
             kv_cache_bytes=m.kv_cache_bytes,
             total_bytes=m.total_bytes,
+            footprint_bytes=m.footprint_bytes,
             capacity_bytes=m.capacity_bytes,
         )
         for m in est.per_gpu

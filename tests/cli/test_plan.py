@@ -129,7 +129,7 @@ def test_bar_separates_the_budget_from_what_vllm_holds_outside_it() -> None:
 def test_json_reports_budget_and_footprint() -> None:
     d = json.loads(runner.invoke(app, [*H200_026, "--gpu-memory-utilization", "0.9", "--json"]).stdout)
     g = d["per_gpu"][0]
-    assert g["total_bytes"] == g["footprint_bytes"] > g["capacity_bytes"] >= g["in_budget_bytes"]
+    assert g["footprint_bytes"] > g["capacity_bytes"] >= g["in_budget_bytes"] == g["total_bytes"]
     assert g["graphs_in_budget"] is False
     assert g["footprint_bytes"] - g["in_budget_bytes"] == g["outside_budget_bytes"]
     cur = json.loads(runner.invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xH200", "--json"]).stdout)
@@ -193,3 +193,23 @@ def test_bad_output_target_fails_before_planning(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "already exists" in r.output
     assert r.stdout == ""  # no plan printed for a write that was refused
     assert existing.read_text() == "keep"
+
+
+def test_total_is_the_in_budget_sum_and_never_exceeds_capacity_when_it_fits(tmp_path: Path) -> None:
+    cases = (
+        [*SEED],
+        [*H200_026, "--gpu-memory-utilization", "0.9"],
+        ["plan", "Qwen/Qwen2.5-72B-Instruct", "--gpus", "8xH100-80GB", "--context", "131072"],
+        ["plan", "Qwen/Qwen3-30B-A3B", "--gpus", "1xH100-80GB", "--context", "32768"],
+    )
+    for args in cases:
+        d = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+        assert d["fits"] is True, args
+        for g in d["per_gpu"]:
+            parts = g["weights_bytes"] + g["activation_bytes"] + g["overhead_bytes"] + g["kv_cache_bytes"]
+            assert g["total_bytes"] == parts <= g["capacity_bytes"], args
+            assert g["footprint_bytes"] >= g["total_bytes"]
+    out = tmp_path / "p.yaml"
+    assert runner.invoke(app, [*SEED, "-o", str(out)]).exit_code == 0
+    e = read_profile(out).estimate.per_gpu[0]
+    assert e.total_bytes <= e.capacity_bytes < e.footprint_bytes

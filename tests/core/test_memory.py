@@ -181,7 +181,10 @@ def test_budget_is_never_exceeded_in_0_33_accounting() -> None:
         assert m.graphs_in_budget and inside == m.in_budget_bytes <= m.capacity_bytes
         # what nvidia-smi shows: the context, everything held, and the working memory instead of the profiled peak
         held = m.weights_bytes + m.non_torch_bytes + m.cuda_graph_bytes + m.kv_cache_bytes
-        assert m.total_bytes == m.footprint_bytes == m.cuda_context_bytes + held + m.working_bytes
+        assert m.footprint_bytes == m.cuda_context_bytes + held + m.working_bytes
+        # total = weights + activation + overhead + KV, the in-budget sum
+        assert m.total_bytes == m.weights_bytes + m.activation_bytes + m.overhead_bytes + m.kv_cache_bytes
+        assert m.total_bytes == m.in_budget_bytes
         assert m.outside_budget_bytes == m.footprint_bytes - m.in_budget_bytes
 
 
