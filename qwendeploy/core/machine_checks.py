@@ -781,7 +781,7 @@ def profile_checks(facts: MachineFacts, profile: Profile) -> list[Check]:
 def _profile_memory(chosen: list[NvmlGpu], profile: Profile) -> Check:
     util = profile.engine.gpu_memory_utilization
     per_gpu = profile.estimate.per_gpu
-    need_est = max((e.total_bytes for e in per_gpu), default=0)
+    need_est = max((e.footprint_bytes or e.total_bytes for e in per_gpu), default=0)
     short: list[str] = []
     lines: list[str] = []
     for g in chosen:
