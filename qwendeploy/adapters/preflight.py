@@ -178,7 +178,7 @@ def check_gpus(
             total = cuda_total_bytes(g)
             need = int(util * total)
             if pos < len(estimates) and estimates[pos].total_bytes:
-                need = max(need, estimates[pos].total_bytes)
+                need = max(need, estimates[pos].footprint_bytes or estimates[pos].total_bytes)
             free = g.memory_free
             if free is None:
                 out.append(Check("gpu memory", "warn", f"GPU {gid}: NVML does not report free memory"))
