@@ -152,3 +152,23 @@ def test_yarn_override_gives_128k(tmp_path: Path) -> None:
     code, doc = _oracle(_representative()["yarn-128k"], tmp_path)
     assert code == 0
     assert doc["model"]["max_model_len"] == 131072
+
+
+_KEY_FROM_ENV = (
+    "import inspect, vllm.envs as envs; from vllm.entrypoints.serve.middleware import register; "
+    "print(envs.VLLM_API_KEY); print('envs.VLLM_API_KEY' in inspect.getsource(register))"
+)
+
+
+def test_api_key_reaches_vllm_through_vllm_api_key(tmp_path: Path) -> None:
+    """serve keeps the key off argv (`ps`); vLLM must take it from VLLM_API_KEY when --api-key is absent."""
+    (spec,) = build_launch_specs(
+        _representative()["api-key-host"], vllm_bin="vllm", base_env={"QK": "sk-oracle-key", "PATH": "/usr/bin"}
+    )
+    assert "--api-key" not in spec.argv and "sk-oracle-key" not in " ".join(spec.argv)
+    assert PY is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    env["VLLM_API_KEY"] = spec.env["VLLM_API_KEY"]
+    r = subprocess.run([PY, "-c", _KEY_FROM_ENV], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-2:] == ["sk-oracle-key", "True"]

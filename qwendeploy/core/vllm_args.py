@@ -13,8 +13,11 @@ Data parallelism (``placement.data_parallel_size > 1``) has two modes, chosen by
   crash takes down one replica only.
 * ``vllm``: one server with ``--data-parallel-size N`` over all GPUs; one endpoint, vLLM balances requests.
 
-Secrets: the API key is read from ``base_env[profile.server.api_key_env]`` and passed as ``--api-key``;
-``redact_argv``/``redact_env`` hide it in every rendering.
+Secrets: the API key is read from ``base_env[profile.server.api_key_env]`` and handed to vLLM in the child's
+environment as ``VLLM_API_KEY`` (vLLM 0.33 reads it when ``--api-key`` is absent:
+``args.api_key or [envs.VLLM_API_KEY]``), never on the command line, where any local user could read it with
+``ps``. Renderings show it as ``VLLM_API_KEY="$NAME"``; ``redact_env`` hides the value of every secret-looking
+variable (``SECRET_NAME``), and log streams are scrubbed of those values (``LaunchSpec.secret_values``).
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ OWNED_FLAGS: frozenset[str] = frozenset(
 )
 """Flags the profile sets; engine.extra_args may not repeat them (the last one would silently win)."""
 
+API_KEY_VAR = "VLLM_API_KEY"
+"""The variable vLLM reads its API key from when ``--api-key`` is absent (native and docker launches)."""
+
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 """Environment variable names whose values are never printed."""
 
@@ -113,8 +119,8 @@ class LaunchSpec:
     """One server process to start: its exact argv and complete environment.
 
     ``env`` is the full environment of the child (base environment plus ``env_set``); ``env_set`` holds only
-    what qwendeploy added or changed, for display. ``argv`` may hold the API key; render it with
-    ``redact_argv``.
+    what qwendeploy added or changed, for display (render it with ``redact_env``: it holds ``VLLM_API_KEY``
+    when the profile names a key). ``argv`` never holds a secret.
     """
 
     argv: tuple[str, ...]
@@ -129,11 +135,10 @@ class LaunchSpec:
     api_key_env: str | None = None
     """Name of the variable the key came from (None: no key)."""
     secret_values: tuple[str, ...] = ()
-    """Values that must never be printed (the API key); log streams are scrubbed of them too."""
-
-    @property
-    def api_key(self) -> str | None:
-        return self.secret_values[0] if self.secret_values else None
+    """Values that must never be printed (the API key, secret-looking profile env values); log streams are
+    scrubbed of them too."""
+    api_key: str | None = None
+    """The key vLLM gets as ``VLLM_API_KEY`` (the health probe needs it for /v1/models)."""
 
 
 def gpu_ids(profile: Profile) -> tuple[str, ...]:
@@ -309,8 +314,6 @@ def build_launch_specs(
         p = base_port + i
         argv = [vllm_bin, "serve", profile.model.id, *common, *dp_flags]
         argv += ["--host", the_host, "--port", str(p), "--served-model-name", served]
-        if key is not None:
-            argv += ["--api-key", key]
         argv += list(profile.engine.extra_args)
         if multi:
             from qwendeploy.core.cluster import cluster_env
@@ -323,7 +326,11 @@ def build_launch_specs(
             env_set = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(group)}
             env_set.update(vllm_env_switches(profile))
             env_set.update(profile.env)  # the profile wins: a user's explicit NCCL/VLLM choice is kept
+        if key is not None:
+            env_set[API_KEY_VAR] = key  # not on argv: `ps` shows every local user a process's arguments
         env = {**base_env, **env_set}
+        secrets = [key] if key else []
+        secrets += [v for k, v in env_set.items() if SECRET_NAME.search(k) and v and v not in secrets]
         name = profile.name if len(groups) == 1 else f"{profile.name}-{i}"
         specs.append(
             LaunchSpec(
@@ -337,7 +344,8 @@ def build_launch_specs(
                 name=name,
                 env_set=env_set,
                 api_key_env=srv.api_key_env,
-                secret_values=(key,) if key else (),
+                secret_values=tuple(secrets),
+                api_key=key,
             )
         )
     return specs
@@ -375,10 +383,32 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def shell_command(argv: Sequence[str], env_set: Mapping[str, str] | None = None) -> str:
-    """A copy-pasteable shell line: ``VAR=value ... argv`` (pass already-redacted values)."""
-    prefix = [f"{k}={shlex.quote(v)}" for k, v in (env_set or {}).items()]
+def shell_command(
+    argv: Sequence[str], env_set: Mapping[str, str] | None = None, *, refs: Mapping[str, str] | None = None
+) -> str:
+    """A copy-pasteable shell line: ``VAR=value ... argv`` (pass already-redacted values).
+
+    ``refs`` maps a variable to the variable it is copied from: it is written ``VAR="$FROM"`` (e.g. the API
+    key, ``VLLM_API_KEY="$QWEN_KEY"``), so the line still works when pasted and shows no secret.
+    """
+    refs = refs or {}
+    prefix = [f'{k}="${refs[k]}"' if k in refs else f"{k}={shlex.quote(v)}" for k, v in (env_set or {}).items()]
     return " ".join([*prefix, *(shlex.quote(a) for a in argv)])
+
+
+def _key_refs(spec: LaunchSpec) -> dict[str, str]:
+    return {API_KEY_VAR: spec.api_key_env} if spec.api_key is not None and spec.api_key_env else {}
+
+
+def display_command(spec: LaunchSpec) -> str:
+    """The spec as one shell line with every secret hidden (the key as ``VLLM_API_KEY="$NAME"``)."""
+    return shell_command(
+        redact_argv(spec.argv), redact_env(spec.env_set, secret_names=_secret_names(spec)), refs=_key_refs(spec)
+    )
+
+
+def _secret_names(spec: LaunchSpec) -> list[str]:
+    return [API_KEY_VAR, *([spec.api_key_env] if spec.api_key_env else [])] if spec.api_key is not None else []
 
 
 def render_spec(spec: LaunchSpec) -> dict[str, Any]:
@@ -387,16 +417,13 @@ def render_spec(spec: LaunchSpec) -> dict[str, Any]:
         "name": spec.name,
         "replica": spec.replica,
         "argv": redact_argv(spec.argv),
-        "env": redact_env(spec.env_set, secret_names=[spec.api_key_env] if spec.api_key_env else []),
+        "env": redact_env(spec.env_set, secret_names=_secret_names(spec)),
         "host": spec.host,
         "port": spec.port,
         "served_model_name": spec.served_model_name,
         "gpus": list(spec.gpus),
         "api_key_env": spec.api_key_env,
-        "command": shell_command(
-            redact_argv(spec.argv),
-            redact_env(spec.env_set, secret_names=[spec.api_key_env] if spec.api_key_env else []),
-        ),
+        "command": display_command(spec),
     }
 
 
@@ -405,7 +432,7 @@ def render_spec(spec: LaunchSpec) -> dict[str, Any]:
 DOCKER_IMAGE = "vllm/vllm-openai:latest"
 """The official OpenAI-compatible image; its entrypoint is ``vllm serve``, so arguments start at MODEL."""
 
-DOCKER_API_KEY_ENV = "VLLM_API_KEY"
+DOCKER_API_KEY_ENV = API_KEY_VAR
 """vLLM reads this variable when --api-key is absent; docker copies it in by name (``-e VLLM_API_KEY``)."""
 
 
@@ -416,7 +443,8 @@ class DockerSpec:
     argv: tuple[str, ...]
     env: dict[str, str]
     env_set: dict[str, str]
-    """Variables the client needs set (the API key under VLLM_API_KEY); values are secret."""
+    """Variables the client needs set and copies in by name (the API key under VLLM_API_KEY, secret-looking
+    profile variables such as HF_TOKEN); values are secret."""
     container_name: str
     launch: LaunchSpec
 
@@ -435,9 +463,10 @@ def build_docker_specs(
 
     Inside the container vLLM binds 0.0.0.0 (else the port mapping cannot reach it); the address on the host
     is chosen by ``-p HOST:PORT:PORT``, so a loopback profile stays loopback. Docker renumbers the devices it
-    passes (``--gpus '"device=2,3"'`` appears as 0,1 inside), so CUDA_VISIBLE_DEVICES is not passed. The API
-    key is not on the command line: the client gets it as VLLM_API_KEY in its environment and copies it in
-    with ``-e VLLM_API_KEY``.
+    passes (``--gpus '"device=2,3"'`` appears as 0,1 inside), so CUDA_VISIBLE_DEVICES is not passed. No
+    secret is on the command line: the API key (as VLLM_API_KEY) and every secret-looking variable
+    (``SECRET_NAME``, e.g. HF_TOKEN) go in the docker client's environment and are copied in by name
+    (``-e NAME``); other variables are written ``-e NAME=VALUE``.
     """
     specs = build_launch_specs(profile, vllm_bin="vllm", base_env=base_env, host=host, port=port)
     out: list[DockerSpec] = []
@@ -450,14 +479,15 @@ def build_docker_specs(
         argv = [docker_bin, "run", "--rm", "--name", cname, "--gpus", f'"device={",".join(s.gpus)}"', "--ipc=host"]
         argv += ["-p", f"{s.host}:{s.port}:{s.port}" if ":" not in s.host else f"[{s.host}]:{s.port}:{s.port}"]
         argv += ["-v", f"{hf_cache}:/root/.cache/huggingface"]
+        client_env: dict[str, str] = {}
         for k, v in s.env_set.items():
             if k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
                 continue
-            argv += ["-e", f"{k}={v}"]
-        client_env: dict[str, str] = {}
-        if s.api_key is not None:
-            argv += ["-e", DOCKER_API_KEY_ENV]
-            client_env[DOCKER_API_KEY_ENV] = s.api_key
+            if k == DOCKER_API_KEY_ENV or SECRET_NAME.search(k):
+                argv += ["-e", k]  # by name: docker copies the value from its own environment
+                client_env[k] = v
+            else:
+                argv += ["-e", f"{k}={v}"]
         argv += [image, *inner]
         out.append(
             DockerSpec(
@@ -486,10 +516,11 @@ def _drop_flag(args: list[str], flag: str) -> list[str]:
 
 
 def render_docker(spec: DockerSpec) -> dict[str, Any]:
-    """JSON-ready description of a docker spec; the key is shown as ``VLLM_API_KEY="$NAME"``."""
-    prefix = ""
-    if spec.env_set and spec.launch.api_key_env:
-        prefix = f'{DOCKER_API_KEY_ENV}="${spec.launch.api_key_env}" '
+    """JSON-ready description of a docker spec; the key is shown as ``VLLM_API_KEY="$NAME"``, other secret
+    variables the client copies in as ``NAME=***`` (set them in the environment, not the profile)."""
+    refs = _key_refs(spec.launch)
+    prefix = shell_command([], redact_env(spec.env_set, secret_names=list(spec.env_set)), refs=refs)
+    prefix = prefix + " " if prefix else ""
     return {
         "name": spec.launch.name,
         "replica": spec.launch.replica,

@@ -91,9 +91,14 @@ def test_prefix_caching_tristate() -> None:
 def test_api_key_comes_from_env_and_is_redacted_everywhere() -> None:
     p = _p(server=ServerSection(api_key_env="MY_KEY"))
     (s,) = build_launch_specs(p, vllm_bin="vllm", base_env={"MY_KEY": "sk-topsecret"})
-    assert _flag(s.argv, "--api-key") == "sk-topsecret"
-    assert redact_argv(s.argv)[s.argv.index("--api-key") + 1] == "***"
-    assert "sk-topsecret" not in json.dumps(render_spec(s))
+    # never on argv (`ps` shows it to every local user): vLLM reads VLLM_API_KEY when --api-key is absent
+    assert "--api-key" not in s.argv and "sk-topsecret" not in " ".join(s.argv)
+    assert s.env["VLLM_API_KEY"] == "sk-topsecret" and s.api_key == "sk-topsecret"
+    shown = render_spec(s)
+    assert "sk-topsecret" not in json.dumps(shown)
+    assert shown["env"]["VLLM_API_KEY"] == "***"
+    assert 'VLLM_API_KEY="$MY_KEY" vllm serve' in shown["command"]
+    assert redact_argv(["v", "--api-key", "k", "--api-key=k"]) == ["v", "--api-key", "***", "--api-key=***"]
     assert scrub("args: {'api_key': ['sk-topsecret']}", s.secret_values) == "args: {'api_key': ['***']}"
 
 
@@ -183,6 +188,7 @@ def test_docker_command() -> None:
     assert _flag(a, "-p") == "127.0.0.1:8000:8000"
     assert _flag(a, "-v") == "/h:/root/.cache/huggingface"
     assert "NCCL_DEBUG=INFO" in a and "VLLM_API_KEY" in a
+    assert "VLLM_API_KEY=sk-topsecret" not in a
     assert not any(x.startswith("CUDA_VISIBLE_DEVICES") for x in a)
     image_at = a.index("vllm/vllm-openai:latest")
     assert a[image_at + 1] == "Qwen/Qwen2.5-7B-Instruct"  # the image's entrypoint is `vllm serve`
@@ -191,3 +197,19 @@ def test_docker_command() -> None:
     assert d.env["VLLM_API_KEY"] == "sk-topsecret"
     shown = json.dumps(render_docker(d))
     assert "sk-topsecret" not in shown and 'VLLM_API_KEY=\\"$MY_KEY\\"' in shown
+
+
+def test_secret_looking_profile_env_is_hidden_in_native_and_docker_commands() -> None:
+    p = _p(env={"HF_TOKEN": "hf_profilesecret", "NCCL_DEBUG": "INFO"})
+    (s,) = build_launch_specs(p, vllm_bin="vllm", base_env={})
+    assert s.env["HF_TOKEN"] == "hf_profilesecret"
+    assert "hf_profilesecret" in s.secret_values  # log streams are scrubbed of it
+    assert "hf_profilesecret" not in json.dumps(render_spec(s))
+    (d,) = build_docker_specs(p, base_env={}, hf_cache="/h")
+    a = d.argv
+    # copied in by name from the docker client's environment: not on docker's argv
+    assert _flag(a, "-e") in ("HF_TOKEN", "NCCL_DEBUG=INFO") and "HF_TOKEN" in a
+    assert "hf_profilesecret" not in " ".join(a)
+    assert d.env["HF_TOKEN"] == "hf_profilesecret" and d.launch.secret_values == ("hf_profilesecret",)
+    shown = json.dumps(render_docker(d))
+    assert "hf_profilesecret" not in shown and "NCCL_DEBUG=INFO" in shown
