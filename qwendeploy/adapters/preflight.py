@@ -306,6 +306,44 @@ def _hub_reachable(env: Mapping[str, str], timeout: float = 3.0) -> bool:
         return False
 
 
+def check_log_dir(log_dir: Path) -> list[Check]:
+    """The log directory exists or can be created, and a file can be written in it."""
+    import tempfile
+
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=log_dir):
+            pass
+    except OSError as e:
+        return [
+            Check(
+                "log dir",
+                "fail",
+                f"Cannot write log files in {log_dir}: {e.strerror or e}.",
+                fix="Pass --log-dir with a writable directory (or set QWENDEPLOY_HOME).",
+            )
+        ]
+    return [Check("log dir", "ok", f"logs go to {log_dir}")]
+
+
+def check_profile_env_secrets(profile: Profile) -> list[Check]:
+    """Secret-looking variables in ``profile.env`` (their values are hidden everywhere, but profiles get
+    copied, committed and shared: secrets belong in the environment)."""
+    from qwendeploy.core.vllm_args import SECRET_NAME
+
+    names = sorted(k for k in profile.env if SECRET_NAME.search(k))
+    if not names:
+        return []
+    return [
+        Check(
+            "secrets",
+            "warn",
+            f"The profile's env holds secret-looking variables: {', '.join(names)} (values hidden in output).",
+            fix=f"Remove them from the profile and export them in the environment (export {names[0]}=...).",
+        )
+    ]
+
+
 def run_preflight(
     profile: Profile,
     specs: Sequence[LaunchSpec],
@@ -315,13 +353,18 @@ def run_preflight(
     insecure: bool = False,
     probe: Callable[[], Any],
     ray_probe: Callable[[str, Sequence[str]], Any] | None = None,
+    log_dir: Path | None = None,
 ) -> list[Check]:
     """Every check, in the order a user would fix them. ``probe`` returns an NvmlReport or raises ProbeError.
 
     Multi-node profiles (placement.nodes > 1) check the Ray cluster instead of this host's GPUs: ``ray_probe``
-    (address, env keys) → ``core.cluster.RayCluster`` (default: ``adapters.ray_cluster.probe``).
+    (address, env keys) → ``core.cluster.RayCluster`` (default: ``adapters.ray_cluster.probe``). ``log_dir``:
+    where serve will write its logs (checked writable when given).
     """
     checks = check_security(specs, insecure=insecure)
+    checks += check_profile_env_secrets(profile)
+    if log_dir is not None:
+        checks += check_log_dir(log_dir)
     checks += check_ports(specs)
     if profile.placement.nodes > 1:
         checks += check_ray_cluster(profile, specs, env=env, ray_probe=ray_probe)

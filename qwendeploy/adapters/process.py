@@ -99,6 +99,14 @@ class Watchdog:
     def watch_pid(self, pid: int, create_time: float) -> None:
         self._send(f"pid {pid} {create_time}")
 
+    def watch_container(self, docker_bin: str, name: str) -> None:
+        """Remove this container (``DOCKER rm -f NAME``) if the supervisor dies: killing the docker client
+        does not stop the container."""
+        self._send(f"container {name} {docker_bin}")
+
+    def unwatch_container(self, name: str) -> None:
+        self._send(f"uncontainer {name}")
+
     def release(self) -> None:
         """Clean shutdown: the watchdog exits without killing anything."""
         self._send("release")
@@ -229,14 +237,20 @@ def start(
     ``header`` lines (e.g. the redacted command) are written first, prefixed with ``# qwendeploy:``.
 
     Raises:
-        LaunchFailed: the executable is missing or cannot be run (exit 1 if this is a restart; the CLI's
-            preflight catches the common cases first).
+        LaunchFailed: the log file cannot be written, or the executable is missing or cannot be run (the
+            CLI's preflight catches the common cases first).
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the output thread
-    for h in header:
-        log.write(f"# qwendeploy: {scrub(h, secrets)}\n")
-    log.flush()
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the output thread
+        for h in header:
+            log.write(f"# qwendeploy: {scrub(h, secrets)}\n")
+        log.flush()
+    except OSError as e:
+        raise LaunchFailed(
+            f"Cannot write the log file {log_path}: {e.strerror or e}.",
+            hint="Pass --log-dir with a writable directory.",
+        ) from None
     prctl = _load_prctl()
     try:
         popen = subprocess.Popen(

@@ -8,12 +8,15 @@ Per replica:
     starting --/health 200 and /v1/models lists the name--> ready
     starting --exit / readiness timeout--> failed attempt
     ready    --exit / health_failures consecutive failed probes--> failed attempt
+    ready for reset_after_s --> restart count and backoff start again from zero
     failed attempt --> stop what is left of the group, diagnose the log tail, then
         deterministic start-up failure (exit 2 before ready, "unrecognized arguments", a diagnosis of a
         start-up failure that will repeat: OOM while loading, TP not dividing heads, …) → give up
         policy never, or max_restarts used up → give up
         otherwise → restart after min(backoff_initial_s × 2^n, backoff_max_s)
-A replica that gives up stops every replica (exit 1). A stop request (SIGINT/SIGTERM) stops all (exit 0).
+Any exit serve did not ask for is a failed attempt, exit code 0 included: vLLM's API server shuts down
+"normally" (exit 0) after its engine core died. A replica that gives up stops every replica (exit 1). A stop
+request (SIGINT/SIGTERM) stops all (exit 0).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
+
 from qwendeploy.adapters import process
 from qwendeploy.adapters.health import HttpHealth, base_url
 from qwendeploy.core.diagnosis.engine import phase_of_line
 from qwendeploy.core.profile import Profile
-from qwendeploy.core.vllm_args import LaunchSpec, redact_argv, redact_env, shell_command
+from qwendeploy.core.vllm_args import LaunchSpec, display_command
+from qwendeploy.errors import LaunchFailed
 
 EXIT_OK, EXIT_GAVE_UP = 0, 1
 
@@ -45,13 +51,14 @@ DETERMINISTIC_CATEGORIES = frozenset(
         "sampler_warmup_oom",
         "driver_cuda_mismatch",
         "cuda_visible_devices_mismatch",
-        "invalid_argument",
-        "unrecognized_arguments",
-        "startup_oom",
-        "oom",
     }
 )
-"""Diagnosis categories that, before the server was ever ready, will happen again on a restart."""
+"""Diagnosis categories (data/rules.yaml) that, before the server was ever ready, will happen again on a
+restart. (Argparse rejections need no category: they exit 2.)"""
+
+TRANSIENT_CATEGORIES = frozenset({"gpu_memory_held_by_other_process", "orphaned_gpu_process"})
+"""Top diagnoses that make an out-of-memory start-up worth a retry: the memory belongs to someone else (e.g.
+the workers of the crashed server, still releasing it)."""
 
 _FALLBACK_DETERMINISTIC = re.compile(
     r"unrecognized arguments|CUDA out of memory|OutOfMemoryError|must be divisible by tensor parallel size"
@@ -144,6 +151,8 @@ class Policy:
     max_restarts: int = 5
     backoff_initial_s: float = 2.0
     backoff_max_s: float = 60.0
+    reset_after_s: float = 600.0
+    """Ready this long → the restart count and backoff start again from zero (restart.reset_after_s)."""
     ready_poll_s: float = 0.05
     """/health probe period while starting (connection refused costs microseconds on loopback)."""
     tick_s: float = 0.05
@@ -164,6 +173,7 @@ class Policy:
             max_restarts=r.max_restarts,
             backoff_initial_s=r.backoff_initial_s,
             backoff_max_s=r.backoff_max_s,
+            reset_after_s=r.reset_after_s,
         )
 
     def backoff(self, restarts_done: int) -> float:
@@ -182,22 +192,21 @@ class Launch:
     """The command as printed (secrets redacted)."""
     after_stop: Callable[[], None] | None = None
     """Extra clean-up once the process group is gone (e.g. ``docker rm -f``)."""
+    container: tuple[str, str] | None = None
+    """Docker launches: (docker executable, container name). The watchdog removes the container if the
+    supervisor dies, and the after-shutdown GPU check does not apply (the container's processes are not
+    in our process tree)."""
 
     @classmethod
     def native(cls, spec: LaunchSpec) -> Launch:
-        shown = shell_command(redact_argv(spec.argv), redact_env(spec.env_set, secret_names=_names(spec)))
-        return cls(spec=spec, argv=spec.argv, env=spec.env, display=shown)
-
-
-def _names(spec: LaunchSpec) -> list[str]:
-    return [spec.api_key_env] if spec.api_key_env else []
+        return cls(spec=spec, argv=spec.argv, env=spec.env, display=display_command(spec))
 
 
 @dataclass(frozen=True)
 class Event:
     kind: str
-    """start, line, phase, ready, exited, unhealthy, timeout, stopped, diagnosis, restart, gave_up, shutdown,
-    leftovers, gpu_check."""
+    """start, line, phase, ready, stable, exited, unhealthy, timeout, stopping, stopped, diagnosis, restart,
+    gave_up, shutdown, leftovers, gpu_check."""
     name: str
     message: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -215,9 +224,14 @@ class Outcome:
 class _Replica:
     launch: Launch
     health: HttpHealth
-    state: Literal["starting", "ready", "backoff", "done", "failed"] = "starting"
+    state: Literal["starting", "ready", "backoff", "failed"] = "starting"
     proc: process.ServerProcess | None = None
     restarts: int = 0
+    """Restarts since the server was last stable (the policy's count; reset after reset_after_s ready)."""
+    starts: int = 0
+    """Starts so far (names the log files: <name>.<starts>.log)."""
+    ever_ready: bool = False
+    ready_at: float = 0.0
     started_at: float = 0.0
     next_probe: float = 0.0
     next_track: float = 0.0
@@ -240,7 +254,7 @@ def default_log_dir(env: Mapping[str, str]) -> Path:
 
 
 class Supervisor:
-    """Runs the replicas until a stop request, a give-up, or all of them finished cleanly."""
+    """Runs the replicas until a stop request or a give-up (a server never finishes on its own)."""
 
     def __init__(
         self,
@@ -266,7 +280,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._watchdog: process.Watchdog | None = None
-        self._pids_seen: set[int] = set()
+        self._pids_seen: dict[int, float] = {}
+        """pid → create_time of every process of the servers seen (a pid alone could be reused)."""
         self.replicas = [
             _Replica(
                 launch=lc,
@@ -298,11 +313,14 @@ class Supervisor:
         try:
             for r in self.replicas:
                 self._start(r)
+                if r.state == "failed":
+                    break
             outcome = self._loop()
         finally:
+            why = self._stop_reason if self._stop.is_set() else "shutdown"
             for r in self.replicas:
                 if r.proc is not None:
-                    self._stop_proc(r, reason="shutdown")
+                    self._stop_proc(r, reason=why)
             self._check_gpus()
             if self._watchdog is not None:
                 self._watchdog.release()
@@ -317,7 +335,9 @@ class Supervisor:
         p = self.policy
         while True:
             if self._stop.is_set():
-                return Outcome(EXIT_OK, self._stop_reason or "stop requested")
+                reason = self._stop_reason or "stop requested"
+                self._emit("stopping", "", f"{reason}: stopping every server", reason=reason)
+                return Outcome(EXIT_OK, reason)
             now = self.clock()
             for r in self.replicas:
                 self._drain(r)
@@ -327,27 +347,33 @@ class Supervisor:
                     self._start(r)
                 if r.state == "failed":
                     return Outcome(EXIT_GAVE_UP, f"{r.name}: gave up")
-            if all(r.state == "done" for r in self.replicas):
-                return Outcome(EXIT_OK, "every server exited cleanly")
             self.sleep(p.tick_s)
 
     def _start(self, r: _Replica) -> None:
         spec = r.launch.spec
-        log_path = self.log_dir / f"{spec.name}.{r.restarts}.log"
+        log_path = self.log_dir / f"{spec.name}.{r.starts}.log"
         header = [
-            f"start {r.restarts} of {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+            f"start {r.starts} of {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
             f"command: {r.launch.display}",
         ]
-        r.proc = process.start(
-            r.launch.argv,
-            dict(r.launch.env),
-            log_path=log_path,
-            header=header,
-            secrets=spec.secret_values,
-            watchdog=self._watchdog,
-        )
+        if self._watchdog is not None and r.launch.container is not None:
+            self._watchdog.watch_container(*r.launch.container)
+        try:
+            r.proc = process.start(
+                r.launch.argv,
+                dict(r.launch.env),
+                log_path=log_path,
+                header=header,
+                secrets=spec.secret_values,
+                watchdog=self._watchdog,
+            )
+        except LaunchFailed as e:  # e.g. the log directory became unwritable, the executable vanished
+            r.state = "failed"
+            self._emit("gave_up", spec.name, f"could not start: {e.message}", log=str(log_path))
+            return
+        r.starts += 1
         r.logs.append(log_path)
-        self._pids_seen.add(r.proc.pid)
+        self._remember(r.proc.pid)
         r.state, r.fails, r.phase = "starting", 0, None
         r.started_at = self.clock()
         r.next_probe = r.started_at
@@ -358,9 +384,18 @@ class Supervisor:
             f"started pid {r.proc.pid} (start {r.restarts}); log: {log_path}",
             pid=r.proc.pid,
             log=str(log_path),
-            attempt=r.restarts,
+            attempt=r.starts - 1,
+            restarts=r.restarts,
             command=r.launch.display,
         )
+
+    def _remember(self, pid: int, create_time: float | None = None) -> None:
+        if create_time is None:
+            try:
+                create_time = psutil.Process(pid).create_time()
+            except psutil.Error:
+                return
+        self._pids_seen[pid] = create_time
 
     def _drain(self, r: _Replica) -> None:
         if r.proc is None:
@@ -378,6 +413,8 @@ class Supervisor:
     def _watch(self, r: _Replica, now: float) -> None:
         assert r.proc is not None
         p = self.policy
+        if self._stop.is_set():  # a stop request (e.g. systemd's SIGTERM to the whole cgroup) is no failure
+            return
         code = r.proc.poll()
         if code is not None:
             self._emit("exited", r.name, _describe_exit(code), exit_code=code)
@@ -386,14 +423,14 @@ class Supervisor:
         if now >= r.next_track:
             r.next_track = now + p.track_every_s
             for pid in r.proc.track():
-                self._pids_seen.add(pid)
+                self._remember(pid, r.proc.known.get(pid))
         if r.state == "starting":
             if now >= r.next_probe:
                 r.next_probe = now + p.ready_poll_s
                 if r.health.health().status == 200:
                     ids = r.health.model_ids()
                     if ids is not None and r.launch.spec.served_model_name in ids:
-                        r.state = "ready"
+                        r.state, r.ever_ready, r.ready_at = "ready", True, now
                         r.next_probe = now + p.health_interval_s
                         took = now - r.started_at
                         spec = r.launch.spec
@@ -411,6 +448,14 @@ class Supervisor:
                 self._emit("timeout", r.name, f"not ready after {p.ready_timeout_s:g}s (server.ready_timeout_s)")
                 self._failed(r, "readiness timeout", None)
         elif now >= r.next_probe:
+            if r.restarts and now - r.ready_at >= p.reset_after_s:
+                self._emit(
+                    "stable",
+                    r.name,
+                    f"ready for {p.reset_after_s:g}s: restart count {r.restarts} → 0 (restart.reset_after_s)",
+                    restarts=r.restarts,
+                )
+                r.restarts = 0
             r.next_probe = now + p.health_interval_s
             probe = r.health.health()
             if probe.status == 200:
@@ -442,6 +487,8 @@ class Supervisor:
                 r.launch.after_stop()
             except Exception as e:  # clean-up is best effort; report it
                 self._emit("leftovers", r.name, f"clean-up failed: {e}")
+        if self._watchdog is not None and r.launch.container is not None:
+            self._watchdog.unwatch_container(r.launch.container[1])
         r.proc = None
         return res
 
@@ -464,11 +511,9 @@ class Supervisor:
                 evidence=list(f.evidence),
                 log=str(proc.log_path),
             )
-        clean = why == "exited" and code == 0
-        if clean and p.restart != "always":
-            r.state = "done"
-            return
-        deterministic = not was_ready and _deterministic(code, tail, findings)
+        # Exit 0 is a failure too: serve did not ask for it (a stop request never gets here), and vLLM's API
+        # server exits 0 after its engine core died.
+        deterministic = not was_ready and not r.ever_ready and _deterministic(code, tail, findings)
         if deterministic:
             r.state = "failed"
             self._emit(
@@ -501,11 +546,21 @@ class Supervisor:
     def _check_gpus(self) -> None:
         if self.gpu_holders is None or not self._pids_seen:
             return
+        if any(r.launch.container is not None for r in self.replicas):
+            self._emit(
+                "gpu_check",
+                "",
+                "GPU memory check not applicable to docker (the container's processes are not ours); "
+                "docker rm -f removed the container",
+                ok=None,
+            )
+            return
         try:
             holders = self.gpu_holders(set(self._pids_seen))
         except Exception as e:  # NVML trouble after shutdown is reported, not raised
             self._emit("gpu_check", "", f"GPU memory check skipped: {e}", ok=None)
             return
+        holders = [(pid, used) for pid, used in holders if _same_process(pid, self._pids_seen.get(pid))]
         if holders:
             pids = " ".join(str(pid) for pid, _ in holders)
             self._emit(
@@ -519,11 +574,27 @@ class Supervisor:
             self._emit("gpu_check", "", "no process of the server holds GPU memory", ok=True)
 
 
+def _same_process(pid: int, create_time: float | None) -> bool:
+    """``pid`` is still the process we started or saw (not a later process that got the same pid)."""
+    if create_time is None:
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < 0.01
+    except psutil.Error:
+        return False
+
+
 def _deterministic(code: int | None, tail: Sequence[str], findings: Sequence[Finding]) -> bool:
     """A failure before ready that a restart would only repeat: argparse's exit 2, a known deterministic
-    category, the top diagnosis placing a confident failure in a start-up phase, or a fallback pattern."""
+    category, the top diagnosis placing a confident failure in a start-up phase, or a fallback pattern.
+
+    Not when the top diagnosis says the memory is held by another (or an orphaned) process: that clears
+    once those processes end. (The caller also never calls a failure deterministic once the replica has been
+    ready: the same command has started before.)"""
     if code == 2:
         return True
+    if findings and findings[0].category in TRANSIENT_CATEGORIES:
+        return False
     if any(f.category in DETERMINISTIC_CATEGORIES for f in findings):
         return True
     if findings:
@@ -542,4 +613,6 @@ def _describe_exit(code: int) -> str:
             name = f"signal {-code}"
         hint = " (SIGKILL often means the kernel's OOM killer)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
+    if code == 0:
+        return "exited with code 0 without being asked to stop (vLLM does this after its engine core died)"
     return f"exited with code {code}"

@@ -10,6 +10,9 @@ Protocol, one command per line:
     group PGID             a server's process group to end
     ungroup PGID           the supervisor stopped that group itself
     pid PID CREATE_TIME    a descendant (maybe outside the group) to end; CREATE_TIME guards against pid reuse
+    container NAME DOCKER  a docker container to remove (``DOCKER rm -f NAME``): the docker client is in a
+                           registered group, but ending the client leaves the container running
+    uncontainer NAME       the supervisor removed that container itself
     release                the supervisor shut down cleanly: exit without killing anything
 The parent-death signal on the server (``prctl(PR_SET_PDEATHSIG)``) is the first line of defence; this
 process covers what it cannot: workers, a server that ignores SIGTERM, and non-Linux systems.
@@ -63,12 +66,28 @@ def _signal_all(groups: set[int], pids: dict[int, float], sig: int) -> None:
                 os.kill(pid, sig)
 
 
+def _remove_containers(containers: dict[str, str]) -> None:
+    import subprocess
+
+    for name, docker in containers.items():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [docker, "rm", "-f", name],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=60,
+                check=False,
+            )
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     grace = 5.0
     groups: set[int] = set()
     pids: dict[int, float] = {}
+    containers: dict[str, str] = {}
     for raw in sys.stdin:
         parts = raw.split()
         if not parts:
@@ -83,11 +102,16 @@ def main() -> int:
                 groups.discard(int(parts[1]))
             elif cmd == "pid":
                 pids[int(parts[1])] = float(parts[2])
+            elif cmd == "container":
+                containers[parts[1]] = raw.strip().split(None, 2)[2]
+            elif cmd == "uncontainer":
+                containers.pop(parts[1], None)
             elif cmd == "release":
                 return 0
         except (IndexError, ValueError):
             continue
     # EOF without release: the supervisor died.
+    _remove_containers(containers)
     if not groups and not pids:
         return 0
     _signal_all(groups, pids, signal.SIGTERM)

@@ -117,7 +117,14 @@ def _serve(
             r = vllm_args.render_docker(d)
             rendered.append(r)
             launches.append(
-                Launch(spec=d.launch, argv=d.argv, env=d.env, display=r["command"], after_stop=_docker_rm(d))
+                Launch(
+                    spec=d.launch,
+                    argv=d.argv,
+                    env=d.env,
+                    display=r["command"],
+                    after_stop=_docker_rm(d),
+                    container=(d.argv[0], d.container_name),
+                )
             )
         bin_shown = "docker"
         specs = [d.launch for d in dspecs]
@@ -141,8 +148,11 @@ def _serve(
 
     from rich.console import Console
 
+    from qwendeploy.adapters.supervisor import default_log_dir
+
     console = Console(highlight=False, soft_wrap=True)
-    checks = _preflight(prof, specs, env, strict=strict, insecure=insecure, runtime=runtime)
+    directory = log_dir or default_log_dir(env)
+    checks = _preflight(prof, specs, env, strict=strict, insecure=insecure, runtime=runtime, log_dir=directory)
     _print_checks(console, checks, json_out)
     failed = [c for c in checks if c.status == "fail"]
     if failed:
@@ -150,7 +160,7 @@ def _serve(
         more = f" ({len(failed) - 1} more check(s) failed, listed above)" if len(failed) > 1 else ""
         raise PreflightFailed(first.detail + more, hint=first.fix or None)
     nvml_ok = not any(c.name == "gpus" and c.status in ("skip", "fail") for c in checks)
-    return _run(prof, launches, env, console, json_out, log_dir, gpu_check=nvml_ok)
+    return _run(prof, launches, console, json_out, directory, gpu_check=nvml_ok)
 
 
 def _docker_rm(d: Any) -> Any:
@@ -181,18 +191,22 @@ def _print_dry_run(
         typer.echo(json.dumps(doc, indent=2))
         return
     for r in rendered:
-        gpus = ",".join(r["gpus"])
+        gpus = ",".join(r["gpus"]) if r["gpus"] else f"from the Ray cluster ({prof.placement.nodes} nodes)"
         typer.echo(f"# {r['name']}: GPUs {gpus} → http://{r['host']}:{r['port']} (model name {r['served_model_name']})")
         for k, v in r["env"].items():
             typer.echo(f"#   env {k}={v}")
         typer.echo(r["command"])
 
 
-def _preflight(prof: Any, specs: Any, env: dict[str, str], *, strict: bool, insecure: bool, runtime: Runtime) -> Any:
+def _preflight(
+    prof: Any, specs: Any, env: dict[str, str], *, strict: bool, insecure: bool, runtime: Runtime, log_dir: Path
+) -> Any:
     from qwendeploy.adapters import preflight
     from qwendeploy.cli import wiring
 
-    checks = preflight.run_preflight(prof, specs, env=env, strict=strict, insecure=insecure, probe=wiring.probe_report)
+    checks = preflight.run_preflight(
+        prof, specs, env=env, strict=strict, insecure=insecure, probe=wiring.probe_report, log_dir=log_dir
+    )
     if runtime is Runtime.docker:  # the container gets --ipc=host; the host's /dev/shm does not matter
         checks = [c for c in checks if c.name != "shm"]
     return checks
@@ -223,16 +237,14 @@ def _gpu_holders(pids: set[int]) -> list[tuple[int, int | None]]:
 def _run(
     prof: Any,
     launches: Any,
-    env: dict[str, str],
     console: Any,
     json_out: bool,
-    log_dir: Path | None,
+    directory: Path,
     *,
     gpu_check: bool,
 ) -> int:
-    from qwendeploy.adapters.supervisor import Policy, Supervisor, default_log_dir
+    from qwendeploy.adapters.supervisor import Policy, Supervisor
 
-    directory = log_dir or default_log_dir(env)
     renderer = _Renderer(console, json_out)
     sup = Supervisor(
         launches,

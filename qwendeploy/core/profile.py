@@ -143,13 +143,17 @@ class ServerSection(_Section):
 
 class RestartSection(_Section):
     policy: Literal["on-failure", "never", "always"] = "on-failure"
-    """When to restart a server that exited: on-failure (non-zero exit or failed health), never, always."""
+    """When to restart a server: on-failure (any exit serve did not ask for, exit 0 included, or failed health;
+    a start-up failure that would repeat is not restarted), never, always (same as on-failure: a server never
+    finishes on its own)."""
     max_restarts: int = Field(default=5, ge=0)
-    """Restarts before giving up (exit 1)."""
+    """Restarts before giving up (exit 1); counted since the server was last stable (reset_after_s)."""
     backoff_initial_s: float = Field(default=2.0, ge=0)
     """Delay before the first restart; doubles each time."""
     backoff_max_s: float = Field(default=60.0, ge=0)
     """Upper bound of the delay."""
+    reset_after_s: float = Field(default=600.0, ge=0)
+    """A server ready (and healthy) this long is stable: the restart count and the backoff start again from zero."""
 
 
 class GpuEstimate(_Section):

@@ -109,3 +109,38 @@ def test_parent_killed_server_does_not_live_on(tmp_path: Path, mode: str, use_wa
     parent.wait()
     assert wait_for(lambda: alive([server_pid, *pids.values()]) == [], timeout=5)
     assert wait_for(lambda: alive([wd_pid] if wd_pid else []) == [], timeout=5)
+
+
+def test_watchdog_removes_a_docker_container_when_the_supervisor_dies(tmp_path: Path) -> None:
+    """Killing the docker client leaves the container running: the watchdog runs `docker rm -f NAME`."""
+    calls = tmp_path / "docker-calls"
+    docker = tmp_path / "docker"
+    docker.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    docker.chmod(0o755)
+    script = textwrap.dedent(
+        f"""
+        import time
+        from qwendeploy.adapters import process
+        wd = process.Watchdog(0.3)
+        wd.watch_container({str(docker)!r}, "qwendeploy-a")
+        wd.watch_container({str(docker)!r}, "qwendeploy-b")
+        wd.unwatch_container("qwendeploy-b")
+        print(wd.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    assert parent.stdout is not None
+    wd_pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    assert wait_for(lambda: alive([wd_pid]) == [], timeout=10)
+    assert calls.read_text().splitlines() == ["rm -f qwendeploy-a"]
+
+
+def test_unwritable_log_file_is_launch_failed(tmp_path: Path) -> None:
+    from qwendeploy.errors import LaunchFailed
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LaunchFailed, match="Cannot write the log file"):
+        process.start([str(FAKE_VLLM)], {}, log_path=tmp_path / "file" / "logs" / "x.0.log")

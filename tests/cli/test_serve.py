@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -67,7 +68,38 @@ def test_dry_run_text_redacts_the_key(tmp_path: Path, monkeypatch: pytest.Monkey
         assert "sk-dry-secret" not in res.output
         assert "9999" in res.output
     text = runner.invoke(app, ["serve", str(p), "--dry-run"]).output
-    assert "--api-key '***'" in text and "CUDA_DEVICE_ORDER=PCI_BUS_ID" in text
+    assert 'VLLM_API_KEY="$QK" ' in text and "--api-key" not in text and "CUDA_DEVICE_ORDER=PCI_BUS_ID" in text
+
+
+def test_secret_in_profile_env_is_hidden_natively_and_in_docker(tmp_path: Path) -> None:
+    doc = yaml.safe_load(_profile(tmp_path).read_text())
+    doc["env"] = {"HF_TOKEN": "hf_profile_secret"}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    for extra in ([], ["--json"], ["--runtime", "docker"], ["--runtime", "docker", "--json"]):
+        res = runner.invoke(app, ["serve", str(p), "--dry-run", *extra])
+        assert res.exit_code == 0, res.output
+        assert "hf_profile_secret" not in res.output and "HF_TOKEN" in res.output
+
+
+def test_multi_node_dry_run_names_the_ray_cluster_for_gpus(tmp_path: Path) -> None:
+    doc = yaml.safe_load(_profile(tmp_path).read_text())
+    doc["placement"] = {"tensor_parallel_size": 2, "nodes": 2, "distributed_executor_backend": "ray"}
+    p = tmp_path / "mn.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    res = runner.invoke(app, ["serve", str(p), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "GPUs  →" not in res.output and "GPUs from the Ray cluster (2 nodes) →" in res.output
+
+
+def test_unwritable_log_dir_is_a_preflight_failure(tmp_path: Path, no_nvml: None) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory")
+    res = runner.invoke(
+        app, ["serve", str(_profile(tmp_path)), "--vllm-bin", str(FAKE_VLLM), "--log-dir", str(blocker / "logs")]
+    )
+    assert res.exit_code == 2, res.output
+    assert "Cannot write log files in" in res.output and "Traceback" not in res.output
 
 
 def test_missing_vllm_is_exit_2_with_install_hint(tmp_path: Path, no_vllm_on_path: None) -> None:
@@ -183,6 +215,8 @@ def test_serve_runs_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     p = _profile(tmp_path, api_key_env="QK")
     proc = _spawn(tmp_path, p, QK="sk-run-secret")
     out = _read_until(proc, "ready after")
+    assert wait_for(lambda: len(_server_pids(tmp_path)) == 2)
+    cmdlines = [" ".join(psutil.Process(pid).cmdline()) for pid in _server_pids(tmp_path)]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
     # read through the same buffered reader: communicate() would skip what its read-ahead already holds
@@ -194,6 +228,8 @@ def test_serve_runs_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     assert "sk-run-secret" not in out
     assert "sk-run-secret" not in (tmp_path / "logs" / "t.0.log").read_text()
     assert alive(_server_pids(tmp_path)) == []
+    # what `ps` showed: no key on the server's or its worker's command line
+    assert cmdlines and all("sk-run-secret" not in c and "--api-key" not in c for c in cmdlines)
 
 
 @pytest.mark.slow
@@ -216,3 +252,29 @@ def test_supervisor_killed_server_does_not_live_on(tmp_path: Path) -> None:
     proc.communicate(timeout=10)
     # shutdown_grace_s is 2: the watchdog SIGTERMs, waits, then SIGKILLs the group
     assert wait_for(lambda: alive(_server_pids(tmp_path)) == [], timeout=8)
+
+
+@pytest.mark.slow
+def test_engine_death_with_exit_0_ends_serve_with_exit_1(tmp_path: Path) -> None:
+    """vLLM's API server exits 0 after its engine core died; systemd's Restart=on-failure must see a failure."""
+    proc = _spawn(tmp_path, _profile(tmp_path), "exit_after:0.2", "--json")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [e["exit_code"] for e in events if e["event"] == "exited"] == [0]
+    assert any(e["event"] == "gave_up" for e in events)
+    assert alive(_server_pids(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_sigint_is_reported_before_the_servers_stop(tmp_path: Path) -> None:
+    proc = _spawn(tmp_path, _profile(tmp_path), "healthy", "--json")
+    _read_until(proc, '"event": "ready"')
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    assert proc.stdout is not None
+    kinds = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
+    names = [e["event"] for e in kinds]
+    assert names.index("stopping") < names.index("stopped"), names
+    assert "received SIGINT" in kinds[names.index("stopped")]["message"]
+    assert proc.returncode == 0

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """A stand-in for `vllm serve` in tests: a real executable, real HTTP on loopback, a real worker child.
 
-Called as ``fake_vllm.py serve MODEL [vLLM flags]``. Unknown flags → argparse "unrecognized arguments", exit 2.
+Called as ``fake_vllm.py serve MODEL [vLLM flags]``. Like vLLM 0.33 the API key is ``--api-key`` or, when that is
+absent, ``$VLLM_API_KEY``. Unknown flags → argparse "unrecognized arguments", exit 2.
 Like vLLM it binds its port at once but only listens when "ready" (so /health is connection refused during
 start-up), prints vLLM-like start-up lines and forks a worker titled ``VLLM::EngineCore``.
 
 Environment:
     FAKE_VLLM_MODE          healthy (default) | slow_start | crash_after:N | oom_at_startup | never_ready |
                             ignore_sigterm | unhealthy_after:N | tp_heads | crash_first:K | exit_after:N
+                            (exit 0 N s after ready, as vLLM does once its engine core died) |
+                            oom_after_crash:N (first start: ready, crash after N s; later starts: OOM at
+                            start-up, as when the crashed server's memory is not yet released; needs
+                            FAKE_VLLM_STATE_DIR)
     FAKE_VLLM_READY_AFTER   seconds from start to ready (default 0.2; slow_start: 3)
     FAKE_VLLM_STATE_DIR     if set: writes <server pid>.json there ({"server": pid, "worker": pid}) and keeps
                             the start counter for crash_first
@@ -193,6 +198,7 @@ def ray_attach(args: argparse.Namespace) -> int | None:
 
 def main() -> int:
     args = parse(sys.argv[1:])
+    args.api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
     if os.environ.get("FAKE_VLLM_RAY") == "1" and "ray" in (
         args.distributed_executor_backend,
         args.data_parallel_backend,
@@ -206,13 +212,15 @@ def main() -> int:
     state_dir = os.environ.get("FAKE_VLLM_STATE_DIR")
     served = (args.served_model_name or [args.model])[0]
     ignore_term = kind == "ignore_sigterm"
-    leave_worker = kind in ("crash_after", "crash_first", "oom_at_startup")
+    leave_worker = kind in ("crash_after", "crash_first", "oom_at_startup", "oom_after_crash")
 
     starts = 0
     if state_dir:
         counter = Path(state_dir) / "starts"
         starts = int(counter.read_text()) if counter.exists() else 0
         counter.write_text(str(starts + 1))
+    if kind == "oom_after_crash":
+        kind = "crash_after" if starts == 0 else "oom_at_startup"
 
     # Handlers go in before the fork, so a SIGTERM that arrives during start-up still ends the worker.
     worker = -1
