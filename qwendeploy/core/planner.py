@@ -523,7 +523,12 @@ def _evaluate(
     max_seqs = req.max_num_seqs or max_seqs_default
     batched = req.max_num_batched_tokens or batched_default
     if batched < max_seqs:
-        batched = max(batched, max_seqs) if req.max_num_batched_tokens is None else batched
+        # vLLM refuses max_num_batched_tokens < max_num_seqs: a fixed token budget lowers the default sequence cap
+        # (the profile then writes it); a default token budget is raised to the sequence cap.
+        if req.max_num_batched_tokens is None:
+            batched = max_seqs
+        else:
+            max_seqs = batched
     cal = req.calibration
     default_util = acc.default_gpu_memory_utilization
     worst: tuple[MemoryEstimate, tuple[Gpu, ...], float] | None = None
@@ -718,6 +723,13 @@ def _check_request(req: PlanRequest) -> None:
     for name, value in (("--max-num-seqs", req.max_num_seqs), ("--max-num-batched-tokens", req.max_num_batched_tokens)):
         if value is not None and value < 1:
             raise BadInput(f"{name} must be at least 1, got {value}.")
+    seqs, tokens = req.max_num_seqs, req.max_num_batched_tokens
+    if seqs is not None and tokens is not None and tokens < seqs:
+        raise BadInput(
+            f"vLLM refuses this: max_num_batched_tokens ({tokens}) must be greater than or equal to max_num_seqs "
+            f"({seqs}).",
+            hint=f"Raise --max-num-batched-tokens to {seqs} or lower --max-num-seqs.",
+        )
     if req.kv_cache_dtype not in (None, "auto") and req.kv_cache_dtype not in KV_DTYPE_BYTES:
         raise BadInput(
             f"Unsupported --kv-cache-dtype {req.kv_cache_dtype!r}.",
@@ -812,6 +824,19 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
             f"{max_len} tokens is beyond the native {spec.max_position_embeddings}: YaRN (factor "
             f"{overrides['rope_parameters']['factor']:g}) via --hf-overrides; static YaRN may slightly affect short "
             "prompts."
+        )
+    if (
+        chosen is not None
+        and chosen.estimate is not None
+        and req.max_num_seqs is None
+        and req.max_num_batched_tokens is not None
+        and chosen.estimate.settings.max_num_seqs < default_batching(chosen.gpus[0])[0]
+    ):
+        n_seqs = chosen.estimate.settings.max_num_seqs
+        notes.append(
+            f"--max-num-seqs lowered to {n_seqs} (written to the profile): vLLM requires max_num_batched_tokens "
+            f"({req.max_num_batched_tokens}) ≥ max_num_seqs, and its default here is "
+            f"{default_batching(chosen.gpus[0])[0]}."
         )
     if chosen is not None and (out := left_out(machine, chosen.gpus)):
         notes.append(f"{chosen.label} {out}.")

@@ -36,7 +36,9 @@ def profile_from_plan(
     """The profile for the chosen candidate of ``p``.
 
     Fixed choices the user made are written as given; choices left to vLLM (max_num_seqs,
-    max_num_batched_tokens) stay unset so vLLM applies its own defaults, which the estimate assumed.
+    max_num_batched_tokens) stay unset so vLLM applies its own defaults, which the estimate assumed — except
+    max_num_seqs when a fixed max_num_batched_tokens below vLLM's default cap lowered it (vLLM needs
+    max_num_batched_tokens ≥ max_num_seqs).
 
     Raises:
         PlanInfeasible: the plan has no fitting candidate.
@@ -106,7 +108,10 @@ def profile_from_plan(
         ),
         engine=EngineSection(
             gpu_memory_utilization=round(util, 4),
-            max_num_seqs=req.max_num_seqs,
+            # A fixed --max-num-batched-tokens below vLLM's default sequence cap lowered the cap: write it.
+            max_num_seqs=req.max_num_seqs
+            if req.max_num_seqs is not None or req.max_num_batched_tokens is None
+            else (est.settings.max_num_seqs if est.settings.max_num_seqs == req.max_num_batched_tokens else None),
             max_num_batched_tokens=req.max_num_batched_tokens,
             kv_cache_dtype=c.kv_cache_dtype,
             enforce_eager=req.enforce_eager,

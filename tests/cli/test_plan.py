@@ -213,3 +213,20 @@ def test_total_is_the_in_budget_sum_and_never_exceeds_capacity_when_it_fits(tmp_
     assert runner.invoke(app, [*SEED, "-o", str(out)]).exit_code == 0
     e = read_profile(out).estimate.per_gpu[0]
     assert e.total_bytes <= e.capacity_bytes < e.footprint_bytes
+
+
+def test_token_budget_below_the_sequence_cap_lowers_the_cap_or_is_refused(tmp_path: Path) -> None:
+    # 1xH100: vLLM's default max_num_seqs is 1024; a fixed token budget of 100 must bring it down to 100.
+    base = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xH100-80GB", "--context", "8192"]
+    out = tmp_path / "p.yaml"
+    r = runner.invoke(app, [*base, "--max-num-batched-tokens", "100", "--json", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["engine"]["max_num_seqs"] == 100 and d["engine"]["max_num_batched_tokens"] == 100
+    assert any("--max-num-seqs lowered to 100" in n for n in d["notes"])
+    engine = read_profile(out).engine
+    assert engine.max_num_seqs == 100 and engine.max_num_batched_tokens == 100
+    # Both fixed and inconsistent: vLLM's own refusal, exit 2.
+    r = runner.invoke(app, [*base, "--max-num-batched-tokens", "100", "--max-num-seqs", "256"])
+    assert r.exit_code == 2
+    assert "max_num_batched_tokens (100) must be greater than or equal to max_num_seqs (256)" in r.output
