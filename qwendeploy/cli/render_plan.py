@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -220,14 +221,26 @@ def _gpu_lines(m: GpuMemory, version: str, label: str) -> list[str]:
     if m.cuda_graph_bytes and not m.graphs_in_budget:
         out.append(f"g {_n(m.cuda_graph_bytes)} graphs (vLLM {version})")
     out.append(f"c {_n(m.cuda_context_bytes)} context")
-    delta = m.working_bytes - m.activation_bytes
-    out.append(f"s {'+' if delta >= 0 else '-'}{_n(abs(delta))} working")
+    out.append(_working_words(m, _n, short=True))
     return [
         f"{label} {_bar(m)}",
         f"  budget {util:.2f}×{_n(m.gpu.total_bytes)} = {_n(m.capacity_bytes)}: {inside}",
         f"  outside the budget: {', '.join(out)}",
         f"  nvidia-smi while serving ≈ {_g(m.footprint_bytes)} of {_g(m.gpu.total_bytes)}",
     ]
+
+
+def _working_words(m: GpuMemory, fmt: Callable[[float], str], *, short: bool) -> str:
+    """The working memory held while serving, as the bar draws it: only what exceeds the activation peak is on
+    top of the budget (``s``); less than the peak is said as such, never as a negative term."""
+    beyond = m.working_bytes - m.activation_bytes
+    if beyond >= 0:
+        if short:
+            return f"s {fmt(beyond)} working beyond A"
+        return f"working memory {fmt(m.working_bytes)} ({fmt(beyond)} beyond the activation)"
+    return f"working memory {fmt(m.working_bytes)} (within the {fmt(m.activation_bytes)} activation" + (
+        ": no s)" if short else ")"
+    )
 
 
 def _grouped_gpu_lines(est: MemoryEstimate, version: str) -> list[str]:
@@ -340,7 +353,7 @@ def one_line(p: Plan) -> str:
     return (
         f"{head} | tp={c.tp} pp={c.pp} dp={c.dp} max_model_len={p.max_model_len} kv={c.kv_cache_dtype} "
         f"util={c.gpu_memory_utilization} vllm={p.accounting.vllm_version} | per GPU: budget "
-        f"{_g(m.capacity_bytes)} holds {inside}; outside it {outside}, working memory {_g(m.working_bytes)}; "
+        f"{_g(m.capacity_bytes)} holds {inside}; outside it {outside}, {_working_words(m, _g, short=False)}; "
         f"nvidia-smi ~{_g(m.footprint_bytes)} of {_g(m.gpu.total_bytes)} | "
         f"KV {est.kv_cache_tokens} tokens, {est.kv_cache_tokens / p.max_model_len:.2f}x at {p.max_model_len}"
     )
@@ -363,10 +376,10 @@ def render(console: Console, p: Plan, *, explain: bool = False) -> None:
         title = "Chosen" if p.fits else "Best partial fit"
         console.print(f"[bold]{title}: {c.label}[/]")
         console.print(
-            "  GiB. Up to | the vLLM budget (gpu_memory_utilization × total): W weights, A activation peak, "
-            "N non-torch, G CUDA graphs (if the release subtracts them), K KV cache, · unused. After |, outside "
-            "it: g CUDA graphs (if captured after the KV cache), c CUDA context, s working memory while serving "
-            "beyond A.",
+            "  Memory per GPU in GiB; in the bar, up to | is the vLLM budget (gpu_memory_utilization × total): "
+            "W weights, A activation peak, N non-torch, G CUDA graphs (if the release subtracts them), K KV cache, "
+            "· unused. After |, outside it: g CUDA graphs (if captured after the KV cache), c CUDA context, s "
+            "working memory while serving beyond A.",
             highlight=False,
         )
         for line in _grouped_gpu_lines(est, p.accounting.vllm_version):

@@ -11,7 +11,8 @@ from qwendeploy.adapters.profile_files import read_profile
 from qwendeploy.cli import app
 
 runner = CliRunner()
-SEED = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "4xRTX4090D", "--context", "131072"]
+Q7 = "Qwen/Qwen2.5-7B-Instruct"
+SEED = ["plan", Q7, "--gpus", "4xRTX4090D", "--context", "131072"]
 
 
 def test_seed_json_contract() -> None:
@@ -120,7 +121,8 @@ def test_bar_separates_the_budget_from_what_vllm_holds_outside_it() -> None:
     # inside the 0.9 budget: weights + activation + non-torch + KV, nothing more
     assert "budget 0.90×139.80 = 125.82: W 14.19 + A 1.14 + N 0.22 + K 110.27" in out
     # outside it in vLLM 0.26: the CUDA graphs (captured after the KV cache), the CUDA context, working memory
-    assert "outside the budget: g 0.84 graphs (vLLM 0.26), c 0.51 context, s +2.27 working" in out
+    assert "outside the budget: g 0.84 graphs (vLLM 0.26), c 0.51 context, s 2.27 working beyond A" in out
+    assert "working memory 3.42 GiB (2.27 GiB beyond the activation)" in out  # the paste line agrees
     # the whole process, as nvidia-smi showed 133,220 MiB (130.10 GiB) on the real H200
     assert "nvidia-smi while serving ≈ 129.44 GiB of 139.80 GiB" in out
     assert "/ budget" not in out
@@ -230,3 +232,14 @@ def test_token_budget_below_the_sequence_cap_lowers_the_cap_or_is_refused(tmp_pa
     r = runner.invoke(app, [*base, "--max-num-batched-tokens", "100", "--max-num-seqs", "256"])
     assert r.exit_code == 2
     assert "max_num_batched_tokens (100) must be greater than or equal to max_num_seqs (256)" in r.output
+
+
+def test_working_memory_below_the_activation_is_never_a_negative_term() -> None:
+    r = runner.invoke(app, ["plan", Q7, "--gpus", "4xRTX4090D", "--context", "32768", "--tp", "4"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert " -0." not in out and "s -" not in out
+    # per-GPU line and paste line say the same thing: the working memory stays within the activation peak
+    assert "c 0.51 context, working memory 0.95 (within the 1.03 activation: no s)" in out
+    assert "CUDA context 0.51 GiB, working memory 0.95 GiB (within the 1.03 GiB activation)" in out
+    assert "\n  GiB." not in out and "Memory per GPU in GiB; in the bar, up to | is the vLLM budget" in out
