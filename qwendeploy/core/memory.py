@@ -594,8 +594,12 @@ def activation_bytes(
     cal: Calibration,
     runner: str = "v1",
     warmup_profiled: bool = False,
+    last_stage: bool = True,
 ) -> Explanation:
     """Torch peak of vLLM's profiling run: a forward pass over max_num_batched_tokens, then the dummy sampler.
+
+    Only the last pipeline stage computes logits and runs the dummy sampler (vLLM's profile run calls it on the
+    last PP rank only); other stages hold the forward pass and the hidden states they pass on.
 
     ``runner`` ``v1``: max(forward, hidden states + sampler with fp32 copies of the logits) — published 0.17–0.19
     logs. ``v2``: max(forward, vocab/tp × hidden buffer + hidden states + light sampler) — measured on 0.26;
@@ -614,9 +618,11 @@ def activation_bytes(
         padded_vocab = math.ceil(spec.vocab_size / VOCAB_PADDING) * VOCAB_PADDING
         vocab_buffer = math.ceil(padded_vocab / tp) * h * dt * cal.v2_vocab_buffer_factor
         sampler = rows * spec.vocab_size * cal.v2_sampler_bytes_per_logit
+        if not last_stage:
+            vocab_buffer = sampler = 0.0
         held = vocab_buffer + hidden_states + sampler
         warmup = 0
-        if warmup_profiled:
+        if warmup_profiled and last_stage:
             # 0.33 runs the fp32 warm-up pass on the profile's logits; the vocab-sized buffer belongs to the logits
             # computation, which the warm-up pass does not repeat.
             warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal)
@@ -649,7 +655,7 @@ def activation_bytes(
     else:
         scale = cal.activation_scale
         forward = tokens * per_token * dt * scale if layers > 0 else 0.0
-        sampler = rows * spec.vocab_size * (dt + 4 * cal.sampler_fp32_copies)
+        sampler = rows * spec.vocab_size * (dt + 4 * cal.sampler_fp32_copies) if last_stage else 0
         held = hidden_states + sampler
         formula = (
             "V1 runner: max(forward, hidden_states + sampler) with forward = T × (a_h × hidden + mlp_width + q/tp + "
@@ -669,24 +675,36 @@ def activation_bytes(
             "fp32_copies": cal.sampler_fp32_copies,
             "sampler_bytes": int(sampler),
         }
+    if not last_stage:
+        formula += " (not the last pipeline stage: no logits, vocab buffer or sampler)"
+        inputs["last_stage"] = False
     return Explanation("activation", formula, inputs, int(max(forward, held)))
 
 
 def working_bytes(
-    spec: ModelSpec, *, tp: int, layers: int, settings: EngineSettings, dtype: str, cal: Calibration, runner: str
+    spec: ModelSpec,
+    *,
+    tp: int,
+    layers: int,
+    settings: EngineSettings,
+    dtype: str,
+    cal: Calibration,
+    runner: str,
+    last_stage: bool = True,
 ) -> Explanation:
-    """Allocator memory the worker keeps while serving: the larger of a forward pass and the sampler warm-up."""
+    """Allocator memory the worker keeps while serving: the larger of a forward pass and the sampler warm-up
+    (the warm-up runs on the last pipeline stage only)."""
     dt = DTYPE_BYTES[dtype]
     tokens = settings.max_num_batched_tokens
     per_token, _ = _forward_per_token(spec, tp=tp, cal=cal)
     scale = cal.v2_forward_scale if runner == "v2" else cal.activation_scale
     forward = tokens * per_token * dt * scale if layers > 0 else 0.0
     rows = min(settings.max_num_seqs, tokens)
-    warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal)
+    warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal) if last_stage else 0
     return Explanation(
         "working",
         "max(forward, sampler_warmup) with sampler_warmup = warmup_base + min(max_num_seqs, T) × vocab × "
-        "bytes_per_logit (fp32 logits pipeline run after the KV cache is allocated)",
+        "bytes_per_logit (fp32 logits pipeline run after the KV cache is allocated; last pipeline stage only)",
         {
             "forward_bytes": int(forward),
             "warmup_base": cal.warmup_base_bytes,
@@ -821,6 +839,7 @@ def estimate(
             cal=cal,
             runner=runner,
             warmup_profiled=warmup_profiled,
+            last_stage=stage == pp - 1,
         )
         nt = non_torch_bytes(
             tp=tp, pp=pp, custom_all_reduce=settings.custom_all_reduce, cal=cal, nvlink=settings.nvlink, runner=runner
@@ -849,7 +868,10 @@ def estimate(
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         per_block = int(kvt.value) * settings.block_size
         weights = shard.bytes + rotary
-        work = working_bytes(spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner)
+        last = stage == pp - 1
+        work = working_bytes(
+            spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner, last_stage=last
+        )
         weights_exp = Explanation(
             "weights",
             "embedding (first stage) + lm_head (last stage) rows × hidden × dtype_bytes, vocab padded to 64 and "

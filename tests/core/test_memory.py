@@ -310,3 +310,20 @@ def test_every_term_is_explained() -> None:
 def test_bad_version_is_rejected() -> None:
     with pytest.raises(ValueError, match="not a vLLM version"):
         accounting_for("latest")
+
+
+@pytest.mark.parametrize("version", ["0.19", "0.26", "0.33"])
+def test_only_the_last_pipeline_stage_pays_for_logits_and_the_sampler(version: str) -> None:
+    # Qwen2.5-7B's 28 layers split 14/14: both stages run the same forward pass; only the last computes logits
+    # and runs the dummy sampler (and, while serving, the sampler warm-up).
+    s = EngineSettings(max_model_len=32768, max_num_seqs=1024, max_num_batched_tokens=8192)
+    est = estimate(QWEN25_7B, (H100, H100), tp=1, pp=2, settings=s, accounting=accounting_for(version))
+    first, last = est.per_gpu
+    assert first.layers == last.layers == 14
+    assert first.activation_bytes < last.activation_bytes
+    assert first.working_bytes < last.working_bytes
+    act = next(e for e in first.explanations if e.name == "activation")
+    assert act.inputs["last_stage"] is False and "not the last pipeline stage" in act.formula
+    # A single stage is the last stage: unchanged from PP 1.
+    single = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s, accounting=accounting_for(version))
+    assert single.per_gpu[0].activation_bytes >= last.activation_bytes
