@@ -204,7 +204,7 @@ class Profile(_Section):
     version: Literal[1] = 1
     """Profile format version."""
     name: str = "qwen"
-    """Used for log file names (<name>.<restart>.log) and the served model name by default."""
+    """Names the log files (<name>.<n>.log, one per start) plan derives it from the model."""
     generated_by: str | None = None
     """The qwendeploy plan command that wrote this profile (curated profiles are regenerated from it)."""
     model: ModelSection
