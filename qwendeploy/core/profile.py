@@ -204,7 +204,7 @@ class Profile(_Section):
     version: Literal[1] = 1
     """Profile format version."""
     name: str = "qwen"
-    """Names the log files (<name>.<n>.log, one per start) plan derives it from the model."""
+    """Names the log files (<name>.<n>.log, one per start); plan derives it from the model."""
     generated_by: str | None = None
     """The qwendeploy plan command that wrote this profile (curated profiles are regenerated from it)."""
     model: ModelSection
