@@ -426,6 +426,33 @@ def model_weight_bytes(spec: ModelSpec, *, dtype: str, quantization: Quantizatio
     return weight_shard(spec, tp=1, pp_rank=0, pp=1, dtype=dtype, quantization=quantization).bytes
 
 
+_HALF_DTYPES = frozenset({"BF16", "F16"})
+
+
+def checkpoint_scale(
+    spec: ModelSpec, *, dtype: str, quantization: Quantization | None, breakdown: ParamBreakdown | None = None
+) -> float:
+    """Checkpoint bytes (safetensors headers) ÷ the config-derived model bytes, when the headers apply; else 1.0.
+
+    The headers give what the checkpoint really stores; the config-derived split (embedding, layers, head)
+    still decides how it is sharded, scaled so the whole matches. They apply when the weights are loaded as
+    stored: a quantized checkpoint, or 16-bit tensors loaded in a 16-bit dtype (not online FP8, not float32),
+    and when they are within 0.8–1.25× of the config-derived size.
+    """
+    if not spec.weight_bytes:
+        return 1.0
+    if quantization != spec.quantization:
+        return 1.0  # online quantization changes the stored size
+    if spec.quantization is None:
+        floats = {k for k in spec.weight_bytes_by_dtype if k.startswith(("F", "BF"))}
+        if not floats or not floats <= _HALF_DTYPES or DTYPE_BYTES[dtype] != 2:
+            return 1.0
+    derived = weight_shard(spec, tp=1, pp_rank=0, pp=1, dtype=dtype, quantization=quantization, breakdown=breakdown)
+    scale = spec.weight_bytes / derived.bytes if derived.bytes else 1.0
+    # Far off (a partial download, headers of another model): the config is the better guide.
+    return scale if 0.8 <= scale <= 1.25 else 1.0
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The estimate
 # ----------------------------------------------------------------------------------------------------------
@@ -824,6 +851,7 @@ def estimate(
     counts = pp_layer_counts(spec.num_hidden_layers, pp)
     cal = calibration
     rotary = rotary_cache_bytes(spec, max_model_len=settings.max_model_len, dtype=dtype)
+    ckpt_scale = checkpoint_scale(spec, dtype=dtype, quantization=quant, breakdown=bd)
     capture = cuda_graph_capture_size(settings)
     rows: list[tuple[Gpu, int, int, WeightShard, Explanation, Explanation, Explanation, Explanation, int, int]] = []
     for i, gpu in enumerate(gpus):
@@ -855,7 +883,7 @@ def estimate(
         )
         kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=dtype)
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
-        weights = shard.bytes + rotary
+        weights = round(shard.bytes * ckpt_scale) + rotary
         graphs_taken = int(cg.value) if graphs_in else 0
         budget = capacity - weights - int(act.value) - int(nt.value) - graphs_taken
         per_block = int(kvt.value) * settings.block_size
@@ -867,7 +895,7 @@ def estimate(
     for gpu, stage, layers, shard, act, nt, cg, kvt, budget, blocks in rows:
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         per_block = int(kvt.value) * settings.block_size
-        weights = shard.bytes + rotary
+        weights = round(shard.bytes * ckpt_scale) + rotary
         last = stage == pp - 1
         work = working_bytes(
             spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner, last_stage=last
@@ -877,7 +905,13 @@ def estimate(
             "embedding (first stage) + lm_head (last stage) rows × hidden × dtype_bytes, vocab padded to 64 and "
             "split over tp; + replicated norms/routers × dtype_bytes; + sharded linear elements at their stored "
             "size (q/o/MLP ÷ tp, k/v × ceil(kv/tp)/kv, experts ÷ tp×ep); + rotary cache (positions × head_dim × "
-            "dtype_bytes)",
+            "dtype_bytes)"
+            + (
+                "; × checkpoint_scale = safetensors bytes ÷ config-derived bytes (the headers' total, split as the "
+                "config says)"
+                if ckpt_scale != 1.0
+                else ""
+            ),
             {
                 "pp_rank": stage,
                 "layers_on_gpu": layers,
@@ -889,6 +923,8 @@ def estimate(
                 "dtype": dtype,
                 "quantization": quant.method if quant else None,
                 "rotary_cache_bytes": rotary,
+                "checkpoint_bytes": spec.weight_bytes,
+                "checkpoint_scale": round(ckpt_scale, 4),
             },
             weights,
         )

@@ -327,3 +327,25 @@ def test_only_the_last_pipeline_stage_pays_for_logits_and_the_sampler(version: s
     # A single stage is the last stage: unchanged from PP 1.
     single = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s, accounting=accounting_for(version))
     assert single.per_gpu[0].activation_bytes >= last.activation_bytes
+
+
+def test_safetensors_header_bytes_set_the_weight_term() -> None:
+    s = EngineSettings(max_model_len=4096)
+    derived = model_weight_bytes(QWEN25_7B, dtype="bfloat16", quantization=None)
+    plain = estimate(QWEN25_7B, (H100, H100), tp=2, pp=1, settings=s)
+    # A checkpoint whose headers say 5% more than the config implies (e.g. extra tensors): the headers win,
+    # split over the ranks as the config says.
+    spec = replace(QWEN25_7B, weight_bytes=int(derived * 1.05), weight_bytes_by_dtype={"BF16": int(derived * 1.05)})
+    est = estimate(spec, (H100, H100), tp=2, pp=1, settings=s)
+    for a, b in zip(plain.per_gpu, est.per_gpu, strict=True):
+        assert b.weights_bytes == pytest.approx(a.weights_bytes * 1.05, rel=0.001)  # the rotary cache is tiny
+    assert sum(m.weights_bytes for m in est.per_gpu) == pytest.approx(spec.weight_bytes, rel=0.01)
+    w = next(e for e in est.per_gpu[0].explanations if e.name == "weights")
+    assert w.inputs["checkpoint_bytes"] == spec.weight_bytes and "checkpoint_scale" in w.formula
+    # Online FP8 or float32 loading changes the stored size: the headers do not apply.
+    tiny = replace(QWEN25_7B, weight_bytes=76, weight_bytes_by_dtype={"BF16": 76})  # headers of something else
+    one = estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=s).per_gpu[0].weights_bytes
+    assert estimate(tiny, (H100,), tp=1, pp=1, settings=s).per_gpu[0].weights_bytes == one
+    for changed in (replace(s, quantization="fp8"), replace(s, dtype="float32")):
+        with_headers = estimate(spec, (H100,), tp=1, pp=1, settings=changed).per_gpu[0].weights_bytes
+        assert with_headers == estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=changed).per_gpu[0].weights_bytes
