@@ -34,7 +34,7 @@ import psutil
 
 from qwendeploy.adapters import process
 from qwendeploy.adapters.health import HttpHealth, base_url
-from qwendeploy.core.diagnosis.engine import phase_of_line
+from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_of_line
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.vllm_args import LaunchSpec, display_command
 from qwendeploy.errors import LaunchFailed
@@ -102,43 +102,34 @@ def phase_of(line: str) -> str | None:
 
 @dataclass(frozen=True)
 class Finding:
-    """A diagnosis in plain data (whatever the diagnosis engine's own type is)."""
+    """A diagnosis as the supervisor reports it (the engine's Diagnosis, evidence reduced to its first lines)."""
 
     category: str
     summary: str
     fix: str = ""
-    confidence: Any = None
+    confidence: float | None = None
     phase: str | None = None
     evidence: tuple[str, ...] = ()
 
 
 def diagnose_lines(lines: Sequence[str], profile: Profile | None) -> list[Finding]:
-    """Run the doctor's log rules on ``lines`` (empty when the diagnosis engine is not there or fails)."""
-    try:
-        from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
-    except ImportError:
-        return []
+    """Run the doctor's log rules on ``lines`` (empty if the rule engine itself fails: it must never take
+    supervision down with it)."""
     try:
         found = diagnose(list(lines), DiagnosisContext(profile=profile))
-    except Exception:  # never let a rule bug take down supervision
+    except Exception:
         return []
-    out: list[Finding] = []
-    for d in found:
-        ev = getattr(d, "evidence", ()) or ()
-        texts: list[str] = []
-        for e in ev if isinstance(ev, list | tuple) else [ev]:
-            texts.append(str(getattr(e, "text", e[1] if isinstance(e, tuple) and len(e) > 1 else e)))
-        out.append(
-            Finding(
-                category=str(getattr(d, "category", "unknown")),
-                summary=str(getattr(d, "summary", "")),
-                fix=str(getattr(d, "fix", "") or ""),
-                confidence=getattr(d, "confidence", None),
-                phase=(str(getattr(d, "phase", "")) or None),
-                evidence=tuple(texts[:3]),
-            )
+    return [
+        Finding(
+            category=d.category,
+            summary=d.summary,
+            fix=d.fix,
+            confidence=d.confidence,
+            phase=d.phase,
+            evidence=tuple(e.text for e in d.evidence[:3]),
         )
-    return out
+        for d in found
+    ]
 
 
 @dataclass(frozen=True)
