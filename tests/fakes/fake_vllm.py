@@ -251,7 +251,7 @@ def main() -> int:
         (Path(state_dir) / f"{os.getpid()}.json").write_text(json.dumps({"server": os.getpid(), "worker": worker}))
 
     httpd = ThreadingHTTPServer(
-        (args.host or "0.0.0.0", args.port), make_handler(args, served), bind_and_activate=False
+        (args.host or "127.0.0.1", args.port), make_handler(args, served), bind_and_activate=False
     )
     httpd.allow_reuse_address = True
     try:
