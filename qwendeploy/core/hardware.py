@@ -50,6 +50,8 @@ class Gpu:
     catalog_id: str | None = None
     """GPU catalog entry this card matched (e.g. ``rtx-4090d``)."""
     processes: tuple[GpuProcess, ...] = ()
+    mig_instances: tuple[int, ...] = ()
+    """With MIG enabled: the memory of each MIG instance (CUDA then sees those, not the card)."""
 
     @property
     def used_bytes(self) -> int:

@@ -340,6 +340,7 @@ def _to_gpu(g: NvmlGpu) -> Gpu:
         processes=tuple(
             GpuProcess(pid=p.pid, used_bytes=p.used_bytes, name=p.cmdline or p.name, ppid=p.ppid) for p in g.processes
         ),
+        mig_instances=tuple(m.memory_total or 0 for m in g.mig_devices) if g.mig_mode else (),
     )
 
 

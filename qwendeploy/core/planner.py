@@ -711,6 +711,16 @@ def _check_request(req: PlanRequest) -> None:
     spec, machine = req.spec, req.machine
     if not machine.gpus:
         raise BadInput("The inventory has no GPUs.", hint="Pass --gpus, e.g. --gpus 4xRTX4090D.")
+    mig = [g for g in machine.gpus if g.mig_instances]
+    if mig:
+        g = mig[0]
+        sizes = ", ".join(human_size(b) for b in g.mig_instances) or "unknown sizes"
+        raise BadInput(
+            f"GPU {g.index} ({g.name}) has MIG enabled: CUDA sees its {len(g.mig_instances)} MIG instance(s) "
+            f"({sizes}), not the whole card, and qwendeploy plans whole GPUs.",
+            hint=f"Disable MIG (nvidia-smi -i {g.index} -mig 0, then reset the GPU), choose other GPUs with --gpus, "
+            "or plan for an instance-sized card with a simulated inventory.",
+        )
     if req.concurrency < 1:
         raise BadInput(f"--concurrency must be at least 1, got {req.concurrency}.")
     if req.gpu_memory_utilization is not None and not 0 < req.gpu_memory_utilization <= 1:

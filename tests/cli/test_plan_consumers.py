@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fakes.fake_nvml import FakeNvml
+from typer.testing import CliRunner
 
 from qwendeploy.adapters import nvml
 from qwendeploy.adapters.preflight import check_gpus
+from qwendeploy.cli import app
 from qwendeploy.core.machine_checks import run_checks
 from qwendeploy.core.machine_facts import MachineFacts, SystemFacts
 from qwendeploy.core.profile import EngineSection, EstimateSection, GpuEstimate, ModelSection, PlacementSection, Profile
@@ -63,3 +66,14 @@ def test_profiles_without_a_footprint_fall_back_to_total() -> None:
     old = _profile(total=90 * GiB, footprint=0)  # written when total_bytes was the footprint
     assert _doctor_memory(fake, old) == "fail"
     assert _preflight_memory(fake, old) == "fail"
+
+
+def test_a_mig_gpu_is_refused_not_planned_as_the_whole_card(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwendeploy.cli import wiring
+
+    fake = FakeNvml.load(Path(__file__).parent.parent / "fixtures" / "machines" / "1xa100-mig.yaml")
+    monkeypatch.setattr(wiring, "BACKEND_FACTORY", lambda: fake)
+    monkeypatch.setattr(wiring, "PROCESS_LOOKUP", fake.process_lookup)
+    res = CliRunner().invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "auto"])
+    assert res.exit_code == 2
+    assert "MIG enabled" in res.output and "MIG instance(s)" in res.output and "Traceback" not in res.output
