@@ -44,7 +44,7 @@ from qwendeploy.core.memory import (
     estimate,
     resolve_dtype,
 )
-from qwendeploy.core.models import ModelSpec
+from qwendeploy.core.models import ModelSpec, catalog
 from qwendeploy.core.params import param_breakdown
 from qwendeploy.core.units import GiB, human_size
 from qwendeploy.errors import BadInput, PlanInfeasible
@@ -707,6 +707,34 @@ def _kv_options(req: PlanRequest, machine: Machine) -> list[str]:
     return ["auto"]
 
 
+ONLINE_QUANTIZATION = ("fp8", "fbgemm_fp8", "ptpc_fp8")
+"""Methods vLLM applies to a 16-bit checkpoint at load time; the others need a checkpoint quantized offline."""
+
+
+def _check_quantization(spec: ModelSpec, asked: str | None) -> None:
+    """``--quantization`` must match a quantized checkpoint, or be an online method for a 16-bit one
+    (vLLM otherwise fails at load time, after minutes of start-up)."""
+    if asked is None:
+        return
+    have = spec.quantization.method if spec.quantization is not None else None
+    if have is not None:
+        same = (have.replace("-", "_"), f"{have}_marlin", "marlin")
+        if asked.replace("-", "_") not in same:
+            raise BadInput(
+                f"--quantization {asked} does not match {spec.id}, which is quantized with {have}.",
+                hint="Leave --quantization out: vLLM reads the method from the checkpoint.",
+            )
+        return
+    if asked not in ONLINE_QUANTIZATION:
+        quantized = [m.id for m in catalog() if m.base_model == spec.id and m.quantization is not None]
+        tip = f" Quantized variants of this model: {', '.join(quantized)}." if quantized else ""
+        raise BadInput(
+            f"--quantization {asked} needs a checkpoint quantized with it, and {spec.id} is a 16-bit checkpoint; "
+            f"vLLM can quantize it only online ({', '.join(ONLINE_QUANTIZATION)}).{tip}",
+            hint="Use --quantization fp8, or plan the quantized variant.",
+        )
+
+
 def _check_request(req: PlanRequest) -> None:
     spec, machine = req.spec, req.machine
     if not machine.gpus:
@@ -723,6 +751,7 @@ def _check_request(req: PlanRequest) -> None:
         )
     if req.concurrency < 1:
         raise BadInput(f"--concurrency must be at least 1, got {req.concurrency}.")
+    _check_quantization(spec, req.quantization)
     if req.gpu_memory_utilization is not None and not 0 < req.gpu_memory_utilization <= 1:
         raise BadInput(f"--gpu-memory-utilization must be in (0, 1], got {req.gpu_memory_utilization}.")
     for name, value in (("--tensor-parallel-size", req.tp), ("--pipeline-parallel-size", req.pp)):

@@ -243,3 +243,16 @@ def test_working_memory_below_the_activation_is_never_a_negative_term() -> None:
     assert "c 0.51 context, working memory 0.95 (within the 1.03 activation: no s)" in out
     assert "CUDA context 0.51 GiB, working memory 0.95 GiB (within the 1.03 GiB activation)" in out
     assert "\n  GiB." not in out and "Memory per GPU in GiB; in the bar, up to | is the vLLM budget" in out
+
+
+def test_quantization_must_fit_the_checkpoint() -> None:
+    """vLLM would fail at load time, minutes in: a 16-bit checkpoint takes only online methods, a quantized one
+    only its own."""
+    base = ["plan", "--gpus", "1xH100-80GB"]
+    for model, q in (("Qwen/Qwen2.5-7B-Instruct", "awq"), ("Qwen/Qwen2.5-7B-Instruct", "bogus")):
+        r = runner.invoke(app, [*base[:1], model, *base[1:], "--quantization", q])
+        assert r.exit_code == 2 and "16-bit checkpoint" in r.output and "Qwen2.5-7B-Instruct-AWQ" in r.output, r.output
+    r = runner.invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct-AWQ", *base[1:], "--quantization", "gptq"])
+    assert r.exit_code == 2 and "quantized with awq" in r.output
+    for model, q in (("Qwen/Qwen2.5-7B-Instruct", "fp8"), ("Qwen/Qwen2.5-7B-Instruct-AWQ", "awq_marlin")):
+        assert runner.invoke(app, ["plan", model, *base[1:], "--quantization", q]).exit_code == 0
