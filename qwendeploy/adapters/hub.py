@@ -345,4 +345,35 @@ def load_model(ref: str, *, revision: str | None = None) -> ModelSpec:
             f"Unknown model {ref!r}: not in the built-in catalog, not a directory, not a Hugging Face repo id.",
             hint="Use a repo id (Qwen/Qwen2.5-7B-Instruct), an alias (qwen2.5-7b-instruct) or a local directory.",
         )
+    typo = _near_catalog_typo(ref) if revision is None else None
+    if typo is not None:
+        # One character off a catalog id is almost always a typo: say so now instead of spending the Hub's
+        # retries (tens of seconds offline) on a repo that does not exist.
+        raise UnknownModel(
+            f"Unknown model {ref!r}. Did you mean {typo}?",
+            hint="If you really mean that Hub repo, pass --revision main to look it up on the Hub.",
+        )
     return load_hub(ref, revision=revision)
+
+
+def _near_catalog_typo(ref: str) -> str | None:
+    """The catalog id one letter (added, dropped or changed) away from ``ref``, else None.
+
+    One edit of a letter, not a similarity ratio and never a digit: ``Qwen/Qwen2-7B-Instruct`` and
+    ``Qwen/Qwen1.5-7B`` are real repos one or two characters from catalog ids.
+    """
+    key = ref.lower()
+    for model in catalog():
+        if _one_edit_apart(key, model.id.lower()):
+            return model.id
+    return None
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = next((k for k in range(len(a)) if a[k] != b[k]), len(a))
+    changed = b[i] + (a[i] if len(a) == len(b) else "")
+    return changed.isalpha() and a[i + (len(a) == len(b)) :] == b[i + 1 :]

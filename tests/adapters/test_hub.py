@@ -149,7 +149,7 @@ def test_offline_hub_repo_at_a_pinned_revision(tmp_path: Path, fixtures: Path) -
 
 def test_offline_and_not_cached_explains_hf_hub_offline() -> None:
     with pytest.raises(UnknownModel) as info:
-        load_model("Qwen/Qwen2.5-7B-Instrct")
+        load_model("Qwen/Qwen2.5-7B-Instruct-Math")
     assert "HF_HUB_OFFLINE" in info.value.message
     assert "Did you mean Qwen/Qwen2.5-7B-Instruct" in info.value.message
     assert info.value.hint is not None and "HF_HUB_OFFLINE" in info.value.hint
@@ -168,3 +168,19 @@ def test_missing_path_and_plain_file(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(UnknownModel, match="is a file"):
         load_model(str(tmp_path / "f.txt"))
+
+
+@pytest.mark.parametrize("typo", ["Qwen/Qwen2.5-7B-Instrct", "qwen/qwen2.5-7b-instrukt", "Qwen/Qwen2.5-7B-Instructt"])
+def test_a_one_letter_typo_of_a_catalog_id_is_answered_at_once(typo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Online, the Hub's retries took tens of seconds before "did you mean"; a one-letter slip never reaches it.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # would fail fast anyway; the typo path never calls it
+    with pytest.raises(UnknownModel, match=r"Did you mean Qwen/Qwen2\.5-7B-Instruct\?"):
+        load_model(typo)
+
+
+@pytest.mark.parametrize("real", ["Qwen/Qwen2-7B-Instruct", "Qwen/Qwen1.5-7B", "Qwen/Qwen2.5-7B-Instruct-1M"])
+def test_real_repos_near_catalog_ids_are_not_taken_for_typos(real: str) -> None:
+    from qwendeploy.adapters.hub import _near_catalog_typo
+
+    assert _near_catalog_typo(real) is None
