@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-import yaml
-
+from qwendeploy.core import safe_yaml
 from qwendeploy.core.hardware import Gpu, Link, Machine
 from qwendeploy.errors import BadInput, UnknownGpu
 
@@ -87,7 +86,7 @@ def _gpu_from_yaml(entry: dict[str, Any]) -> GpuType:
 @functools.cache
 def _doc() -> dict[str, Any]:
     text = resources.files("qwendeploy").joinpath("data/gpus.yaml").read_text(encoding="utf-8")
-    doc: dict[str, Any] = yaml.safe_load(text)
+    doc: dict[str, Any] = safe_yaml.load(text)
     return doc
 
 

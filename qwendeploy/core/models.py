@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
-import yaml
-
+from qwendeploy.core import safe_yaml
 from qwendeploy.errors import BadInput
 
 
@@ -479,7 +478,7 @@ def _name_part(repo_id: str) -> str:
 
 
 def _load_catalog_yaml(text: str) -> tuple[ModelSpec, ...]:
-    doc = yaml.safe_load(text)
+    doc = safe_yaml.load(text)
     entries = doc["models"]
     raw_by_id: dict[str, dict[str, Any]] = {}
     specs: list[ModelSpec] = []

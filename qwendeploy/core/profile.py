@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from qwendeploy.core import safe_yaml
 from qwendeploy.errors import ProfileInvalid
 
 PROFILE_VERSION = 1
@@ -289,13 +290,13 @@ def _describe(err: Any) -> str:
 
 
 def load_yaml(text: str, *, source: str = "profile") -> Profile:
-    """Parse and validate a profile (``yaml.safe_load`` only). Errors name the field path and a close key.
+    """Parse and validate a profile (the safe loader only: no Python tags). Errors name the field path and a close key.
 
     Raises:
         ProfileInvalid: the text is not YAML, not a mapping, or does not validate.
     """
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as e:
         raise ProfileInvalid(f"{source} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from qwendeploy.core import safe_yaml
+
 CATEGORIES: tuple[str, ...] = (
     "shm_too_small",
     "tp_heads_not_divisible",
@@ -431,7 +433,7 @@ def parse_catalog(text: str) -> Catalog:
         CatalogError: the text is not a valid catalog (message names the rule and field).
     """
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as e:
         raise CatalogError(f"rules.yaml is not YAML: {e}") from e
     if not isinstance(data, dict):
