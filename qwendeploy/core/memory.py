@@ -846,6 +846,8 @@ def estimate(
     graphs_in = acc.graphs_subtracted(spec)
     warmup_profiled = runner == "v2" and acc.sampler_warmup_profiled
     dtype = resolve_dtype(spec, settings.dtype)
+    if dtype == "bfloat16" and settings.dtype == "auto" and not all(g.bf16 for g in gpus):
+        dtype = "float16"  # no bf16 below compute capability 8.0; same bytes, and the profile says --dtype float16
     quant = effective_quantization(spec, settings.quantization)
     bd = param_breakdown(spec)
     counts = pp_layer_counts(spec.num_hidden_layers, pp)

@@ -857,7 +857,10 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
     )
     notes: list[str] = []
     if any(not g.bf16 for g in machine.gpus) and dtype == "bfloat16":
-        notes.append("GPUs without bfloat16 (compute capability < 8.0): vLLM runs the model in float16 (same memory).")
+        notes.append(
+            "GPUs without bfloat16 (compute capability < 8.0): the profile runs the model in float16 "
+            "(--dtype float16; same memory)."
+        )
     if overrides:
         notes.append(
             f"{max_len} tokens is beyond the native {spec.max_position_embeddings}: YaRN (factor "

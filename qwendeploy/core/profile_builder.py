@@ -85,6 +85,8 @@ def profile_from_plan(
     dtype = cast(
         _Dtype, req.dtype if req.dtype in ("auto", "bfloat16", "float16", "half", "float", "float32") else "auto"
     )
+    if dtype == "auto" and est.dtype == "float16" and req.spec.torch_dtype == "bfloat16":
+        dtype = "float16"  # cards without bf16: say it, rather than rely on each vLLM release's fallback
     return Profile(
         name=name,
         generated_by=generated_by,

@@ -256,3 +256,13 @@ def test_quantization_must_fit_the_checkpoint() -> None:
     assert r.exit_code == 2 and "quantized with awq" in r.output
     for model, q in (("Qwen/Qwen2.5-7B-Instruct", "fp8"), ("Qwen/Qwen2.5-7B-Instruct-AWQ", "awq_marlin")):
         assert runner.invoke(app, ["plan", model, *base[1:], "--quantization", q]).exit_code == 0
+
+
+def test_cards_without_bf16_get_an_explicit_float16(tmp_path: Path) -> None:
+    out = tmp_path / "t4.yaml"
+    r = runner.invoke(app, ["plan", "Qwen/Qwen2.5-0.5B-Instruct", "--gpus", "1xT4", "--json", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"]["dtype"] == "float16"
+    assert read_profile(out).model.dtype == "float16"  # vLLM gets --dtype float16, not a bf16 config on a T4
+    r = runner.invoke(app, ["plan", "Qwen/Qwen2.5-0.5B-Instruct", "--gpus", "1xL4", "--json"])
+    assert json.loads(r.stdout)["model"]["dtype"] == "bfloat16"
