@@ -42,6 +42,7 @@ from qwendeploy.core.memory import (
     accounting_for,
     effective_quantization,
     estimate,
+    parse_version,
     resolve_dtype,
 )
 from qwendeploy.core.models import ModelSpec, catalog
@@ -856,6 +857,12 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
         max_model_len=max_len, dtype=dtype, kv_cache_dtype=req.kv_cache_dtype or "auto"
     )
     notes: list[str] = []
+    version = parse_version(req.vllm_version)
+    if not (0, 19) <= version <= parse_version(CURRENT_VLLM):
+        notes.append(
+            f"vLLM {req.vllm_version}: the memory accounting was read in releases 0.19–{CURRENT_VLLM}; "
+            f"this one is estimated like the nearest of them, unchecked."
+        )
     if any(not g.bf16 for g in machine.gpus) and dtype == "bfloat16":
         notes.append(
             "GPUs without bfloat16 (compute capability < 8.0): the profile runs the model in float16 "

@@ -266,3 +266,10 @@ def test_cards_without_bf16_get_an_explicit_float16(tmp_path: Path) -> None:
     assert read_profile(out).model.dtype == "float16"  # vLLM gets --dtype float16, not a bf16 config on a T4
     r = runner.invoke(app, ["plan", "Qwen/Qwen2.5-0.5B-Instruct", "--gpus", "1xL4", "--json"])
     assert json.loads(r.stdout)["model"]["dtype"] == "bfloat16"
+
+
+def test_a_release_outside_the_read_ones_is_flagged() -> None:
+    base = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xL4", "--json"]
+    old = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.10"]).stdout)
+    assert any("0.19–0.33" in n for n in old["notes"])
+    assert not any("0.19–0.33" in n for n in json.loads(runner.invoke(app, base).stdout)["notes"])
