@@ -276,8 +276,9 @@ def _inventory(console: Console, machine: Machine) -> None:
 
 
 def _candidates(console: Console, p: Plan) -> None:
+    # Reasons go under the table, one line each: in a column they were cut into slivers at 80 columns.
     t = Table(title="Candidates (ranked)", title_justify="left", show_edge=False)
-    for col in ("#", "placement", "status", "longest ctx", "KV tokens", "needs/GPU", "tok/s", "why not"):
+    for col in ("#", "placement", "status", "longest", "KV tokens", "needs/GPU", "tok/s"):
         t.add_column(col, overflow="fold")
     for i, c in enumerate(p.candidates, 1):
         status = {"fits": "[green]fits[/]", "shorter": "[yellow]shorter[/]", "no": "[red]no[/]"}[c.status]
@@ -289,9 +290,13 @@ def _candidates(console: Console, p: Plan) -> None:
             f"{c.estimate.kv_cache_tokens:,}" if c.estimate and c.status != "no" else "-",
             _g(c.needed_bytes_per_gpu) if c.needed_bytes_per_gpu else "-",
             f"{c.score:,.0f}" if c.score else "-",
-            "" if c.fits else c.reason,
         )
     console.print(t)
+    misses = [(i, c) for i, c in enumerate(p.candidates, 1) if not c.fits]
+    if misses:
+        console.print("Why the others miss the target:", highlight=False)
+        for i, c in misses:
+            console.print(f"  {i}. {c.label}: {c.reason}", markup=False, highlight=False)
 
 
 def _shown_value(value: Any, unit: str) -> str:
