@@ -54,13 +54,18 @@ def _machine(gpus: str, nodes: int):  # type: ignore[no-untyped-def]
 
 
 def _variants(spec_id: str) -> tuple:  # type: ignore[type-arg]
-    """Official quantized variants of a catalog model (tried when nothing fits)."""
+    """Other official checkpoints of a catalog model, tried when nothing fits: for a quantized one its 16-bit base
+    first (an FP8 checkpoint cannot run on a card older than compute capability 8.0), then the quantized ones."""
     from qwendeploy.core.models import find_model
 
     out = []
+    spec = find_model(spec_id)
+    if spec is not None and spec.base_model and (base := find_model(spec.base_model)) is not None:
+        out.append(base)
+        spec_id = base.id
     for suffix in ("-FP8", "-AWQ", "-GPTQ-Int8", "-GPTQ-Int4"):
         v = find_model(spec_id + suffix)
-        if v is not None:
+        if v is not None and v.id != (spec.id if spec else None):
             out.append(v)
     return tuple(out)
 

@@ -273,3 +273,9 @@ def test_a_release_outside_the_read_ones_is_flagged() -> None:
     old = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.10"]).stdout)
     assert any("0.19–0.33" in n for n in old["notes"])
     assert not any("0.19–0.33" in n for n in json.loads(runner.invoke(app, base).stdout)["notes"])
+
+
+def test_an_fp8_checkpoint_on_an_old_card_suggests_its_16_bit_base() -> None:
+    r = runner.invoke(app, ["plan", "Qwen/Qwen3-0.6B-FP8", "--gpus", "1xT4"])
+    assert r.exit_code == 1
+    assert "use Qwen/Qwen3-0.6B: fits" in r.output and "try a smaller model" not in r.output
