@@ -220,8 +220,11 @@ def tp_rule_violation(spec: ModelSpec, tp: int, *, quantization: str | None = No
         )
     width = spec.moe.moe_intermediate_size if spec.moe else spec.intermediate_size
     what = "moe_intermediate_size" if spec.moe else "intermediate_size"
+    # With MoE, vLLM's --enable-expert-parallel places whole experts instead of splitting them over TP, which
+    # lifts the two expert-width rules below; qwendeploy does not plan expert parallelism, so it says so.
+    ep_tip = " (vLLM's --enable-expert-parallel avoids splitting experts; not planned here)" if spec.moe else ""
     if width and width % tp:
-        return "mlp", f"{what} {width} is not divisible by {tp}"
+        return "mlp", f"{what} {width} is not divisible by {tp}{ep_tip}"
     q = effective_quantization(spec, quantization)
     if q is not None and width:
         per_rank = width // tp
@@ -238,7 +241,7 @@ def tp_rule_violation(spec: ModelSpec, tp: int, *, quantization: str | None = No
             if per_rank % bn:
                 return "fp8_block", (
                     f"block FP8 ({bn}×{q.block_size[1]}): {what} {width} / {tp} = {per_rank} per rank is not a "
-                    f"multiple of {bn}"
+                    f"multiple of {bn}{ep_tip}"
                 )
     return None
 

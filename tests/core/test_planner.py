@@ -214,3 +214,17 @@ def test_weights_that_do_not_fit_are_not_blamed_on_the_footprint() -> None:
     p2 = plan(PlanRequest(spec=model(Q7), machine=busy, max_model_len=8192))
     assert p2.candidates[0].reason.startswith("does not fit: weights 14.2 GiB")
     assert "lowered to" in p2.candidates[0].reason and "GPU 0 has only 6.0 GiB free" in p2.candidates[0].reason
+
+
+def test_moe_expert_width_rejections_name_expert_parallel() -> None:
+    from qwendeploy.core.models import find_model
+    from qwendeploy.core.planner import tp_rule_violation
+
+    moe = find_model("Qwen/Qwen3-30B-A3B-FP8")
+    dense = find_model("Qwen/Qwen3-8B-FP8")
+    assert moe is not None and dense is not None
+    rule = tp_rule_violation(moe, 4)
+    assert rule is not None and rule[0] == "fp8_block" and "--enable-expert-parallel" in rule[1]
+    for tp in (3, 5, 6, 7):  # a dense model's rejections never mention experts
+        dense_rule = tp_rule_violation(dense, tp)
+        assert dense_rule is None or "expert" not in dense_rule[1]
