@@ -316,6 +316,9 @@ class _Renderer:
         elif e.kind == "start":
             self.console.print(f"{who}{msg}")
             self.console.print(f"    [dim]{escape(str(e.data.get('command', '')))}[/]")
+        elif e.kind == "shutdown":
+            code = e.data.get("exit_code")
+            self.console.print(f"[dim]qwendeploy serve exits {code}: {msg}[/]")
         elif e.kind == "gpu_check":
             color = {True: "green", False: "red"}.get(e.data.get("ok"), "yellow")
             self.console.print(f"[{color}]{msg}[/]")
