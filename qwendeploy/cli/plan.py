@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -120,7 +121,11 @@ def plan(
     ] = None,
     max_model_len: Annotated[
         str | None,
-        typer.Option("--context", "--max-model-len", help="Context in tokens (131072, 128K); default: the model's."),
+        typer.Option(
+            "--context",
+            "--max-model-len",
+            help="Context in tokens (131072, 128K), or auto: the longest that fits; default: the model's.",
+        ),
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Full-length requests each replica must hold at once.")] = 1,
     objective: Annotated[ObjectiveChoice, typer.Option(help="Rank fitting placements by throughput or latency.")] = (
@@ -168,7 +173,8 @@ def plan(
         from qwendeploy.core.planner import PlanRequest, raise_if_infeasible
         from qwendeploy.core.planner import plan as make_plan
 
-        target = parse_tokens(max_model_len) if max_model_len is not None else None
+        auto_fit = max_model_len is not None and max_model_len.strip().lower() in ("auto", "-1")
+        target = parse_tokens(max_model_len) if max_model_len is not None and not auto_fit else None
         if not 1 <= port <= 65535:
             raise BadInput(f"--port must be between 1 and 65535, got {port}.")
         if output is not None:
@@ -198,6 +204,13 @@ def plan(
             variants=_variants(spec.id) if spec.source == "catalog" else (),
         )
         result = make_plan(req)
+        if auto_fit and not result.fits:
+            # vLLM's --max-model-len auto: the longest context that fits memory, up to the model's own maximum.
+            longest = max((c.max_model_len_fit or 0 for c in result.candidates if c.status == "shorter"), default=0)
+            if longest:
+                result = make_plan(replace(req, max_model_len=longest))
+                note = f"--context auto: {longest} tokens, the longest that fits (as vLLM's --max-model-len auto)."
+                result = replace(result, notes=(*result.notes, note))
         if json_out:
             typer.echo(render_plan.dumps(render_plan.plan_json(result, explain=explain)))
         else:

@@ -279,3 +279,18 @@ def test_an_fp8_checkpoint_on_an_old_card_suggests_its_16_bit_base() -> None:
     r = runner.invoke(app, ["plan", "Qwen/Qwen3-0.6B-FP8", "--gpus", "1xT4"])
     assert r.exit_code == 1
     assert "use Qwen/Qwen3-0.6B: fits" in r.output and "try a smaller model" not in r.output
+
+
+def test_context_auto_takes_the_longest_that_fits(tmp_path: Path) -> None:
+    base = ["plan", "Qwen/Qwen2.5-32B-Instruct", "--gpus", "1xA100-80GB", "--gpu-memory-utilization", "0.85"]
+    fixed = runner.invoke(app, [*base, "--json"])
+    assert fixed.exit_code == 1  # the model's own 32768 does not fit
+    out = tmp_path / "auto.yaml"
+    auto = runner.invoke(app, [*base, "--context", "auto", "--json", "-o", str(out)])
+    assert auto.exit_code == 0, auto.output
+    d = json.loads(auto.stdout)
+    assert d["fits"] and 0 < d["max_model_len"] < 32768 and any("--context auto" in n for n in d["notes"])
+    shorter = [c["max_model_len_fit"] for c in json.loads(fixed.stdout)["candidates"] if c["status"] == "shorter"]
+    assert d["max_model_len"] == max(shorter)  # what the fixed plan said is the longest that fits
+    prof = read_profile(out)
+    assert prof.model.max_model_len == d["max_model_len"] and "--context auto" in (prof.generated_by or "")
