@@ -57,29 +57,22 @@ def _node_ip(prof: Any, node_ip: str | None) -> str | None:
 
 def _start(
     kind: str,
-    prof: Any,
+    profile_path: Path,
     head_address: str | None,
-    node_ip: str | None,
-    num_gpus: int | None,
-    num_cpus: int | None,
-    object_store_memory: int | None,
-    temp_dir: str | None,
-    dashboard: bool,
+    ifname: str | None,
+    opts: Any,
+    *,
     dry_run: bool,
     json_out: bool,
-    profile_path: Path,
 ) -> None:
+    """``ray start`` for the head or a joining node, with the profile's environment exported first."""
+    from dataclasses import replace
+
     from qwendeploy.core import cluster as core
 
-    ip = _node_ip(prof, node_ip)
-    opts = core.RayStartOptions(
-        node_ip=ip,
-        num_gpus=num_gpus,
-        num_cpus=num_cpus,
-        object_store_memory=object_store_memory,
-        temp_dir=temp_dir,
-        include_dashboard=dashboard,
-    )
+    prof = _load(profile_path, ifname)
+    ip = _node_ip(prof, opts.node_ip)
+    opts = replace(opts, node_ip=ip)
     if dry_run:
         ray_bin = "ray"
     else:
@@ -158,12 +151,11 @@ def head(
     json_out: _Json = False,
 ) -> None:
     """Start the Ray head on this node with the profile's environment (exit 0 started, 1 ray failed, 2 bad input)."""
+    from qwendeploy.core.cluster import RayStartOptions
+
+    opts = RayStartOptions(node_ip, num_gpus, num_cpus, object_store_memory, temp_dir, include_dashboard=dashboard)
     with user_errors():
-        prof = _load(profile, ifname)
-        _start(
-            "head", prof, None, node_ip, num_gpus, num_cpus, object_store_memory, temp_dir, dashboard, dry_run,
-            json_out, profile,
-        )  # fmt: skip
+        _start("head", profile, None, ifname, opts, dry_run=dry_run, json_out=json_out)
 
 
 @app.command("join")
@@ -180,12 +172,11 @@ def join(
     json_out: _Json = False,
 ) -> None:
     """Join this node to the Ray cluster at HEAD_ADDRESS with the profile's environment (exit 0, 1, 2)."""
+    from qwendeploy.core.cluster import RayStartOptions
+
+    opts = RayStartOptions(node_ip, num_gpus, num_cpus, object_store_memory, temp_dir)
     with user_errors():
-        prof = _load(profile, ifname)
-        _start(
-            "join", prof, head_address, node_ip, num_gpus, num_cpus, object_store_memory, temp_dir, False, dry_run,
-            json_out, profile,
-        )  # fmt: skip
+        _start("join", profile, head_address, ifname, opts, dry_run=dry_run, json_out=json_out)
 
 
 @app.command("status")
