@@ -370,6 +370,15 @@ def _dp_options(machine: Machine, tp: int, pp: int) -> list[int]:
     return out
 
 
+def _skips_busy_gpu(machine: Machine, used: Sequence[Gpu]) -> bool:
+    """Whether a GPU with less free memory than every GPU of the placement was left out."""
+    if not used:
+        return False
+    taken = {(g.node, g.index) for g in used}
+    floor = min(g.free_bytes for g in used)
+    return any(g.free_bytes < floor for g in machine.gpus if (g.node, g.index) not in taken)
+
+
 def left_out(machine: Machine, used: Sequence[Gpu]) -> str:
     """Which GPUs of the inventory a placement leaves unused, and why (empty when it uses them all)."""
     taken = {(g.node, g.index) for g in used}
@@ -616,14 +625,15 @@ def _evaluate(
         )
     fit_len = min(est.max_len_for(req.concurrency), _model_limit(spec))
     conc = f" × {req.concurrency} requests" if req.concurrency > 1 else ""
+    # Say which GPUs were skipped only when a busier one was left out (not for a plain remainder).
+    skipped = f"; {left_out(machine, used)}" if _skips_busy_gpu(machine, used) else ""
     if est.fits(req.concurrency):
         cost = _cost(req, machine, est, replica, dp, max_len)
         reason = (
             f"fits {max_len} tokens{conc}: KV cache {est.kv_cache_tokens:,} tokens per replica "
             f"({est.max_concurrency:.2f}× concurrency), ~{cost.tokens_per_s:,.0f} tok/s"
         )
-        if "for less free memory" in (out := left_out(machine, used)):
-            reason += f"; {out}"
+        reason += skipped
         return Candidate(
             tp,
             pp,
@@ -644,8 +654,7 @@ def _evaluate(
             f"fits only {fit_len} tokens{conc} (target {max_len}): needs {_gib(per_gpu_fixed)} per GPU, "
             f"has {_gib(capacity)}"
         )
-        if "for less free memory" in (out := left_out(machine, used)):
-            reason += f"; {out}"
+        reason += skipped
         return Candidate(
             tp,
             pp,
