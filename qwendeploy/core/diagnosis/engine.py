@@ -13,7 +13,7 @@ import math
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,10 +131,9 @@ _ERROR = re.compile(
 _NOT_ERROR = re.compile(r"\bINFO\b|(?<!NCCL )\bWARN(?:ING)?\b|UserWarning")
 
 
-def _split_branches(pattern: str) -> list[str]:
-    """Top-level alternatives of a regex (``a|b(c|d)`` → ``a``, ``b(c|d)``)."""
-    out: list[str] = []
-    depth, start, i, in_class = 0, 0, 0, False
+def _structure(pattern: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, char, group depth after it) for each character of ``pattern`` outside escapes and classes."""
+    depth, in_class, i = 0, False, start
     while i < len(pattern):
         ch = pattern[i]
         if ch == "\\":
@@ -144,39 +143,32 @@ def _split_branches(pattern: str) -> list[str]:
             in_class = ch != "]"
         elif ch == "[":
             in_class = True
-            if pattern[i + 1 : i + 2] == "]":
+            if pattern[i + 1 : i + 2] == "]":  # a literal ] first in a class does not close it
                 i += 1
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
+        else:
+            depth += (ch == "(") - (ch == ")")
+            yield i, ch, depth
+        i += 1
+
+
+def _split_branches(pattern: str) -> list[str]:
+    """Top-level alternatives of a regex (``a|b(c|d)`` → ``a``, ``b(c|d)``)."""
+    out: list[str] = []
+    start = 0
+    for i, ch, depth in _structure(pattern):
+        if ch == "|" and depth == 0:
             out.append(pattern[start:i])
             start = i + 1
-        i += 1
     out.append(pattern[start:])
     return out
 
 
 def _skip_group(b: str, i: int) -> int:
-    depth, in_class = 0, False
-    while i < len(b):
-        ch = b[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return i
+    """The index just after the group that opens at ``b[i]`` (the end of ``b`` if it never closes)."""
+    for j, ch, depth in _structure(b, i):
+        if ch == ")" and depth == 0:
+            return j + 1
+    return len(b)
 
 
 def _required_literal(branch: str) -> str:
