@@ -812,24 +812,24 @@ def _profile_memory(chosen: list[NvmlGpu], profile: Profile) -> Check:
 
 
 def _profile_heads(profile: Profile) -> Check:
+    # The planner's own TP rules (heads, KV-head replication, MLP width, quantized-kernel shapes): one source.
+    from qwendeploy.core.models import find_model
+    from qwendeploy.core.planner import tp_rule_violation, valid_tp_sizes
+
     tp = profile.placement.tensor_parallel_size
-    try:
-        from qwendeploy.core.models import find_model
-    except ImportError:
-        return Check("profile.tp_heads", "skip", "Model catalog unavailable.")
     spec = find_model(profile.model.id)
     if spec is None:
         return Check("profile.tp_heads", "skip", f"{profile.model.id} is not in the built-in catalog.")
-    heads = spec.num_attention_heads
-    if heads % tp:
-        ok = [d for d in range(1, heads + 1) if heads % d == 0 and d <= 8]
+    violation = tp_rule_violation(spec, tp, quantization=profile.model.quantization)
+    if violation is not None:
+        ok = valid_tp_sizes(spec, 8, quantization=profile.model.quantization)
         return Check(
             "profile.tp_heads",
             "fail",
-            f"tensor_parallel_size={tp} does not divide {spec.id}'s num_attention_heads={heads}.",
+            f"tensor_parallel_size={tp} cannot serve {spec.id}: {violation[1]}.",
             f"Use tensor_parallel_size in {{{', '.join(map(str, ok))}}} (re-plan with qwendeploy plan).",
         )
-    return Check("profile.tp_heads", "ok", f"TP {tp} divides {heads} attention heads.")
+    return Check("profile.tp_heads", "ok", f"TP {tp} divides {spec.num_attention_heads} attention heads.")
 
 
 def ranks_on_this_node(profile: Profile) -> int:

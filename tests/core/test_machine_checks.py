@@ -255,3 +255,9 @@ def test_profile_shm_counts_only_this_nodes_ranks_of_a_multi_node_profile() -> N
     assert small.status == "fail" and "8 rank(s) on this node" in small.detail
     one_node = by_name(run_checks(facts("8xh100-nvlink.yaml", shm_total_bytes=2 * GiB), profile(8)))["profile.shm"]
     assert one_node.status == "ok" and "enough for 8 rank(s) (TP×PP=8)" in one_node.detail
+
+
+def test_profile_tp_check_applies_every_planner_rule_not_just_heads() -> None:
+    # TP 7 divides Qwen2.5-7B's 28 attention heads but not its 4 KV heads: vLLM fails to build the model.
+    c = by_name(run_checks(facts("8xh100-nvlink.yaml"), profile(7)))["profile.tp_heads"]
+    assert c.status == "fail" and "KV heads" in c.detail and "1, 2, 4" in c.fix
