@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from qwendeploy.core.gpus import find_gpu
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "tests" / "fixtures" / "gpu-runs"
 OUT = RUNS / "measured.yaml"
@@ -126,7 +128,7 @@ def parse_smi(text: str) -> dict[str, Any]:
     m = re.search(r"^(NVIDIA [^,]+), ([0-9.]+), ([0-9]+) MiB, ([0-9]+) MiB", text, re.M)
     if m:
         out.update(card=m.group(1), driver=m.group(2), smi_used_mib=int(m.group(3)), nvml_total_mib=int(m.group(4)))
-    p = re.search(r"^[0-9]+, ([0-9]+) MiB", text, re.M)
+    p = re.search(r"^[0-9]+, (?:[^,\n]+, )?([0-9]+) MiB", text, re.M)  # pid, [process name,] used
     if p:
         out["process_mib"] = int(p.group(1))
     return out
@@ -146,8 +148,8 @@ def parse_run(folder: Path) -> dict[str, Any]:
     smi_file = folder / "smi_serving.txt"
     smi = parse_smi(smi_file.read_text(encoding="utf-8")) if smi_file.exists() else {}
     if not smi:
-        before = folder / "smi_before.txt"
-        if before.exists():
+        before = next((f for f in (folder / "smi_before.txt", folder / "smi_after.txt") if f.exists()), None)
+        if before is not None:
             smi = {k: v for k, v in parse_smi(before.read_text(encoding="utf-8")).items() if k in ("card", "driver")}
             smi["nvml_total_mib"] = parse_smi(before.read_text(encoding="utf-8")).get("nvml_total_mib")
     row["card"] = smi.pop("card", None)
@@ -171,6 +173,14 @@ def collect(root: Path = RUNS) -> list[dict[str, Any]]:
             row = parse_run(case)
             row["source"] = str(case.relative_to(ROOT))
             rows.append(row)
+    # No mem_get_info while serving (the serve suite's runs): the GPU catalog's CUDA total of that card, when it agrees
+    # with the total vLLM's own "Free memory on device (free/total GiB)" line printed.
+    for r in rows:
+        logged = r["measured"].get("cuda_total_gib")
+        if not r.get("cuda_total_bytes") and r.get("card") and logged is not None:
+            spec = find_gpu(str(r["card"]))
+            if round(spec.total_bytes / 2**30, 2) == logged:
+                r["cuda_total_bytes"] = spec.total_bytes
     # The CUDA total is the same card's for a failed start (no mem_get_info while serving).
     totals = {r["card"]: r["cuda_total_bytes"] for r in rows if r.get("cuda_total_bytes")}
     for r in rows:

@@ -121,15 +121,31 @@ def test_measured_table_is_generated_from_the_logs() -> None:
     assert mod.render(mod.collect()) == MEASURED.read_text(encoding="utf-8")
 
 
-def test_enough_runs_and_one_refusal() -> None:
-    assert len(RUNS) >= 10
-    assert [r["case"] for r in RUNS if not r["measured"].get("started")] == ["q7_fail"]
+REFUSED = [r for r in RUNS if not r["measured"].get("started")]
+
+# A refused start leaves a small KV pool (about 1 GiB of a 79 GiB card at utilisation 0.21), where an offset of 0.02
+# GiB is already 2%: those pools are held to 0.05 GiB of memory (under 1,000 tokens of Qwen2.5-7B's bf16 KV) instead.
+SMALL_POOL_GIB = 0.05
+
+
+def test_enough_runs_and_the_refusals() -> None:
+    assert len(RUNS) >= 15
+    assert [r["case"] for r in REFUSED] == ["h100_q7_fail", "q7_fail"]
+    assert {r["card"] for r in RUNS} == {"NVIDIA H100 80GB HBM3", "NVIDIA H200"}
 
 
 def test_catalog_h200_total_is_the_measured_cuda_total() -> None:
     h200 = find_gpu("H200")
     assert h200 is not None
     assert {r["cuda_total_bytes"] for r in RUNS if r["card"] == "NVIDIA H200"} == {h200.total_bytes}
+
+
+def test_h100_runs_agree_with_the_catalog_total_vllm_printed() -> None:
+    """The H100 runs had no mem_get_info: parse_runs took the catalog's CUDA total, which must match vLLM's line."""
+    h100 = find_gpu("NVIDIA H100 80GB HBM3")
+    rows = [r for r in RUNS if r["card"] == "NVIDIA H100 80GB HBM3"]
+    assert len(rows) == 5 and {r["cuda_total_bytes"] for r in rows} == {h100.total_bytes}
+    assert {r["measured"]["cuda_total_gib"] for r in rows if "cuda_total_gib" in r["measured"]} == {79.18}
 
 
 @pytest.mark.parametrize("run", RUNS, ids=IDS)
@@ -147,7 +163,8 @@ def test_kv_tokens_within_2_percent(run: dict[str, Any]) -> None:
 @pytest.mark.parametrize("run", RUNS, ids=IDS)
 def test_available_kv_memory_within_2_percent(run: dict[str, Any]) -> None:
     t = _term(run, "available KV")
-    assert t.error_pct is not None and abs(t.error_pct) <= 2.0, t
+    assert t.error_pct is not None and t.measured is not None, t
+    assert abs(t.error_pct) <= 2.0 or abs(t.predicted - t.measured) <= SMALL_POOL_GIB, t
 
 
 @pytest.mark.parametrize("run", STARTED, ids=[r["case"] for r in STARTED])
@@ -158,19 +175,27 @@ def test_started_runs_are_predicted_to_fit(run: dict[str, Any]) -> None:
     assert est.per_gpu[0].footprint_bytes < run["nvml_total_mib"] * MiB
 
 
-@pytest.mark.parametrize("run", STARTED, ids=[r["case"] for r in STARTED])
+SMI = [r for r in STARTED if "process_mib" in r["measured"]]  # a restart in the same run has no snapshot of its own
+
+
+@pytest.mark.parametrize("run", SMI, ids=[r["case"] for r in SMI])
 def test_footprint_within_3_percent_of_nvidia_smi(run: dict[str, Any]) -> None:
     t = _term(run, "footprint")
     assert t.error_pct is not None and abs(t.error_pct) <= 3.0, t
 
 
-def test_refused_start_is_predicted_not_to_fit_and_its_longest_context_matches_vllm() -> None:
-    run = next(r for r in RUNS if r["case"] == "q7_fail")
+@pytest.mark.parametrize(("case", "max_model_len"), [("q7_fail", 131072), ("h100_q7_fail", 32768)])
+def test_refused_start_is_predicted_not_to_fit_and_its_longest_context_matches_vllm(
+    case: str, max_model_len: int
+) -> None:
+    run = next(r for r in RUNS if r["case"] == case)
     est = predict(run)
-    assert est.settings.max_model_len == 131072
+    assert est.settings.max_model_len == max_model_len
     assert not est.fits_one_request
     t = _term(run, "longest context")
-    assert t.error_pct is not None and abs(t.error_pct) <= 2.0, t
+    assert t.error_pct is not None and t.measured is not None, t
+    kv_per_token = est.per_gpu[0].kv_bytes_per_token
+    assert abs(t.error_pct) <= 2.0 or abs(t.predicted - t.measured) * kv_per_token <= SMALL_POOL_GIB * GiB, t
     # at vLLM's own estimate the same settings are predicted to start
     shorter = EngineSettings(**{**est.settings.__dict__, "max_model_len": run["measured"]["estimated_max_model_len"]})
     spec = find_model(str(run["settings"]["model"]))
