@@ -128,6 +128,10 @@ _ERROR = re.compile(
     r"|(?:^|[\s:\]])(?:[A-Za-z_][\w.]*)?(?:Error|Exception)(?::\s|:$|$)|Segmentation fault|core dumped"
     r"|(?i:failed to (?:start|load))|\bFailed: |(?i:\bcuda error\b)|NCCL WARN"
 )
+# vLLM 0.26 on SIGTERM/SIGINT: "[shutdown] API server: shutdown triggered",
+# "EngineCore: trigger received signal=SIGTERM".
+# Its teardown can then log an EngineDeadError traceback (measured on an H100): an asked-for stop, not a failure.
+_STOP_REQUESTED = re.compile(r"\[shutdown\] API server: shutdown triggered|received signal=SIG(?:TERM|INT)\b")
 _NOT_ERROR = re.compile(r"\bINFO\b|(?<!NCCL )\bWARN(?:ING)?\b|UserWarning")
 
 
@@ -447,6 +451,7 @@ class _Scan:
     several_procs: list[Evidence] = field(default_factory=list)
     nccl: bool = False
     phase: str | None = None
+    stopping: bool = False  # a stop was requested (SIGTERM/SIGINT): errors of the teardown are not the failure
 
 
 def _scan(lines: Iterable[object]) -> _Scan:
@@ -460,13 +465,17 @@ def _scan(lines: Iterable[object]) -> _Scan:
         m = c.phase_re.search(text) if c.phase_gate.search(text) else None
         if m is not None and m.lastgroup is not None:
             st.phase = c.advance(st.phase, m)
-            if m.lastgroup != c.reset_group:
+            if m.lastgroup == c.reset_group:
+                st.stopping = False
+            else:
                 ph = c.group_phase[m.lastgroup]
                 # Reverse-chronological logs (web consoles print newest first): a hit before any marker
                 # takes the phase of the nearest marker after it.
                 for h in st.unresolved:
                     h.phase = ph
                 st.unresolved.clear()
+        if not st.stopping and ("shutdown" in text or "signal=" in text) and _STOP_REQUESTED.search(text):
+            st.stopping = True
         if c.fact_gate.search(text):
             _collect_facts(st, i, text)
         lower = text.lower()
@@ -546,7 +555,7 @@ def _collect_facts(st: _Scan, i: int, text: str) -> None:
         pids = {m.group("pid") for m in _OTHER_PROCESS.finditer(text)}
         if len(pids) >= 2:
             st.several_procs.append(Evidence(i, _quote(text)))
-    if _has(text, _W_ERROR) and _ERROR.search(text) and not _NOT_ERROR.search(text):
+    if not st.stopping and _has(text, _W_ERROR) and _ERROR.search(text) and not _NOT_ERROR.search(text):
         st.error_count += 1
         st.errors.append((i, text))
 
