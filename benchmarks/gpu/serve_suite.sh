@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device side: drive `qwendeploy serve` against real vLLM (the staged 0.26 recipe, see benchmarks/gpu/README.md)
+# Device side: drive `qwendeploy serve` against real vLLM (the staged 0.26 recipe: benchmarks/gpu/README.md)
 # through named cases, inside one device call's time limit.
 #
 # usage: bash benchmarks/gpu/serve_suite.sh LABEL CASE...     (cases: crash32k yarn128k fp8 fail)
@@ -104,6 +104,8 @@ case_serve() {  # TAG NEED_S CRASH PROMPT_TOKENS PLAN-ARGS...
   log "$tag: launch to /health 200: $(since "$t0") s"
   completion "$R" "$ntok" 2>&1 | tee -a "$T"
   gpu_snapshot "$R/smi_serving.txt"; log "serving: $(tr '\n' '|' < "$R/smi_serving.txt")"
+  python3 -c "import torch; f, t = torch.cuda.mem_get_info(); print(f'mem_get_info free={f} total={t}')" \
+    > "$R/mem_get_info.txt" 2>&1
   ps -eo pid,ppid,pgid,args | grep -iE "vllm|EngineCore" | grep -v grep > "$R/ps_serving.txt"
   snap
   if [ "$crash" = 1 ]; then
