@@ -2,9 +2,11 @@
 # Device side: drive `qwendeploy serve` against real vLLM (the staged 0.26 recipe: benchmarks/gpu/README.md)
 # through named cases, inside one device call's time limit.
 #
-# usage: bash benchmarks/gpu/serve_suite.sh LABEL CASE...     (cases: crash32k yarn128k fp8 fail)
+# usage: bash benchmarks/gpu/serve_suite.sh LABEL CASE...     (cases: crash32k crashkill yarn128k fp8 fail)
 #   crash32k  Qwen2.5-7B at 32K: plan --gpus "$GPUS" -o, serve, ready, /v1/models, a completion, kill -9 the engine
 #             core: the crash noticed, the old process group gone, restarted and ready again; SIGTERM; GPU empty.
+#   crashkill crash32k, plus `doctor` and `plan --gpus auto` while the server holds the GPU, and at the end serve
+#             itself is SIGKILLed instead of stopped: its watchdog must end vLLM and free the GPU.
 #   yarn128k  Qwen2.5-7B at 128K (the planner adds the YaRN override): ready, a completion over a 40,000-token
 #             prompt (beyond the native 32K), SIGTERM; GPU empty.
 #   fp8       Qwen2.5-7B at 32K with an fp8 KV cache: ready, a completion, SIGTERM; GPU empty.
@@ -107,6 +109,11 @@ case_serve() {  # TAG NEED_S CRASH PROMPT_TOKENS PLAN-ARGS...
   python3 -c "import torch; f, t = torch.cuda.mem_get_info(); print(f'mem_get_info free={f} total={t}')" \
     > "$R/mem_get_info.txt" 2>&1
   ps -eo pid,ppid,pgid,args | grep -iE "vllm|EngineCore" | grep -v grep > "$R/ps_serving.txt"
+  if [ "${DOCTOR_WHILE_SERVING:-0}" = 1 ]; then  # real NVML with a real server holding the GPU
+    python3 -m qwendeploy doctor --json > "$R/doctor_serving.json" 2>&1; log "doctor while serving rc=$?"
+    python3 -m qwendeploy plan $MODEL --gpus "$GPUS" --vllm-version 0.26 --context 32768 --json \
+      > "$R/plan_busy.json" 2> "$R/plan_busy.err"; log "plan --gpus auto while serving rc=$? $(head -c 300 "$R/plan_busy.err")"
+  fi
   snap
   if [ "$crash" = 1 ]; then
     local main eng pg old tc
@@ -132,7 +139,17 @@ case_serve() {  # TAG NEED_S CRASH PROMPT_TOKENS PLAN-ARGS...
     fi
     snap
   fi
-  stop_serve "$R"; snap
+  if [ "${STOP_WITH:-term}" = kill ]; then kill_serve "$R"; else stop_serve "$R"; fi
+  snap
+}
+
+kill_serve() {  # R — SIGKILL serve itself: its watchdog (and PR_SET_PDEATHSIG) must take vLLM down
+  local ts; ts=$(now); kill -9 "$QD"; wait "$QD" 2>/dev/null
+  log "serve SIGKILLed"
+  while [ "$(left)" -gt 5 ] && pgrep -f "$VLLM_MAIN_PATTERN|VLLM::EngineCore" >/dev/null; do sleep 0.2; done
+  log "vLLM processes gone $(since "$ts") s after serve was SIGKILLed (left: $(pgrep -f "$VLLM_MAIN_PATTERN|VLLM::EngineCore" | tr '\n' ' '))"
+  sleep 1; gpu_snapshot "$1/smi_after.txt"; log "after serve's SIGKILL: $(tr '\n' '|' < "$1/smi_after.txt")"
+  ps -eo pid,ppid,pgid,args | grep -iE "vllm|EngineCore|qwendeploy" | grep -v grep > "$1/ps_after.txt"
 }
 
 case_fail() {
@@ -158,6 +175,7 @@ log "suite $LABEL: cases $*; $(left) s budget"
 for c in "$@"; do
   case $c in
     crash32k) case_serve crash32k 330 1 1000 --context 32768 --kv-cache-dtype auto ;;
+    crashkill) DOCTOR_WHILE_SERVING=1 STOP_WITH=kill case_serve crashkill 330 1 1000 --context 32768 --kv-cache-dtype auto ;;
     yarn128k) case_serve yarn128k 170 0 40000 --context 131072 --kv-cache-dtype auto ;;
     fp8) case_serve fp8 150 0 1000 --context 32768 --kv-cache-dtype fp8 ;;
     fail) case_fail ;;
