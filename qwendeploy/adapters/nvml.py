@@ -94,6 +94,12 @@ MAX_NVLINKS = 18  # Hopper/Blackwell expose 18 per GPU; nvidia-ml-py's NVML_NVLI
 ProcessLookup = Callable[[int], "ProcessInfo | None"]
 
 
+def _one_line(argv: list[str]) -> str:
+    """A command line as one line: vLLM's setproctitle titles ("VLLM::EngineCore") come padded with spaces to the
+    length of the original argv (seen on a real H100), and an argument may hold newlines."""
+    return " ".join(" ".join(argv).split())
+
+
 def psutil_lookup(pid: int) -> ProcessInfo | None:
     """What this PID namespace knows about ``pid`` (None: no such process here)."""
     try:
@@ -105,7 +111,7 @@ def psutil_lookup(pid: int) -> ProcessInfo | None:
         with proc.oneshot():
             name = proc.name()
             try:
-                cmdline = " ".join(proc.cmdline())
+                cmdline = _one_line(proc.cmdline())
             except (psutil.AccessDenied, psutil.ZombieProcess):
                 cmdline = ""
             ppid = proc.ppid()
@@ -117,7 +123,7 @@ def psutil_lookup(pid: int) -> ProcessInfo | None:
         try:
             parent = psutil.Process(ppid)
             parent_name = parent.name()
-            parent_cmd = " ".join(parent.cmdline())
+            parent_cmd = _one_line(parent.cmdline())
         except (psutil.Error, OSError):
             pass
     except (psutil.Error, OSError):

@@ -251,3 +251,33 @@ def test_psutil_lookup_sees_this_process() -> None:
     assert info is not None and info.ppid == os.getppid()
     assert info.holds_gpu is False  # no /dev/nvidia* open here
     assert nvml.psutil_lookup(2**22 + 12345) is None
+
+
+def test_psutil_lookup_collapses_a_padded_process_title() -> None:
+    """vLLM's setproctitle leaves "VLLM::EngineCore" padded with spaces to the old argv's length (real H100 doctor
+    output: 'PID 1635 VLLM::EngineCore          ...'); a real process with such an argv reads as one short line."""
+    import dataclasses
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "VLLM::EngineCore" + " " * 60, "", "x\ny"]
+    )
+    try:
+        info = None
+        for _ in range(50):  # until the exec'd interpreter shows its own argv
+            info = nvml.psutil_lookup(child.pid)
+            if info is not None and "VLLM::EngineCore" in info.cmdline:
+                break
+            time.sleep(0.05)
+        assert info is not None
+        assert info.cmdline.endswith("VLLM::EngineCore x y")
+        assert "  " not in info.cmdline and "\n" not in info.cmdline
+        # as NVML would list it on a GPU (no /dev/nvidia* here): still recognised as vLLM's engine core
+        held = dataclasses.replace(info, holds_gpu=True)
+        p = nvml.describe_process(child.pid, 1 << 30, "compute", lambda pid: held)
+        assert p.vllm_role == "engine_core" and p.cmdline == info.cmdline
+    finally:
+        child.kill()
+        child.wait()
