@@ -1020,6 +1020,9 @@ def _network_lines(req: PlanRequest, c: Candidate) -> list[str]:
 
 def _suggest(req: PlanRequest, ranked: list[Candidate], max_len: int) -> tuple[str, ...]:
     out: list[str] = []
+    freed = _free_the_gpus(req)
+    if freed:
+        out.append(freed)
     if req.kv_cache_dtype in (None, "auto") and all(g.compute_capability >= (8, 0) for g in req.machine.gpus):
         p = plan(replace(req, kv_cache_dtype="fp8"), suggest=False)
         if p.chosen is not None:
@@ -1040,7 +1043,7 @@ def _suggest(req: PlanRequest, ranked: list[Candidate], max_len: int) -> tuple[s
         p = plan(replace(req, concurrency=1), suggest=False)
         if p.chosen is not None:
             out.append(f"--concurrency 1: one {max_len}-token request fits with {p.chosen.label}.")
-    more = _more_gpus(req)
+    more = None if freed else _more_gpus(req)  # freeing the GPUs you have is cheaper than buying more
     if more:
         out.append(more)
     if not out:
@@ -1050,6 +1053,47 @@ def _suggest(req: PlanRequest, ranked: list[Candidate], max_len: int) -> tuple[s
 
 def _tokens(c: Candidate) -> str:
     return f"{c.estimate.kv_cache_tokens:,}" if c.estimate else "?"
+
+
+def busy_gpus(m: Machine) -> list[Gpu]:
+    """GPUs of a real inventory where other processes hold memory (free under 90% of the CUDA total)."""
+    return [g for g in m.gpus if not m.simulated and g.free_bytes < 0.9 * g.total_bytes]
+
+
+def _holders(g: Gpu) -> str:
+    procs = sorted(g.processes, key=lambda p: -(p.used_bytes or 0))
+    named = [
+        f"PID {p.pid}" + (f" ({p.name[:40]})" if p.name else "") + (f" {_gib(p.used_bytes)}" if p.used_bytes else "")
+        for p in procs[:3]
+    ]
+    return ", ".join(named) + (f" and {len(procs) - 3} more" if len(procs) > 3 else "") if named else ""
+
+
+def _free_the_gpus(req: PlanRequest) -> str | None:
+    """When other processes hold the GPUs: does the same request fit on the same GPUs, empty?"""
+    busy = busy_gpus(req.machine)
+    if not busy:
+        return None
+    empty = replace(
+        req.machine, gpus=tuple(replace(g, free_bytes=g.total_bytes, processes=()) for g in req.machine.gpus)
+    )
+    try:
+        p = plan(replace(req, machine=empty), suggest=False)
+    except BadInput:
+        return None
+    if p.chosen is None:
+        return None
+    held = "; ".join(
+        f"GPU {g.index} has {_gib(g.free_bytes)} free" + (f" ({_holders(g)} hold the rest)" if g.processes else "")
+        for g in busy
+    )
+    vllm = any("vllm" in proc.name.lower() for g in busy for proc in g.processes)
+    return (
+        f"free the GPUs: {held}. Stop those processes"
+        + (" (a vLLM server is among them: an earlier `qwendeploy serve` still running?)" if vllm else "")
+        + f" and plan again: on the same GPUs, empty, it fits with {p.chosen.label} "
+        f"(KV cache {_tokens(p.chosen)} tokens)."
+    )
 
 
 def _more_gpus(req: PlanRequest) -> str | None:
@@ -1087,9 +1131,12 @@ def raise_if_infeasible(p: Plan) -> None:
     if p.fits:
         return
     hint = "Cheapest changes that fit: " + " | ".join(p.suggestions) if p.suggestions else None
+    busy = busy_gpus(p.request.machine)
+    used = sum(g.total_bytes - g.free_bytes for g in busy)
     raise PlanInfeasible(
         f"Nothing fits {p.request.spec.id} at {p.max_model_len} tokens"
         + (f" × {p.request.concurrency} requests" if p.request.concurrency > 1 else "")
-        + f" on {len(p.request.machine.gpus)}× {p.request.machine.gpus[0].name}.",
+        + f" on {len(p.request.machine.gpus)}× {p.request.machine.gpus[0].name}"
+        + (f": other processes hold {_gib(used)} of GPU {', '.join(str(g.index) for g in busy)}." if busy else "."),
         hint=hint,
     )

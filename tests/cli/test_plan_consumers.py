@@ -77,3 +77,40 @@ def test_a_mig_gpu_is_refused_not_planned_as_the_whole_card(monkeypatch: pytest.
     res = CliRunner().invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "auto"])
     assert res.exit_code == 2
     assert "MIG enabled" in res.output and "MIG instance(s)" in res.output and "Traceback" not in res.output
+
+
+def test_gpus_held_by_other_processes_name_them_instead_of_asking_for_more_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen on the lent H100 while a vLLM server ran: `plan --gpus auto` said "more GPUs: 2× H100". The cause is
+    the memory others hold: say so, name them, and what fits once they are gone."""
+    from qwendeploy.cli import wiring
+
+    fake = FakeNvml.load(Path(__file__).parent.parent / "fixtures" / "machines" / "1xa10g-other-process.yaml")
+    monkeypatch.setattr(wiring, "BACKEND_FACTORY", lambda: fake)
+    monkeypatch.setattr(wiring, "PROCESS_LOOKUP", fake.process_lookup)
+    res = CliRunner().invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "auto", "--context", "32768"])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "other processes hold 16.0 GiB of GPU 0" in text
+    assert "free the GPUs: GPU 0 has" in text and "PID 777 (python train.py --epochs 3) 12.0 GiB" in text
+    assert "vLLM server is among them" not in text  # only a vLLM process gets that remark
+    assert "empty, it fits with TP1" in text
+    assert "more GPUs" not in text and "Traceback" not in text
+    # planned for an empty card of the same kind (a simulated inventory), the same request fits
+    sim = CliRunner().invoke(app, ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xA10G", "--context", "32768"])
+    assert sim.exit_code == 0, sim.output
+
+
+def test_a_running_vllm_holding_the_gpu_is_called_that(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orphaned vLLM engine cores of the 2×A100 machine: the suggestion says a vLLM server holds the memory."""
+    from qwendeploy.cli import wiring
+
+    fake = FakeNvml.load(Path(__file__).parent.parent / "fixtures" / "machines" / "2xa100-orphan.yaml")
+    monkeypatch.setattr(wiring, "BACKEND_FACTORY", lambda: fake)
+    monkeypatch.setattr(wiring, "PROCESS_LOOKUP", fake.process_lookup)
+    res = CliRunner().invoke(app, ["plan", "Qwen/Qwen2.5-32B-Instruct", "--gpus", "auto", "--context", "32768"])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "PID 4242 (VLLM::EngineCore)" in text and "vLLM server is among them" in text
+    assert "more GPUs" not in text
