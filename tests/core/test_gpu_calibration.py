@@ -129,7 +129,7 @@ SMALL_POOL_GIB = 0.05
 
 
 def test_enough_runs_and_the_refusals() -> None:
-    assert len(RUNS) >= 15
+    assert len(RUNS) >= 18
     assert [r["case"] for r in REFUSED] == ["h100_q7_fail", "q7_fail"]
     assert {r["card"] for r in RUNS} == {"NVIDIA H100 80GB HBM3", "NVIDIA H200"}
 
@@ -141,10 +141,13 @@ def test_catalog_h200_total_is_the_measured_cuda_total() -> None:
 
 
 def test_h100_runs_agree_with_the_catalog_total_vllm_printed() -> None:
-    """The H100 runs had no mem_get_info: parse_runs took the catalog's CUDA total, which must match vLLM's line."""
+    """Five H100 runs had no mem_get_info (parse_runs took the catalog's CUDA total, which must match vLLM's line);
+    h100_q7_32k_b measured it while serving, and it is the catalog's."""
     h100 = find_gpu("NVIDIA H100 80GB HBM3")
     rows = [r for r in RUNS if r["card"] == "NVIDIA H100 80GB HBM3"]
-    assert len(rows) == 5 and {r["cuda_total_bytes"] for r in rows} == {h100.total_bytes}
+    assert len(rows) == 6 and {r["cuda_total_bytes"] for r in rows} == {h100.total_bytes}
+    measured = (MEASURED.parent / "h100-vllm0.26" / "h100_q7_32k_b" / "mem_get_info.txt").read_text()
+    assert f"total={h100.total_bytes}" in measured
     assert {r["measured"]["cuda_total_gib"] for r in rows if "cuda_total_gib" in r["measured"]} == {79.18}
 
 
