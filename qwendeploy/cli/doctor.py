@@ -229,5 +229,5 @@ def _doctor(
 
         render_doctor.render(Console(highlight=False), facts, checks, diagnoses, nccl)
     failed = any(c.status == "fail" for c in checks)
-    found = any(d.get("category") != "unknown" for d in diagnoses)
+    found = any(d.get("recognised") for d in diagnoses)
     return 1 if failed or found else 0

@@ -133,9 +133,11 @@ def _summary(console: Console, checks: list[Check], diagnoses: list[dict[str, An
         parts.append(f"[bold red]{len(fails)} failed[/] ({', '.join(fails)})")
     if warns:
         parts.append(f"[yellow]{len(warns)} warning(s)[/] ({', '.join(warns)})")
-    found = [d for d in diagnoses if d.get("category") != "unknown"]
+    found = [d for d in diagnoses if d.get("recognised")]
     if found:
-        parts.append(f"[bold]{len(found)} diagnosis(es)[/], most likely: {found[0].get('category')}")
+        top = found[0]
+        name = top.get("category") if top.get("category") != "unknown" else top.get("rule_id")
+        parts.append(f"[bold]{len(found)} diagnosis(es)[/], most likely: {name}")
     console.print("\n" + ("; ".join(parts) if parts else "[green]All checks passed.[/]"))
 
 

@@ -185,3 +185,18 @@ def test_dump_facts_becomes_a_fixture(machine, tmp_path: Path) -> None:  # type:
     again = nvml.probe(fake, processes=fake.process_lookup)
     assert again.to_dict() == dumped["nvml"]
     assert [p.orphan for g in again.gpus for p in g.processes] == [True, True]
+
+
+def test_a_named_cause_of_category_unknown_exits_1_the_catch_all_does_not(machine) -> None:  # type: ignore[no-untyped-def]
+    """The real H100 log of a killed engine core is diagnosed (rule engine-core-died, category unknown): exit 1 and
+    "recognised"; an error no rule knows is quoted by the catch-all and does not gate a service."""
+    machine("no-driver.yaml")
+    crash = Path(__file__).parent.parent / "fixtures" / "gpu-runs" / "h100-vllm0.26" / "h100_q7_32k" / "vllm.log"
+    code, d = doctor_json("--log", "-", input=crash.read_text())
+    assert [(x["rule_id"], x["recognised"]) for x in d["diagnoses"]] == [("engine-core-died", True)]
+    assert code == 1
+    result = runner.invoke(app, ["doctor", "--log", str(crash)])
+    assert result.exit_code == 1 and "most likely: engine-core-died" in " ".join(result.output.split())
+    code, d = doctor_json("--log", "-", input="ERROR something nobody has seen before\n")
+    assert [(x["rule_id"], x["recognised"]) for x in d["diagnoses"]] == [("unknown-error", False)]
+    assert code == 0

@@ -125,7 +125,8 @@ def test_v1_estimated_length_is_the_fix() -> None:
 def test_to_dict_has_the_contract_keys() -> None:
     _, log = read_case(FIXTURES / "doctor-corpus" / "04-tp_heads_not_divisible.log")
     out = first(log).to_dict()
-    assert set(out) == {"category", "summary", "evidence", "fix", "confidence", "rule_id", "phase"}
+    assert set(out) == {"category", "summary", "evidence", "fix", "confidence", "rule_id", "phase", "recognised"}
+    assert out["recognised"] is True
     assert out["evidence"] == [{"line": 1, "text": log[0].strip()}]
     assert 0.0 < out["confidence"] <= 1.0
 

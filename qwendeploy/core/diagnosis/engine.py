@@ -77,6 +77,9 @@ class Diagnosis:
     """Start-up phase the failure happened in (or the rule's phase when the log does not say)."""
     checks: tuple[str, ...]
     """Machine checks of ``qwendeploy doctor`` that would confirm it."""
+    recognised: bool = True
+    """A rule named the cause (False only for the catch-all that quotes an unrecognised error). Rules of category
+    ``unknown`` with a named cause (a killed engine core, an OOM while serving) are recognised."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +90,7 @@ class Diagnosis:
             "confidence": self.confidence,
             "rule_id": self.rule_id,
             "phase": self.phase,
+            "recognised": self.recognised,
         }
 
 
@@ -959,4 +963,5 @@ def _render(cand: _Candidate, ctx: DiagnosisContext) -> Diagnosis:
         rule_id=r.id,
         phase=cand.phase,
         checks=r.checks,
+        recognised=not r.fallback,
     )
