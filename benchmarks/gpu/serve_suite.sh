@@ -2,7 +2,7 @@
 # Device side: drive `qwendeploy serve` against real vLLM (the staged 0.26 recipe: benchmarks/gpu/README.md)
 # through named cases, inside one device call's time limit.
 #
-# usage: bash benchmarks/gpu/serve_suite.sh LABEL CASE...     (cases: crash32k crashkill yarn128k fp8 fail)
+# usage: bash benchmarks/gpu/serve_suite.sh LABEL CASE...     (cases: crash32k crashkill yarn128k fp8 fail q14 q3_8b)
 #   crash32k  Qwen2.5-7B at 32K: plan --gpus "$GPUS" -o, serve, ready, /v1/models, a completion, kill -9 the engine
 #             core: the crash noticed, the old process group gone, restarted and ready again; SIGTERM; GPU empty.
 #   crashkill crash32k, plus `doctor` and `plan --gpus auto` while the server holds the GPU, and at the end serve
@@ -12,6 +12,7 @@
 #   fp8       Qwen2.5-7B at 32K with an fp8 KV cache: ready, a completion, SIGTERM; GPU empty.
 #   fail      the 32K profile edited to gpu_memory_utilization 0.21: vLLM refuses max-model-len 32768 (its KV cache
 #             cannot hold it); serve must not retry, and must print the doctor's diagnosis.
+#   q14, q3_8b  Qwen2.5-14B-Instruct / Qwen3-8B at 32K: ready, a completion, SIGTERM (held-out calibration points).
 # Everything lands in /tmp/qd-suite/CASE and, after every step, in $OUT/suite_LABEL.tgz (a timeout keeps what ran).
 # A case is skipped when less time is left than it needs (SUITE_BUDGET_S, default 570 s from the script's start).
 set -u
@@ -33,7 +34,11 @@ setup() {
   fi
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qd-site .whl/*.whl >/dev/null 2>&1
   printf '#!/bin/sh\nexec python3 -m vllm.entrypoints.cli.main "$@"\n' > /tmp/vllm && chmod +x /tmp/vllm
-  [ -f $MODEL/config.json ] || { python3 .dev/device-vllm/make_models.py /tmp/models qwen2.5-7b-instruct >/dev/null 2>&1; log "7B checkpoint written"; }
+}
+ensure_model() {  # NAME — the random-weight checkpoint under /tmp/models (built on first use)
+  [ -n "${SUITE_VLLM:-}" ] && return 0
+  [ -f "/tmp/models/$1/config.json" ] && return 0
+  python3 benchmarks/gpu/make_models_extra.py /tmp/models "$1" >/dev/null 2>&1; log "$1 checkpoint written"
 }
 if [ -z "${SUITE_VLLM:-}" ]; then  # SUITE_MODEL/SUITE_GPUS/SUITE_VLLM: a dry run of this script off the GPU
   source .dev/device-vllm/env.sh
@@ -71,8 +76,8 @@ stop_serve() {  # R
 }
 plan_profile() {  # R PLAN-ARGS...
   local r=$1; shift
-  python3 -m qwendeploy plan $MODEL --gpus "$GPUS" --vllm-version 0.26 --name qwen7b "$@" --json > "$r/plan.json" 2> "$r/plan.err"
-  python3 -m qwendeploy plan $MODEL --gpus "$GPUS" --vllm-version 0.26 --name qwen7b "$@" --explain -o "$r/profile.yaml" > "$r/plan.txt" 2>&1
+  python3 -m qwendeploy plan $MODEL --gpus "$GPUS" --vllm-version 0.26 --name "$(basename "$MODEL")" "$@" --json > "$r/plan.json" 2> "$r/plan.err"
+  python3 -m qwendeploy plan $MODEL --gpus "$GPUS" --vllm-version 0.26 --name "$(basename "$MODEL")" "$@" --explain -o "$r/profile.yaml" > "$r/plan.txt" 2>&1
   log "plan $* rc=$? ($(python3 -c "import json; d=json.load(open('$r/plan.json')); print('kv', d['kv_cache_tokens'], 'tokens, util', d['engine']['gpu_memory_utilization'])" 2>&1))"
 }
 completion() {  # R PROMPT_TOKENS
@@ -172,13 +177,19 @@ case_fail() {
 }
 
 log "suite $LABEL: cases $*; $(left) s budget"
+DEFAULT_MODEL=$MODEL
 for c in "$@"; do
+  MODEL=$DEFAULT_MODEL
+  case $c in q14) MODEL=/tmp/models/qwen2.5-14b-instruct ;; q3_8b) MODEL=/tmp/models/qwen3-8b ;; esac
+  ensure_model "$(basename "$MODEL")"
   case $c in
     crash32k) case_serve crash32k 330 1 1000 --context 32768 --kv-cache-dtype auto ;;
     crashkill) DOCTOR_WHILE_SERVING=1 STOP_WITH=kill case_serve crashkill 330 1 1000 --context 32768 --kv-cache-dtype auto ;;
     yarn128k) case_serve yarn128k 170 0 40000 --context 131072 --kv-cache-dtype auto ;;
     fp8) case_serve fp8 150 0 1000 --context 32768 --kv-cache-dtype fp8 ;;
     fail) case_fail ;;
+    q14) case_serve q14 330 0 1000 --context 32768 --kv-cache-dtype auto ;;
+    q3_8b) case_serve q3_8b 200 0 1000 --context 32768 --kv-cache-dtype auto ;;
     *) log "unknown case $c" ;;
   esac
 done
