@@ -110,6 +110,14 @@ class Finding:
     confidence: float | None = None
     phase: str | None = None
     evidence: tuple[str, ...] = ()
+    rule_id: str = ""
+    recognised: bool = True
+    """False only for the catch-all that quotes an error no rule knows."""
+
+    @property
+    def name(self) -> str:
+        """What to call it: the category, or for a named cause filed under ``unknown`` the rule (engine-core-died)."""
+        return self.rule_id if self.category == "unknown" and self.recognised and self.rule_id else self.category
 
 
 def diagnose_lines(lines: Sequence[str], profile: Profile | None) -> list[Finding]:
@@ -127,6 +135,8 @@ def diagnose_lines(lines: Sequence[str], profile: Profile | None) -> list[Findin
             confidence=d.confidence,
             phase=d.phase,
             evidence=tuple(e.text for e in d.evidence[:3]),
+            rule_id=d.rule_id,
+            recognised=d.recognised,
         )
         for d in found
     ]
@@ -495,8 +505,9 @@ class Supervisor:
             self._emit(
                 "diagnosis",
                 r.name,
-                f"{f.category}: {f.summary}",
+                f"{f.name}: {f.summary}",
                 category=f.category,
+                rule_id=f.rule_id,
                 summary=f.summary,
                 fix=f.fix,
                 evidence=list(f.evidence),

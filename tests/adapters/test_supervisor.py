@@ -356,3 +356,13 @@ def test_data_parallel_servers_are_all_supervised(tmp_path: Path) -> None:
 def test_backoff_is_exponential_and_capped() -> None:
     p = Policy(backoff_initial_s=2, backoff_max_s=60)
     assert [p.backoff(n) for n in range(7)] == [2, 4, 8, 16, 32, 60, 60]
+
+
+def test_a_dead_engine_core_is_named_and_restarted(tmp_path: Path) -> None:
+    """The fake prints what vLLM 0.26 printed on a real H100 after its engine core was killed, then exits 0: serve
+    names the cause (engine-core-died, filed under category unknown) instead of "unknown", and restarts."""
+    code, events, _ = _run(tmp_path, "exit_after:0.05", stop_when_ready=False)
+    diags = [e for e in events if e.kind == "diagnosis"]
+    assert diags and diags[0].message.startswith("engine-core-died: vLLM's engine-core process ended")
+    assert diags[0].data["category"] == "unknown" and diags[0].data["rule_id"] == "engine-core-died"
+    assert "restart" in _kinds(events) and code == 1  # the fake dies every time: gave up after max_restarts

@@ -332,6 +332,15 @@ def main() -> int:
             if kind == "exit_after":
                 os.kill(worker, signal.SIGTERM)
                 os.waitpid(worker, 0)
+                # what vLLM 0.26's API server printed when its engine core was killed on a real H100
+                # (tests/fixtures/gpu-runs/h100-vllm0.26/h100_q7_32k/vllm.log), before it exited 0
+                log(
+                    "WARNING",
+                    "core_client.py:702",
+                    "[shutdown] MPClient: engine core exited unexpectedly; starting cleanup",
+                )
+                log("ERROR", "async_llm.py:704", "AsyncLLM output_handler failed.")
+                print("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.", flush=True)
                 return 0
             STATE["healthy"] = False
         if rate > 0:
