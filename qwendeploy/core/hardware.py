@@ -8,8 +8,13 @@ kept in ``nvml_total_bytes`` for display.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
+
+from qwendeploy.core.units import GiB
+
+BUSY_BYTES = 1 * GiB
+"""Memory held on a GPU beyond which other processes count as holding it: `doctor` warns, `plan` names them."""
 
 LinkKind = Literal["nvlink", "pcie", "sys", "self"]
 """How two GPUs reach each other: NVLink, a PCIe switch/bridge (PIX/PXB/PHB), across CPU sockets (SYS)."""
@@ -56,6 +61,15 @@ class Gpu:
     @property
     def used_bytes(self) -> int:
         return max(0, self.total_bytes - self.free_bytes)
+
+    @property
+    def busy(self) -> bool:
+        """Other processes hold more than BUSY_BYTES of it (never true of a simulated GPU: all free)."""
+        return self.used_bytes > BUSY_BYTES
+
+    def emptied(self) -> Gpu:
+        """The same card with nothing else on it (for "what would fit if it were free")."""
+        return replace(self, free_bytes=self.total_bytes, processes=())
 
 
 @dataclass(frozen=True)

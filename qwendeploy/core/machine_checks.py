@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qwendeploy.core.checks import Check, Status
+from qwendeploy.core.hardware import BUSY_BYTES
 from qwendeploy.core.machine_facts import MachineFacts, NvmlGpu, NvmlProcess, NvmlReport, SystemFacts
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.units import GiB, MiB, human_size
@@ -47,7 +48,6 @@ SHM_PER_RANK_BYTES = 160 * MiB
 """NCCL's SHM transport maps one ~9 MiB segment (7–9.2 MiB in the logs: 4 MiB NCCL_BUFFSIZE × protocols) per channel
 and peer, up to 16 channels per rank: ≈ 144 MiB a rank, rounded up to 160 MiB for vLLM's own shared-memory
 broadcast queue. The rule: fail when /dev/shm < 160 MiB × the ranks of one tensor-parallel group (TP × PP)."""
-USED_WARN_BYTES = 1 * GiB
 """Memory in use beyond this, with no vLLM of ours running, is "held by another process"."""
 
 NCCL_ENV_MEANINGS: dict[str, str] = {
@@ -242,7 +242,7 @@ def check_gpu_memory(g: NvmlGpu) -> Check:
         + (" (NVML v1: includes the driver reserve)" if reserved is None else "")
         + f", free {_gi(free)}."
     )
-    if used is not None and used > USED_WARN_BYTES:
+    if used is not None and used > BUSY_BYTES:
         holders = ", ".join(_process_label(p) for p in g.processes) or (
             "NVML lists no process (it cannot see processes of other containers)"
         )

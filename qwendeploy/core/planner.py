@@ -1055,11 +1055,6 @@ def _tokens(c: Candidate) -> str:
     return f"{c.estimate.kv_cache_tokens:,}" if c.estimate else "?"
 
 
-def busy_gpus(m: Machine) -> list[Gpu]:
-    """GPUs of a real inventory where other processes hold memory (free under 90% of the CUDA total)."""
-    return [g for g in m.gpus if not m.simulated and g.free_bytes < 0.9 * g.total_bytes]
-
-
 def _holders(g: Gpu) -> str:
     procs = sorted(g.processes, key=lambda p: -(p.used_bytes or 0))
     named = [
@@ -1071,12 +1066,10 @@ def _holders(g: Gpu) -> str:
 
 def _free_the_gpus(req: PlanRequest) -> str | None:
     """When other processes hold the GPUs: does the same request fit on the same GPUs, empty?"""
-    busy = busy_gpus(req.machine)
+    busy = [g for g in req.machine.gpus if g.busy]
     if not busy:
         return None
-    empty = replace(
-        req.machine, gpus=tuple(replace(g, free_bytes=g.total_bytes, processes=()) for g in req.machine.gpus)
-    )
+    empty = replace(req.machine, gpus=tuple(g.emptied() for g in req.machine.gpus))
     try:
         p = plan(replace(req, machine=empty), suggest=False)
     except BadInput:
@@ -1109,7 +1102,7 @@ def _more_gpus(req: PlanRequest) -> str | None:
             options.append((max(gpn, 8), nodes))
     for per_node, nodes in options:
         gpus = tuple(
-            replace(template, index=node * per_node + i, node=node, free_bytes=template.total_bytes, processes=())
+            replace(template.emptied(), index=node * per_node + i, node=node)
             for node in range(nodes)
             for i in range(per_node)
         )
@@ -1131,7 +1124,7 @@ def raise_if_infeasible(p: Plan) -> None:
     if p.fits:
         return
     hint = "Cheapest changes that fit: " + " | ".join(p.suggestions) if p.suggestions else None
-    busy = busy_gpus(p.request.machine)
+    busy = [g for g in p.request.machine.gpus if g.busy]
     used = sum(g.total_bytes - g.free_bytes for g in busy)
     raise PlanInfeasible(
         f"Nothing fits {p.request.spec.id} at {p.max_model_len} tokens"
