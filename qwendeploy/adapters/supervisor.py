@@ -34,7 +34,7 @@ import psutil
 
 from qwendeploy.adapters import process
 from qwendeploy.adapters.health import HttpHealth, base_url
-from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_of_line
+from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_of_line, shown_name
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.vllm_args import LaunchSpec, display_command
 from qwendeploy.errors import LaunchFailed
@@ -116,8 +116,7 @@ class Finding:
 
     @property
     def name(self) -> str:
-        """What to call it: the category, or for a named cause filed under ``unknown`` the rule (engine-core-died)."""
-        return self.rule_id if self.category == "unknown" and self.recognised and self.rule_id else self.category
+        return shown_name(self.category, self.rule_id, self.recognised)
 
 
 def diagnose_lines(lines: Sequence[str], profile: Profile | None) -> list[Finding]:

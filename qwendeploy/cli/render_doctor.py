@@ -135,8 +135,10 @@ def _summary(console: Console, checks: list[Check], diagnoses: list[dict[str, An
         parts.append(f"[yellow]{len(warns)} warning(s)[/] ({', '.join(warns)})")
     found = [d for d in diagnoses if d.get("recognised")]
     if found:
+        from qwendeploy.core.diagnosis.engine import shown_name  # only with a log: the engine loads its rules
+
         top = found[0]
-        name = top.get("category") if top.get("category") != "unknown" else top.get("rule_id")
+        name = shown_name(str(top.get("category")), str(top.get("rule_id") or ""), True)
         parts.append(f"[bold]{len(found)} diagnosis(es)[/], most likely: {name}")
     console.print("\n" + ("; ".join(parts) if parts else "[green]All checks passed.[/]"))
 

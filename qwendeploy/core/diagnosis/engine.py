@@ -62,6 +62,12 @@ class Evidence:
     text: str
 
 
+def shown_name(category: str, rule_id: str, recognised: bool) -> str:
+    """What to call a diagnosis: its category, or, for a named cause filed under ``unknown`` (a killed engine core,
+    an OOM while serving), its rule."""
+    return rule_id if category == "unknown" and recognised and rule_id else category
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     """One likely cause of the failure, with the lines that show it and the change to make."""
