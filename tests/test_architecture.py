@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,15 @@ def test_commands_start_without_heavy_imports(argv: list[str]) -> None:
         [sys.executable, "-c", code, *argv], input="", capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert "HEAVY []" in r.stderr, r.stderr[-2000:]
+
+
+def test_tests_reach_shared_material_relatively() -> None:
+    """No test names an absolute path outside the repository: shared material comes from tests/shared_paths.py."""
+    tests_dir = Path(__file__).resolve().parent
+    offenders = [
+        f"{p.relative_to(tests_dir)}:{n}"
+        for p in sorted(tests_dir.rglob("*.py"))
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"""["']/(work|shared|home|mnt)/""", line)
+    ]
+    assert offenders == []

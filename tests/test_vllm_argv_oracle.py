@@ -1,6 +1,6 @@
 """Optional: vLLM's own parser and engine-config check accept the argv `serve` generates.
 
-Runs /work/shared/tools/vllm_oracle.py (or $QWENDEPLOY_VLLM_ORACLE) with the python named by
+Runs ../shared/tools/vllm_oracle.py beside the checkout (or $QWENDEPLOY_VLLM_ORACLE) with the python named by
 $QWENDEPLOY_VLLM_PYTHON (a venv with vLLM installed; CPU is enough). Skipped when that variable is unset and
 in CI. $QWENDEPLOY_VLLM_ORACLE_PLATFORM picks the oracle's platform (cpu by default). For each model a
 directory holding only config.json is made: from tests/fixtures/hf_configs when there is one, else from the
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared_paths import SHARED
 
 from qwendeploy.adapters.profile_files import read_profile
 from qwendeploy.core.models import find_model
@@ -24,7 +25,7 @@ from qwendeploy.core.vllm_args import build_launch_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = os.environ.get("QWENDEPLOY_VLLM_PYTHON")
-ORACLE = Path(os.environ.get("QWENDEPLOY_VLLM_ORACLE", "/work/shared/tools/vllm_oracle.py"))
+ORACLE = Path(os.environ.get("QWENDEPLOY_VLLM_ORACLE", str(SHARED / "tools" / "vllm_oracle.py")))
 PLATFORM = os.environ.get("QWENDEPLOY_VLLM_ORACLE_PLATFORM", "cpu")
 """cpu by default: the oracle's sim-cuda platform needs vLLM's CUDA flash-attention extensions to import."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_paths import SHARED
 
 from qwendeploy.core.diagnosis.engine import (
     Diagnosis,
@@ -54,7 +55,7 @@ def first(lines: list[str], **ctx: object) -> Diagnosis:
 
 
 def test_fixture_sets_are_complete() -> None:
-    shared = Path("/work/shared/doctor-corpus")
+    shared = SHARED / "doctor-corpus"
     if shared.is_dir():
         assert sorted(p.name for p in shared.glob("*.log")) == [p.name for p in CORPUS]
     assert len(CORPUS) >= 23
