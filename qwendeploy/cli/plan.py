@@ -211,6 +211,9 @@ def plan(
                 result = make_plan(replace(req, max_model_len=longest))
                 note = f"--context auto: {longest} tokens, the longest that fits (as vLLM's --max-model-len auto)."
                 result = replace(result, notes=(*result.notes, note))
+        from qwendeploy.core.suggestions import with_engine_suggestions
+
+        result = with_engine_suggestions(result)  # nothing fits: engine changes that would, and why
         if json_out:
             typer.echo(render_plan.dumps(render_plan.plan_json(result, explain=explain)))
         else:

@@ -12,6 +12,7 @@ from rich.table import Table
 from qwendeploy.core.hardware import Machine
 from qwendeploy.core.memory import GpuMemory, MemoryEstimate
 from qwendeploy.core.planner import Candidate, Plan
+from qwendeploy.core.suggestions import shortfall_bytes
 from qwendeploy.core.units import GiB, human_size
 
 BAR_WIDTH = 48
@@ -135,6 +136,7 @@ def plan_json(p: Plan, *, explain: bool = False) -> dict[str, Any]:
                 "score": x.score,
                 "max_model_len_fit": x.max_model_len_fit,
                 "needed_bytes_per_gpu": x.needed_bytes_per_gpu,
+                "shortfall_bytes_per_gpu": shortfall_bytes(x),
                 "kv_cache_tokens": x.estimate.kv_cache_tokens if x.estimate else None,
             }
             for x in p.candidates
