@@ -51,7 +51,7 @@ def _switches_without_a_type() -> None:
 
 def _register() -> None:
     # Each command lives in its own module; importing them must stay cheap (no vllm, torch, pynvml, hub).
-    from qwendeploy.cli import cluster, doctor, export, gpus, models, plan, schema, serve
+    from qwendeploy.cli import bench, cluster, doctor, export, gpus, models, plan, schema, serve
 
     app.command(name="plan")(plan.plan)
     app.command(name="serve")(serve.serve)
@@ -59,6 +59,7 @@ def _register() -> None:
     app.command(name="schema")(schema.schema)
     app.command(name="models")(models.models)
     app.command(name="gpus")(gpus.gpus)
+    app.command(name="bench")(bench.bench)
     app.add_typer(cluster.app, name="cluster")
     app.add_typer(export.app, name="export")
 
