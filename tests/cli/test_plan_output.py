@@ -109,3 +109,32 @@ def test_docker_image_follows_the_planned_release(tmp_path: Path, version: str, 
     assert f"vllm/vllm-openai:{tag}" in out and ":latest" not in out
     out = runner.invoke(app, ["serve", str(prof), "--dry-run", "--runtime", "docker", "--image", "my/img:1"]).stdout
     assert "my/img:1" in out
+
+
+def _why(*args: str) -> list[str]:
+    r = runner.invoke(app, ["plan", *args, "--json"])
+    assert r.exit_code == 0, r.output
+    return list(json.loads(r.stdout)["why"])
+
+
+def test_why_does_not_credit_gpu_count_when_both_use_the_same_gpus() -> None:
+    why = " ".join(_why("Qwen/Qwen2.5-72B-Instruct", "--gpus", "8xH100-80GB", "--context", "32K"))
+    assert "TP8 wins" in why and "Against TP4×PP2" in why
+    # both hold 1/8 of the weights per GPU: the difference is the pipeline, and the text says so
+    assert "splitting the weights" not in why and "holds and reads" not in why
+    assert "TP4×PP2 sends every step through 2 pipeline stages" in why
+
+
+def test_moe_reads_only_its_active_experts() -> None:
+    import re
+
+    why = " ".join(_why("Qwen/Qwen3-30B-A3B", "--gpus", "1xH100-80GB", "--context", "32K"))
+    m = re.search(r"reads ([\d.]+) GiB of weights per GPU \(the active experts of the ([\d.]+) GiB it holds\)", why)
+    assert m is not None, why
+    read, held = float(m.group(1)), float(m.group(2))
+    assert read < held / 5  # 3.3B of 30.5B parameters are active per token
+
+
+def test_one_gpu_has_no_all_reduce_to_speak_of() -> None:
+    why = " ".join(_why("Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xH100-80GB"))
+    assert "with no all-reduce (TP 1)" in why and "over no all-reduce" not in why
