@@ -204,15 +204,17 @@ def plan(
             variants=_variants(spec.id) if spec.source == "catalog" else (),
         )
         result = make_plan(req)
+        from qwendeploy.core.suggestions import auto_context_note, with_engine_suggestions
+
         if auto_fit and not result.fits:
             # vLLM's --max-model-len auto: the longest context that fits memory, up to the model's own maximum.
             longest = max((c.max_model_len_fit or 0 for c in result.candidates if c.status == "shorter"), default=0)
             if longest:
                 result = make_plan(replace(req, max_model_len=longest))
-                note = f"--context auto: {longest} tokens, the longest that fits (as vLLM's --max-model-len auto)."
-                result = replace(result, notes=(*result.notes, note))
-        from qwendeploy.core.suggestions import with_engine_suggestions
-
+                note = auto_context_note(result, shortened=True)
+                result = replace(result, notes=(note, *result.notes))
+        elif auto_fit:
+            result = replace(result, notes=(auto_context_note(result, shortened=False), *result.notes))
         result = with_engine_suggestions(result)  # nothing fits: engine changes that would, and why
         if json_out:
             typer.echo(render_plan.dumps(render_plan.plan_json(result, explain=explain)))

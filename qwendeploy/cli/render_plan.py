@@ -375,6 +375,7 @@ def render(console: Console, p: Plan, *, explain: bool = False) -> None:
     console.print(
         f"[bold]{spec.id}[/] — {spec.num_hidden_layers} layers, {spec.num_attention_heads} heads / "
         f"{spec.num_key_value_heads} KV heads, target {p.max_model_len:,} tokens"
+        + (" (chosen by --context auto: see the note)" if any(n.startswith("--context auto") for n in p.notes) else "")
         + (f" × {req.concurrency} requests" if req.concurrency > 1 else "")
         + f", objective {req.objective}, vLLM {p.accounting.vllm_version} accounting"
     )

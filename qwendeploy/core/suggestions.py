@@ -163,3 +163,48 @@ def why_nothing_fits(p: Plan) -> tuple[str, ...]:
         lines.append(f"{sum(rules.values())} candidate(s) miss: {counted}. Each reason is listed with the candidates.")
     lines.append("The suggestions below are changes the planner re-ran and found to fit.")
     return tuple(lines)
+
+
+def auto_context_note(p: Plan, *, shortened: bool) -> str:
+    """What ``--context auto`` chose and why: the native window (vLLM's ``--max-model-len auto`` never enables
+    YaRN) and what YaRN would allow on this placement, or the longest context that fits memory."""
+    spec = p.request.spec
+    native = spec.max_position_embeddings
+    if shortened:
+        return (
+            f"--context auto chose {p.max_model_len:,} tokens: the longest that fits this memory (the model's native "
+            f"window is {native:,}), as vLLM's --max-model-len auto does."
+        )
+    note = (
+        f"--context auto chose {p.max_model_len:,} tokens: the model's native window, where vLLM's --max-model-len "
+        "auto stops (it never enables YaRN)."
+    )
+    c = p.chosen
+    longest = max(native, spec.max_context_with_yarn)
+    if c is not None and c.max_model_len_fit and c.max_model_len_fit > native and longest > native:
+        yarn = _longest_with_yarn(p, c)
+        if yarn > native:
+            note += (
+                f" With YaRN the model reaches {longest:,}, and {c.label} holds {yarn:,} (checked by planning that "
+                f"length): --context {yarn} asks for it; static YaRN may slightly affect short prompts."
+            )
+    return note
+
+
+def _longest_with_yarn(p: Plan, c: Candidate) -> int:
+    """The longest context ``c``'s shape holds when planned at that length: the 'longest' column is measured at
+    the target, and a longer target needs a little more memory (activations, sampler), so re-plan until it fits."""
+    length = c.max_model_len_fit or 0
+    fixed = replace(p.request, tp=c.tp, pp=c.pp, dp=c.dp, kv_cache_dtype=c.kv_cache_dtype, variants=())
+    for _ in range(4):
+        try:
+            again = plan(replace(fixed, max_model_len=length), suggest=False)
+        except BadInput:
+            return 0
+        if again.fits:
+            return length
+        shorter = max((x.max_model_len_fit or 0 for x in again.candidates if x.status == "shorter"), default=0)
+        if not shorter or shorter >= length:
+            return 0
+        length = shorter
+    return 0

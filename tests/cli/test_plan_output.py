@@ -138,3 +138,31 @@ def test_moe_reads_only_its_active_experts() -> None:
 def test_one_gpu_has_no_all_reduce_to_speak_of() -> None:
     why = " ".join(_why("Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xH100-80GB"))
     assert "with no all-reduce (TP 1)" in why and "over no all-reduce" not in why
+
+
+def test_context_auto_says_what_it_chose_and_what_yarn_allows() -> None:
+    import re
+
+    args = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xRTX4090"]
+    r = runner.invoke(app, [*args, "--context", "auto", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["max_model_len"] == 32768
+    note = d["notes"][0]
+    assert note.startswith("--context auto chose 32,768 tokens: the model's native window")
+    m = re.search(r"--context (\d+) asks for it", note)
+    assert m is not None, note
+    # the length it names does fit when asked for, with the same placement and the default KV cache
+    again = json.loads(runner.invoke(app, [*args, "--context", m.group(1), "--json"]).stdout)
+    assert again["fits"] is True and again["engine"]["kv_cache_dtype"] == "auto"
+    assert int(m.group(1)) > 65536
+    text = runner.invoke(app, [*args, "--context", "auto"], env={"COLUMNS": "200"}).stdout
+    assert "target 32,768 tokens (chosen by --context auto: see the note)" in text
+
+
+def test_context_auto_shorter_than_native_says_so() -> None:
+    r = runner.invoke(app, ["plan", "Qwen/Qwen2.5-14B-Instruct-AWQ", "--gpus", "1xT4", "--context", "auto", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["max_model_len"] < 32768
+    assert d["notes"][0].startswith(f"--context auto chose {d['max_model_len']:,} tokens: the longest that fits")
