@@ -79,6 +79,7 @@ def test_data_parallel_is_one_endpoint_with_vllms_own_mode(tmp_path: Path) -> No
     # the profile serve runs says the same, in its dry run too
     prof = tmp_path / "p.yaml"
     assert runner.invoke(app, [*DP4, "-o", str(prof)]).exit_code == 0
+    assert "# Clients: 4 replicas behind one endpoint, http://127.0.0.1:8000/v1" in prof.read_text()
     dry = runner.invoke(app, ["serve", str(prof), "--dry-run"]).stdout
     assert "--data-parallel-size 4" in dry and "# clients: 4 replicas behind one endpoint" in dry
     dry_json = json.loads(runner.invoke(app, ["serve", str(prof), "--dry-run", "--json"]).stdout)
