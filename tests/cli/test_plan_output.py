@@ -167,3 +167,41 @@ def test_context_auto_shorter_than_native_says_so() -> None:
     d = json.loads(r.stdout)
     assert d["max_model_len"] < 32768
     assert d["notes"][0].startswith(f"--context auto chose {d['max_model_len']:,} tokens: the longest that fits")
+
+
+@pytest.mark.slow
+def test_serve_banner_says_where_clients_connect(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+
+    import yaml
+    from fakes.serving import FAKE_VLLM, free_port
+
+    port = free_port()
+    doc = {
+        "version": 1,
+        "name": "t",
+        "model": {"id": "m", "max_model_len": 4096},
+        "placement": {"data_parallel_size": 2, "data_parallel_mode": "vllm", "gpus": ["0", "1"]},
+        "engine": {"gpu_memory_utilization": 0.01},
+        "server": {"port": port, "ready_timeout_s": 20, "shutdown_grace_s": 2},
+        "restart": {"policy": "never"},
+    }
+    prof = tmp_path / "p.yaml"
+    prof.write_text(yaml.safe_dump(doc))
+    env = dict(os.environ, QWENDEPLOY_VLLM_BIN=str(FAKE_VLLM), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "qwendeploy", "serve", str(prof), "--log-dir", str(tmp_path / "logs")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "ready after" in line or "exits" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    out = "".join(seen)
+    assert f"Clients: 2 replicas behind one endpoint, http://127.0.0.1:{port}/v1" in out, out
