@@ -79,7 +79,8 @@ def _params(spec: ModelSpec) -> tuple[int, int]:
     try:
         bd = param_breakdown(spec)
         total, active = bd.total(), bd.active()
-    except (ValueError, KeyError, ZeroDivisionError, AttributeError):  # a model kind the counter does not know
+    except (ValueError, KeyError, TypeError, ZeroDivisionError, AttributeError, NotImplementedError):
+        # a model kind the counter does not know: the published figure alone
         total = active = 0
     if spec.published_params:
         # The published figure for the total; the active share from the config's own count.
@@ -98,6 +99,9 @@ def fits_one_card(spec: ModelSpec, card: Machine) -> bool:
             suggest=False,
         ).fits
     except QwendeployError:  # a rule the model breaks on one card, or a kind the planner refuses
+        return False
+    except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, NotImplementedError):
+        # A catalog kind the planner cannot size yet (a new architecture): the listing still lists it.
         return False
 
 
