@@ -69,6 +69,23 @@ def test_family(model_id: str, family: str) -> None:
     assert spec is not None and family_of(spec) == family
 
 
+@pytest.mark.parametrize(
+    ("model_id", "family"),
+    [
+        ("Qwen/Qwen3-Next-80B-A3B-Instruct", "Qwen3-Next"),
+        ("Qwen/Qwen3-VL-8B-Instruct", "Qwen3-VL"),
+        ("Qwen/Qwen3-Embedding-0.6B", "Qwen3-Embedding"),
+    ],
+)
+def test_family_of_new_kinds_from_the_name(model_id: str, family: str) -> None:
+    """Entries another branch adds to the catalog get a family from their repo name (or their own field)."""
+    from dataclasses import replace
+
+    base = find_model("Qwen/Qwen3-8B")
+    assert base is not None
+    assert family_of(replace(base, id=model_id)) == family
+
+
 def test_gpus_json_without_nvml_lists_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_driver() -> object:
         from qwendeploy.errors import ProbeError
