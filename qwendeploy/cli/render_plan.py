@@ -12,6 +12,7 @@ from rich.table import Table
 from qwendeploy.core.hardware import Machine
 from qwendeploy.core.memory import GpuMemory, MemoryEstimate
 from qwendeploy.core.planner import Candidate, Plan
+from qwendeploy.core.suggestions import shortfall_bytes
 from qwendeploy.core.units import GiB, human_size
 
 BAR_WIDTH = 48
@@ -135,6 +136,7 @@ def plan_json(p: Plan, *, explain: bool = False) -> dict[str, Any]:
                 "score": x.score,
                 "max_model_len_fit": x.max_model_len_fit,
                 "needed_bytes_per_gpu": x.needed_bytes_per_gpu,
+                "shortfall_bytes_per_gpu": shortfall_bytes(x),
                 "kv_cache_tokens": x.estimate.kv_cache_tokens if x.estimate else None,
             }
             for x in p.candidates
@@ -157,6 +159,9 @@ def plan_json(p: Plan, *, explain: bool = False) -> dict[str, Any]:
     }
     if explain and est is not None:
         data["explain"] = _explanations(est)
+    from qwendeploy.cli.launch_text import launch_json
+
+    data["launch"] = launch_json(p)
     return data
 
 
@@ -370,6 +375,7 @@ def render(console: Console, p: Plan, *, explain: bool = False) -> None:
     console.print(
         f"[bold]{spec.id}[/] — {spec.num_hidden_layers} layers, {spec.num_attention_heads} heads / "
         f"{spec.num_key_value_heads} KV heads, target {p.max_model_len:,} tokens"
+        + (" (chosen by --context auto: see the note)" if any(n.startswith("--context auto") for n in p.notes) else "")
         + (f" × {req.concurrency} requests" if req.concurrency > 1 else "")
         + f", objective {req.objective}, vLLM {p.accounting.vllm_version} accounting"
     )
@@ -413,8 +419,37 @@ def render(console: Console, p: Plan, *, explain: bool = False) -> None:
         console.print()
         _explain_blocks(console, c.estimate)
     console.print()
-    cmd = vllm_command(p)
-    if cmd:
-        console.print("One replica as a vLLM command:", highlight=False)
-        console.print(cmd, markup=False, highlight=False, soft_wrap=True)
-    console.print(one_line(p), markup=False, highlight=False, soft_wrap=True)
+    _launch(console, p)
+    console.print(short_line(p), markup=False, highlight=False, soft_wrap=True)
+
+
+def _launch(console: Console, p: Plan) -> None:
+    """The first server's command, wrapped with \\ continuation lines, and how clients reach the replicas."""
+    from qwendeploy.cli.launch_text import launch_specs, reach_words, wrapped_command
+
+    specs = launch_specs(p)
+    if not specs:
+        return
+    s = specs[0]
+    what = "The vLLM command" if len(specs) == 1 else f"Server 1 of {len(specs)} as a vLLM command (the others differ"
+    what += "" if len(specs) == 1 else " in GPUs and port)"
+    console.print(f"{what}:", highlight=False)
+    console.print(wrapped_command(s.argv, s.env_set), markup=False, highlight=False, soft_wrap=True)
+    reach = reach_words(specs, p.chosen.dp if p.chosen else 1)
+    if reach:
+        console.print(f"Clients: {reach}", markup=False, highlight=False)
+
+
+def short_line(p: Plan) -> str:
+    """The plan in one short line (the profile header keeps the long ``one_line``)."""
+    c = _shown(p)
+    req = p.request
+    head = f"qwendeploy plan: {req.spec.id} on {len(req.machine.gpus)}x {req.machine.gpus[0].name}"
+    if c is None or c.estimate is None or not p.fits:
+        return head + f": nothing fits {p.max_model_len:,} tokens"
+    est = c.estimate
+    m = max(est.per_gpu, key=lambda x: x.footprint_bytes)
+    return (
+        f"{head}: {c.label}, {p.max_model_len:,} tokens, KV {est.kv_cache_tokens:,} tokens "
+        f"({est.kv_cache_tokens / p.max_model_len:.2f}x), ~{_g(m.footprint_bytes)}/GPU"
+    )

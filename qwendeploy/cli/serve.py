@@ -59,7 +59,12 @@ def serve(
     runtime: Annotated[
         Runtime, typer.Option(help="native: run vllm here; docker: run the vllm/vllm-openai image.")
     ] = Runtime.native,
-    image: Annotated[str, typer.Option(help="Docker image for --runtime docker.")] = "vllm/vllm-openai:latest",
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Docker image for --runtime docker (default: vllm/vllm-openai at the profile's vLLM release)."
+        ),
+    ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail (exit 2) when NVML is missing instead of skipping GPU checks.")
     ] = False,
@@ -85,7 +90,7 @@ def _serve(
     host: str | None,
     vllm_bin: str | None,
     runtime: Runtime,
-    image: str,
+    image: str | None,
     strict: bool,
     insecure: bool,
     log_dir: Path | None,
@@ -111,7 +116,12 @@ def _serve(
             raise BadInput("--runtime docker: no `docker` executable on PATH.")
         hf_cache = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
         dspecs = vllm_args.build_docker_specs(
-            prof, base_env=env, host=host, port=port, image=image, hf_cache=str(hf_cache)
+            prof,
+            base_env=env,
+            host=host,
+            port=port,
+            image=image or vllm_args.docker_image(prof.estimate.vllm_version),
+            hf_cache=str(hf_cache),
         )
         for d in dspecs:
             r = vllm_args.render_docker(d)
@@ -186,6 +196,7 @@ def _print_dry_run(
             "runtime": runtime.value,
             "vllm_bin": bin_shown,
             "data_parallel_mode": prof.placement.data_parallel_mode,
+            "clients": _clients(prof, rendered),
             "servers": rendered,
         }
         typer.echo(json.dumps(doc, indent=2))
@@ -196,6 +207,19 @@ def _print_dry_run(
         for k, v in r["env"].items():
             typer.echo(f"#   env {k}={v}")
         typer.echo(r["command"])
+    if prof.placement.data_parallel_size > 1:
+        typer.echo(f"# clients: {_clients(prof, rendered)}")
+
+
+def _clients(prof: Any, rendered: list[dict[str, Any]]) -> str:
+    """How clients reach the replicas (one endpoint with vLLM's data-parallel mode, else N of them)."""
+    urls = [f"http://{'127.0.0.1' if r['host'] in ('0.0.0.0', '::') else r['host']}:{r['port']}/v1" for r in rendered]
+    dp = prof.placement.data_parallel_size
+    if dp <= 1:
+        return f"one endpoint, {urls[0]}" if urls else ""
+    if len(urls) == 1:
+        return f"{dp} replicas behind one endpoint, {urls[0]}: vLLM balances requests (--data-parallel-size {dp})."
+    return f"{dp} independent servers on {', '.join(urls)}: put a load balancer in front or spread requests yourself."
 
 
 def _preflight(
@@ -246,6 +270,9 @@ def _run(
     from qwendeploy.adapters.supervisor import Policy, Supervisor
 
     renderer = _Renderer(console, json_out)
+    if prof.placement.data_parallel_size > 1 and not json_out:
+        rendered = [{"host": launch.spec.host, "port": launch.spec.port} for launch in launches]
+        console.print(f"Clients: {_clients(prof, rendered)}", markup=False)
     sup = Supervisor(
         launches,
         Policy.from_profile(prof),

@@ -942,32 +942,33 @@ def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None
         f"({'one request' if req.objective == 'latency' else f'{c.dp} replica(s) × batch {cost.batch}'}).",
     ]
     kv_per_gpu = est.per_gpu[0].kv_cache_bytes
+    held = est.per_gpu[0].weights_bytes
+    bd = param_breakdown(req.spec)
+    active = bd.active() / bd.total() if bd.total() else 1.0
+    # An MoE step reads only the experts its tokens are routed to; a TP 1 replica has no all-reduce at all.
+    reads = (
+        f"{_gib(held * active)} of weights per GPU (the active experts of the {_gib(held)} it holds)"
+        if active < 0.999
+        else f"{_gib(held)} of weights per GPU"
+    )
+    comm = (
+        f"of which {cost.comm_ms:.1f} ms is all-reduce over {_LINK_WORDS[cost.link]}"
+        if cost.link != "none"
+        else "with no all-reduce (TP 1)"
+    )
     lines.append(
         f"Each replica holds {est.kv_cache_tokens:,} KV tokens ({est.per_gpu[0].kv_bytes_per_token:,} B/token per "
-        f"GPU, {_gib(kv_per_gpu)} of KV per GPU); a decode step reads {_gib(est.per_gpu[0].weights_bytes)} of "
-        f"weights per GPU and takes ~{cost.step_ms:.1f} ms, of which {cost.comm_ms:.1f} ms is all-reduce over "
-        f"{_LINK_WORDS[cost.link]}."
+        f"GPU, {_gib(kv_per_gpu)} of KV per GPU); a decode step reads {reads} and takes ~{cost.step_ms:.1f} ms, "
+        f"{comm}."
     )
     others = [x for x in ranked if x.fits and x is not c and x.cost is not None]
     # Compare with the best of a different shape: more replicas vs more TP.
     contrast = next((x for x in others if (x.tp, x.pp) != (c.tp, c.pp)), None)
     if contrast is not None and contrast.cost is not None and contrast.estimate is not None:
         ratio = cost.tokens_per_s / contrast.cost.tokens_per_s if contrast.cost.tokens_per_s else float("inf")
-        if c.tp > contrast.tp:
-            because = (
-                f"splitting the weights over {c.tp} GPUs frees more memory for KV per replica "
-                f"({est.kv_cache_tokens:,} vs {contrast.estimate.kv_cache_tokens:,} tokens) and cuts the bytes each "
-                f"GPU reads per step; that outweighs the all-reduce cost ({cost.comm_ms:.1f} ms per step)"
-            )
-        elif c.tp < contrast.tp:
-            because = (
-                f"independent replicas avoid all-reduce ({contrast.cost.comm_ms:.1f} ms per step for "
-                f"{contrast.label} over {_LINK_WORDS[contrast.cost.link]}) and each decodes its own batch"
-            )
-        else:
-            because = "the pipeline bubble and stage hops cost more than they save"
         lines.append(
-            f"Against {contrast.label} (~{contrast.cost.tokens_per_s:,.0f} tok/s, {ratio:.2f}× slower): {because}."
+            f"Against {contrast.label} (~{contrast.cost.tokens_per_s:,.0f} tok/s, {ratio:.2f}× slower): "
+            f"{_contrast(c, contrast)}."
         )
     lines += _network_lines(req, c)
     if c.kv_cache_dtype.startswith("fp8"):
@@ -977,6 +978,36 @@ def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None
         s = shorter[0]
         lines.append(f"{s.label} would hold only {s.max_model_len_fit:,} tokens of the {max_len:,} asked.")
     return tuple(lines)
+
+
+def _contrast(c: Candidate, x: Candidate) -> str:
+    """Why ``c`` outranks ``x``, in statements that hold for these two (not a story about GPU counts)."""
+    assert c.cost is not None and c.estimate is not None and x.cost is not None and x.estimate is not None
+    reasons: list[str] = []
+    wc, wx = c.estimate.per_gpu[0].weights_bytes, x.estimate.per_gpu[0].weights_bytes
+    if wc < wx * 0.95:
+        reasons.append(f"each GPU holds and reads {_gib(wc)} of weights instead of {_gib(wx)}")
+    kvc, kvx = c.estimate.kv_cache_tokens * c.dp, x.estimate.kv_cache_tokens * x.dp
+    if kvc > kvx * 1.05:
+        reasons.append(
+            f"it has more KV cache in all ({kvc:,} vs {kvx:,} tokens), so it decodes more requests at once "
+            f"({c.cost.batch * c.dp} vs {x.cost.batch * x.dp})"
+        )
+    if x.pp > c.pp:
+        reasons.append(
+            f"{x.label} sends every step through {x.pp} pipeline stages, which idle part of the time (bubble) "
+            "and hand activations on"
+        )
+    if c.dp > x.dp and c.tp < x.tp:
+        reasons.append(f"independent replicas avoid {x.label}'s all-reduce ({x.cost.comm_ms:.1f} ms per step)")
+    elif c.cost.comm_ms < x.cost.comm_ms:
+        reasons.append(f"less all-reduce per step ({c.cost.comm_ms:.1f} vs {x.cost.comm_ms:.1f} ms)")
+    if not reasons:
+        reasons.append("the cost model's step time is shorter for the batch each holds")
+    out = "; ".join(reasons)
+    if c.cost.comm_ms > x.cost.comm_ms and c.cost.link != "none":
+        out += f"; that outweighs its own all-reduce ({c.cost.comm_ms:.1f} ms per step)"
+    return out
 
 
 def _network_lines(req: PlanRequest, c: Candidate) -> list[str]:

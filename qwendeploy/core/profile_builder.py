@@ -16,6 +16,7 @@ from qwendeploy.core.profile import (
     Profile,
     ServerSection,
 )
+from qwendeploy.core.vllm_args import one_endpoint_dp
 from qwendeploy.errors import PlanInfeasible
 
 _Dtype = Literal["auto", "bfloat16", "float16", "half", "float", "float32"]
@@ -105,7 +106,10 @@ def profile_from_plan(
             gpus=[] if multi else [g.uuid if (g.uuid and not hw.simulated) else str(g.index) for g in c.gpus],
             nodes=nodes,
             distributed_executor_backend="ray" if spans or (multi and dp == 1) else None,
-            data_parallel_mode="vllm" if multi and dp > 1 else "servers",
+            # One endpoint where the release has vLLM's own data-parallel serving (core.vllm_args explains).
+            data_parallel_mode="vllm"
+            if dp > 1 and (multi or one_endpoint_dp(p.accounting.vllm_version))
+            else "servers",
             data_parallel_backend="ray" if multi and dp > 1 else None,
         ),
         engine=EngineSection(

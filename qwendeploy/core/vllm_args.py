@@ -8,10 +8,14 @@ oracle test ``tests/test_vllm_argv_oracle.py``).
 Data parallelism (``placement.data_parallel_size > 1``) has two modes, chosen by
 ``placement.data_parallel_mode`` (docs/serving.md explains the choice):
 
-* ``servers`` (default): N independent ``vllm serve`` processes, each on its own disjoint GPU set and on
-  port, port+1, … — what vLLM's own help recommends for dense models; each one is supervised separately, a
-  crash takes down one replica only.
-* ``vllm``: one server with ``--data-parallel-size N`` over all GPUs; one endpoint, vLLM balances requests.
+* ``vllm`` (what ``plan`` writes where the release has it, ``one_endpoint_dp``): one server with
+  ``--data-parallel-size N`` over all GPUs; one endpoint, vLLM balances requests over the replicas (its internal
+  load balancer; vLLM's data-parallel deployment guide, present since the 0.12 docs: "This will work with both
+  dense and MoE models"). The help's "MoE only" warnings are about external load balancing (``--data-parallel-rank``
+  / ``--data-parallel-external-lb``), which qwendeploy never uses.
+* ``servers`` (the profile field's default, older releases): N independent ``vllm serve`` processes, each on its
+  own disjoint GPU set and on port, port+1, …; each one is supervised separately, a crash takes down one replica
+  only, and clients need a load balancer in front.
 
 Secrets: the API key is read from ``base_env[profile.server.api_key_env]`` and handed to vLLM in the child's
 environment as ``VLLM_API_KEY`` (vLLM 0.33 reads it when ``--api-key`` is absent:
@@ -139,6 +143,34 @@ class LaunchSpec:
     scrubbed of them too."""
     api_key: str | None = None
     """The key vLLM gets as ``VLLM_API_KEY`` (the health probe needs it for /v1/models)."""
+
+
+DP_ONE_ENDPOINT_SINCE = (0, 12)
+"""First release whose documentation has ``vllm serve --data-parallel-size N`` with its internal load balancer for
+dense models (docs.vllm.ai/en/v0.12.0/serving/data_parallel_deployment)."""
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", version)
+    return tuple(int(x) for x in parts[:3])
+
+
+def one_endpoint_dp(vllm_version: str) -> bool:
+    """Whether vLLM ``vllm_version`` serves N data-parallel replicas behind one endpoint."""
+    return _release(vllm_version) >= DP_ONE_ENDPOINT_SINCE
+
+
+def docker_image(vllm_version: str | None) -> str:
+    """The ``vllm/vllm-openai`` image of the release a plan followed (``0.33`` → ``v0.33.0``): the accounting
+    the plan used is that release's, ``latest`` may be another. No version known: ``latest``."""
+    if not vllm_version:
+        return DOCKER_IMAGE
+    parts = [str(x) for x in _release(vllm_version)]
+    if not parts:
+        return DOCKER_IMAGE
+    while len(parts) < 3:
+        parts.append("0")
+    return f"vllm/vllm-openai:v{'.'.join(parts)}"
 
 
 def gpu_ids(profile: Profile) -> tuple[str, ...]:

@@ -122,7 +122,7 @@ def test_bar_separates_the_budget_from_what_vllm_holds_outside_it() -> None:
     assert "budget 0.90×139.80 = 125.82: W 14.19 + A 1.14 + N 0.22 + K 110.27" in out
     # outside it in vLLM 0.26: the CUDA graphs (captured after the KV cache), the CUDA context, working memory
     assert "outside the budget: g 0.84 graphs (vLLM 0.26), c 0.51 context, s 2.27 working beyond A" in out
-    assert "working memory 3.42 GiB (2.27 GiB beyond the activation)" in out  # the paste line agrees
+    assert "~129.44 GiB/GPU" in out  # the closing line agrees
     # the whole process, as nvidia-smi showed 133,220 MiB (130.10 GiB) on the real H200
     assert "nvidia-smi while serving ≈ 129.44 GiB of 139.80 GiB" in out
     assert "/ budget" not in out
@@ -154,7 +154,7 @@ def test_explain_is_readable_at_80_columns() -> None:
     r = runner.invoke(app, [*H200_026, "--context", "32768", "--explain"], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     text = r.stdout
-    section = text[text.index("How each term is computed") : text.index("One replica as a vLLM command")]
+    section = text[text.index("How each term is computed") : text.index("The vLLM command")]
     assert all(len(line) <= 80 for line in section.splitlines())
     for term in ("weights", "activation", "non_torch", "cuda_graphs", "kv_budget", "working", "footprint"):
         assert f"\n{term} (GPU 0) = " in section, term
@@ -234,14 +234,16 @@ def test_token_budget_below_the_sequence_cap_lowers_the_cap_or_is_refused(tmp_pa
     assert "max_num_batched_tokens (100) must be greater than or equal to max_num_seqs (256)" in r.output
 
 
-def test_working_memory_below_the_activation_is_never_a_negative_term() -> None:
-    r = runner.invoke(app, ["plan", Q7, "--gpus", "4xRTX4090D", "--context", "32768", "--tp", "4"])
+def test_working_memory_below_the_activation_is_never_a_negative_term(tmp_path: Path) -> None:
+    args = ["plan", Q7, "--gpus", "4xRTX4090D", "--context", "32768", "--tp", "4"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "p.yaml")])
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert " -0." not in out and "s -" not in out
-    # per-GPU line and paste line say the same thing: the working memory stays within the activation peak
+    # per-GPU line and the profile's paste line say the same thing: the working memory stays within the peak
     assert "c 0.51 context, working memory 0.95 (within the 1.03 activation: no s)" in out
-    assert "CUDA context 0.51 GiB, working memory 0.95 GiB (within the 1.03 GiB activation)" in out
+    header = (tmp_path / "p.yaml").read_text()
+    assert "CUDA context 0.51 GiB, working memory 0.95 GiB (within the 1.03 GiB activation)" in header
     assert "\n  GiB." not in out and "Memory per GPU in GiB; in the bar, up to | is the vLLM budget" in out
 
 

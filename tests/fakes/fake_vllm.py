@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """A stand-in for `vllm serve` in tests: a real executable, real HTTP on loopback, a real worker child.
 
-Called as ``fake_vllm.py serve MODEL [vLLM flags]``. Like vLLM 0.33 the API key is ``--api-key`` or, when that is
+Called as ``fake_vllm.py serve MODEL [vLLM flags]``, or ``fake_vllm.py bench serve [flags]``: then, like
+``vllm bench serve --save-result``, it writes a result JSON with vLLM's keys (figures made up from the flags:
+output throughput 100 tok/s per concurrent request) and the argv it got under ``"argv"``.
+``POST /v1/completions`` with ``"stream": true`` streams ``max_tokens`` tokens as server-sent events (vLLM's
+chunk shape, a final ``usage`` chunk when ``stream_options.include_usage``, then ``data: [DONE]``).
+Like vLLM 0.33 the API key is ``--api-key`` or, when that is
 absent, ``$VLLM_API_KEY``. Unknown flags → argparse "unrecognized arguments", exit 2.
 Like vLLM it binds its port at once but only listens when "ready" (so /health is connection refused during
 start-up), prints vLLM-like start-up lines and forks a worker titled ``VLLM::EngineCore``.
@@ -17,6 +22,9 @@ Environment:
     FAKE_VLLM_STATE_DIR     if set: writes <server pid>.json there ({"server": pid, "worker": pid}) and keeps
                             the start counter for crash_first
     FAKE_VLLM_LOG_RATE      lines per second to log once ready (default 0)
+    FAKE_VLLM_TTFT          seconds before the first streamed token of a completion (default 0.01)
+    FAKE_VLLM_TOKEN_DELAY   seconds between streamed tokens (default 0.002)
+    FAKE_VLLM_BENCH_FAIL    if 1: ``bench serve`` exits 1 without a result, as when the server is unreachable
     FAKE_VLLM_RAY           if 1 and --distributed-executor-backend/--data-parallel-backend is ray: like vLLM,
                             attach to the Ray cluster at $RAY_ADDRESS first and exit 1 when it has fewer GPUs
                             than TP × PP × DP (the check runs in a subprocess: ray is never imported here)
@@ -55,6 +63,29 @@ def set_title(title: str) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vllm", allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", allow_abbrev=False)
+    b.add_argument("what", choices=["serve"])
+    for flag in (
+        "--backend",
+        "--base-url",
+        "--endpoint",
+        "--model",
+        "--served-model-name",
+        "--dataset-name",
+        "--random-input-len",
+        "--random-output-len",
+        "--max-concurrency",
+        "--num-prompts",
+        "--request-rate",
+        "--seed",
+        "--percentile-metrics",
+        "--metric-percentiles",
+        "--result-dir",
+        "--result-filename",
+    ):
+        b.add_argument(flag)
+    for flag in ("--ignore-eos", "--save-result", "--disable-tqdm"):
+        b.add_argument(flag, action="store_true")
     s = sub.add_parser("serve", allow_abbrev=False)
     s.add_argument("model")
     s.add_argument("--host", default=None)
@@ -111,6 +142,33 @@ def make_handler(args: argparse.Namespace, served: str):  # type: ignore[no-unty
             self.end_headers()
             self.wfile.write(data)
 
+        def _stream(self, req: dict) -> None:  # type: ignore[type-arg]
+            """Server-sent events as vLLM streams a completion: one chunk per token, usage, [DONE]."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            n = int(req.get("max_tokens") or 16)
+            time.sleep(float(os.environ.get("FAKE_VLLM_TTFT", "0.01")))
+            delay = float(os.environ.get("FAKE_VLLM_TOKEN_DELAY", "0.002"))
+            model = req.get("model", served)
+            for i in range(n):
+                if i:
+                    time.sleep(delay)
+                chunk = {
+                    "id": "cmpl-fake",
+                    "object": "text_completion",
+                    "model": model,
+                    "choices": [{"index": 0, "text": f" t{i}", "finish_reason": None if i < n - 1 else "length"}],
+                }
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            if (req.get("stream_options") or {}).get("include_usage"):
+                prompt = req.get("prompt")
+                usage = {"prompt_tokens": len(prompt) if isinstance(prompt, list) else 1, "completion_tokens": n}
+                self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+
         def _authorized(self) -> bool:
             if not args.api_key:
                 return True
@@ -145,6 +203,9 @@ def make_handler(args: argparse.Namespace, served: str):  # type: ignore[no-unty
                 req = json.loads(self.rfile.read(n) or b"{}")
             except ValueError:
                 self._send(400, {"error": "bad json"})
+                return
+            if req.get("stream"):
+                self._stream(req)
                 return
             self._send(
                 200,
@@ -196,8 +257,62 @@ def ray_attach(args: argparse.Namespace) -> int | None:
     return None
 
 
+def bench_main(args: argparse.Namespace) -> int:
+    """``vllm bench serve``: write a result JSON in vLLM's format (made-up figures that follow the flags)."""
+    print(f"Starting initial single prompt test run... base_url={args.base_url}", flush=True)
+    if os.environ.get("FAKE_VLLM_BENCH_FAIL") == "1":
+        print(
+            f"ValueError: Initial test run failed - Please make sure benchmark arguments are correctly "
+            f"specified. Error: Cannot connect to host {args.base_url}",
+            flush=True,
+        )
+        return 1
+    c, n = int(args.max_concurrency), int(args.num_prompts)
+    out_len, in_len = int(args.random_output_len), int(args.random_input_len)
+    throughput = 100.0 * c
+    duration = n * out_len / throughput
+    result = {
+        "date": time.strftime("%Y%m%d-%H%M%S"),
+        "backend": args.backend,
+        "model_id": args.model,
+        "tokenizer_id": args.model,
+        "num_prompts": n,
+        "request_rate": "inf",
+        "max_concurrency": c,
+        "duration": duration,
+        "completed": n,
+        "total_input_tokens": n * in_len,
+        "total_output_tokens": n * out_len,
+        "request_throughput": n / duration,
+        "output_throughput": throughput,
+        "total_token_throughput": n * (in_len + out_len) / duration,
+        "mean_ttft_ms": 20.0 + c,
+        "median_ttft_ms": 19.0 + c,
+        "std_ttft_ms": 1.0,
+        "p99_ttft_ms": 30.0 + c,
+        "mean_tpot_ms": 10.0,
+        "median_tpot_ms": 10.0,
+        "std_tpot_ms": 0.1,
+        "p99_tpot_ms": 11.0,
+        "mean_itl_ms": 10.0,
+        "median_itl_ms": 10.0,
+        "std_itl_ms": 0.1,
+        "p99_itl_ms": 11.0,
+        "argv": sys.argv[1:],
+    }
+    if args.save_result:
+        out = Path(args.result_dir or ".") / (args.result_filename or "result.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result))
+    print("============ Serving Benchmark Result ============", flush=True)
+    print(f"Output token throughput (tok/s):         {throughput:.2f}", flush=True)
+    return 0
+
+
 def main() -> int:
     args = parse(sys.argv[1:])
+    if args.cmd == "bench":
+        return bench_main(args)
     args.api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
     if os.environ.get("FAKE_VLLM_RAY") == "1" and "ray" in (
         args.distributed_executor_backend,
