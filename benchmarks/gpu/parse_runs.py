@@ -34,6 +34,12 @@ MODEL_IDS = {
     "qwen2.5-7b-instruct": "Qwen/Qwen2.5-7B-Instruct",
     "qwen2.5-14b-instruct": "Qwen/Qwen2.5-14B-Instruct",
     "qwen3-8b": "Qwen/Qwen3-8B",
+    # benchmarks/gpu/make_family_models.py (2026-12-03); the two "-lN" checkpoints keep N of the published layers,
+    # so their case folder carries the config.json vLLM loaded (settings.hf_config) and the published id is a label.
+    "qwen3-next-80b-a3b-l8": "Qwen/Qwen3-Next-80B-A3B-Instruct",
+    "qwen3-30b-a3b-l12": "Qwen/Qwen3-30B-A3B",
+    "qwen2.5-vl-7b-instruct": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen3-embedding-0.6b": "Qwen/Qwen3-Embedding-0.6B",
 }
 
 _NUM = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
@@ -56,6 +62,14 @@ PATTERNS: dict[str, str] = {
     "max_num_batched_tokens_logged": rf"Chunked prefill is enabled with max_num_batched_tokens={_NUM}",
     "max_cudagraph_capture_size": rf"'max_cudagraph_capture_size': {_NUM}",
     "max_model_len_logged": rf"max_seq_len={_NUM}",
+    "cuda_graph_estimated_gib": rf"Estimated CUDA graph memory: {_NUM} GiB total",
+    # hybrid (Gated DeltaNet + attention) models: vLLM's page-size unification
+    "attention_block_size": rf"Setting attention block size to {_NUM} tokens",
+    "mamba_page_padding_pct": rf"Padding mamba page size by {_NUM}%",
+}
+TEXT_PATTERNS: dict[str, str] = {
+    "runner_resolved": r"Resolved `--runner auto` to `--runner ([a-z]+)`",
+    "pooling_type": r"Resolved pooling config: pooling_type=([A-Z]+)",
 }
 INTS = {
     "kv_cache_tokens",
@@ -63,6 +77,7 @@ INTS = {
     "max_num_batched_tokens_logged",
     "max_cudagraph_capture_size",
     "max_model_len_logged",
+    "attention_block_size",
 }
 
 
@@ -79,6 +94,10 @@ def parse_log(text: str) -> dict[str, Any]:
         if m is None:
             continue
         found[key] = m.group(1) if key == "vllm_version" else _number(m.group(1), key)
+    for key, pattern in TEXT_PATTERNS.items():
+        t = re.search(pattern, text)
+        if t is not None:
+            found[key] = t.group(1)
     found["model_runner"] = "v2" if "Using V2 Model Runner" in text else "v1"
     found["started"] = "Starting vLLM server" in text or "Application startup complete" in text
     return found
@@ -137,6 +156,10 @@ def parse_smi(text: str) -> dict[str, Any]:
 def parse_run(folder: Path) -> dict[str, Any]:
     """One case folder → one row of the measured table."""
     settings = parse_command((folder / "cmd.txt").read_text(encoding="utf-8"))
+    if (folder / "config.json").exists():  # the checkpoint's own config (a reduced-layer one, or not in the catalog)
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        settings["hf_config"] = str((folder / "config.json").relative_to(ROOT))
+        settings["num_hidden_layers"] = int(cfg["num_hidden_layers"])
     log = parse_log((folder / "vllm.log").read_text(encoding="utf-8", errors="replace"))
     logged = ("vllm_version", "max_num_batched_tokens_logged", "max_model_len_logged")
     measured = {k: v for k, v in log.items() if k not in logged}

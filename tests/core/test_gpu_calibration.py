@@ -9,6 +9,7 @@ one must be predicted not to fit, with the longest context within 2% of vLLM's o
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,20 @@ import yaml
 from qwendeploy.core.gpus import find_gpu
 from qwendeploy.core.hardware import Gpu
 from qwendeploy.core.memory import EngineSettings, MemoryEstimate, accounting_for, estimate
-from qwendeploy.core.models import find_model
+from qwendeploy.core.models import ModelSpec, find_model, spec_from_hf_config
 from qwendeploy.core.units import GiB, MiB
 
-MEASURED = Path(__file__).parent.parent / "fixtures" / "gpu-runs" / "measured.yaml"
-RUNS: list[dict[str, Any]] = yaml.safe_load(MEASURED.read_text(encoding="utf-8"))
+ROOT = Path(__file__).resolve().parents[2]
+MEASURED = ROOT / "tests" / "fixtures" / "gpu-runs" / "measured.yaml"
+ALL_RUNS: list[dict[str, Any]] = yaml.safe_load(MEASURED.read_text(encoding="utf-8"))
+# Start-ups of families the estimator does not model yet (issue 14, part 1: hybrid attention, the vision tower,
+# the pooling runner). They stay in measured.yaml for the comparison once it does; drop a case from here then.
+NOT_MODELLED_YET = {
+    "next_l8": "Qwen3-Next: Gated DeltaNet layers, hybrid page-size unification",
+    "vl7": "Qwen2.5-VL: vision tower weights and encoder profiling",
+    "emb06": "Qwen3-Embedding: pooling runner",
+}
+RUNS = [r for r in ALL_RUNS if r["case"] not in NOT_MODELLED_YET]
 
 
 @dataclass(frozen=True)
@@ -57,9 +67,19 @@ def settings_of(run: dict[str, Any]) -> EngineSettings:
     )
 
 
+def spec_of(run: dict[str, Any]) -> ModelSpec:
+    """The catalog's spec, or the checkpoint's own config.json where the run carries one (reduced-layer models)."""
+    s = run["settings"]
+    if "hf_config" in s:
+        cfg = json.loads((ROOT / str(s["hf_config"])).read_text(encoding="utf-8"))
+        return spec_from_hf_config(cfg, id=str(s["model"]), source=f"local:{s['hf_config']}")
+    spec = find_model(str(s["model"]))
+    assert spec is not None, s["model"]
+    return spec
+
+
 def predict(run: dict[str, Any]) -> MemoryEstimate:
-    spec = find_model(str(run["settings"]["model"]))
-    assert spec is not None, run["settings"]["model"]
+    spec = spec_of(run)
     total = int(run["cuda_total_bytes"])
     gpu = Gpu(0, str(run["card"]), total, total, (9, 0))
     return estimate(
@@ -219,3 +239,12 @@ def test_activation_model_explains_both_releases() -> None:
     assert new.runner == "v2" and old.runner == "v1"
     assert new.per_gpu[0].activation_bytes / GiB == pytest.approx(1.13, abs=0.06)
     assert old.per_gpu[0].activation_bytes / GiB == pytest.approx(2.21, abs=0.06)
+
+
+def test_the_runs_left_out_are_measured_start_ups_of_other_families() -> None:
+    """Every case kept out of the checks above is a start-up in measured.yaml (the list cannot outlive its runs)."""
+    by_case = {r["case"]: r for r in ALL_RUNS}
+    assert set(NOT_MODELLED_YET) <= set(by_case)
+    assert all(by_case[c]["measured"]["started"] for c in NOT_MODELLED_YET)
+    assert by_case["next_l8"]["measured"]["attention_block_size"] == 544
+    assert by_case["emb06"]["measured"]["runner_resolved"] == "pooling"
