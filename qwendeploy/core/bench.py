@@ -14,9 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwendeploy.core.memory import DTYPE_BYTES
-from qwendeploy.core.params import param_breakdown
-from qwendeploy.core.planner import Candidate, PlanRequest, link_class
+from qwendeploy.core.planner import Candidate, PlanRequest, decode_cost
 
 
 @dataclass(frozen=True)
@@ -34,41 +32,29 @@ class Estimate:
 def decode_estimate(
     req: PlanRequest, c: Candidate, *, concurrency: int, input_len: int, output_len: int
 ) -> Estimate | None:
-    """§5's decode rate for ``concurrency`` requests on candidate ``c`` (None without a memory estimate)."""
+    """§5's decode rate for ``concurrency`` requests on candidate ``c`` (None without a memory estimate): the
+    planner's own ``decode_cost`` evaluated at this load, so a calibration or a change of the formula shows here."""
     est = c.estimate
-    if est is None or not est.per_gpu:
+    if est is None or not est.per_gpu or not c.gpus:
         return None
-    cm = req.cost
-    tp, pp, dp = c.tp, c.pp, c.dp
-    batch = max(1, min(est.settings.max_num_seqs, math.ceil(concurrency / dp)))
-    mean_ctx = input_len + output_len / 2
-    bd = param_breakdown(req.spec)
-    active = bd.active() / bd.total() if bd.total() else 1.0
-    worst = max(est.per_gpu, key=lambda m: m.weights_bytes + m.kv_bytes_per_token)
-    bw = (worst.gpu.memory_bandwidth_gbps or 1000.0) * 1e9 * cm.bandwidth_efficiency
-    link = link_class(req.machine, c.gpus[:tp]) if c.gpus else "none"
-    dt = DTYPE_BYTES.get(est.dtype, 2)
-
-    def stage(b: float) -> float:
-        mem = (worst.weights_bytes * active + b * mean_ctx * worst.kv_bytes_per_token) / bw
-        comm = 0.0
-        if tp > 1:
-            msg = b * req.spec.hidden_size * dt
-            comm = 2 * worst.layers * (cm.latency(link) + 2 * (tp - 1) / tp * msg / cm.bw(link))
-        return mem + comm
-
-    micro = max(1.0, batch / pp)
-    eff = cm.pp_bubble_efficiency if pp > 1 else 1.0
-    per_replica = micro / stage(micro) * eff
-    step_s = pp * stage(micro)
+    batch = max(1, min(est.settings.max_num_seqs, math.ceil(concurrency / c.dp)))
+    cost = decode_cost(
+        req,
+        req.machine,
+        est,
+        c.gpus[: c.tp * c.pp],
+        c.dp,
+        est.settings.max_model_len,
+        batch=batch,
+        mean_context=input_len + output_len / 2,
+    )
     # Requests beyond the replicas' batches wait; they add no throughput.
-    active_requests = min(concurrency, batch * dp)
-    total = per_replica * dp * active_requests / (batch * dp)
+    active_requests = min(concurrency, batch * c.dp)
     return Estimate(
         concurrency=concurrency,
         batch_per_replica=batch,
-        output_tokens_per_s=total,
-        tpot_ms=step_s * 1e3,
+        output_tokens_per_s=cost.tokens_per_s * active_requests / (batch * c.dp),
+        tpot_ms=cost.step_ms,
     )
 
 

@@ -447,9 +447,21 @@ def weights_read_fraction(spec: ModelSpec, batch: float) -> float:
     return min(1.0, (total - routed + routed * touched) / total)
 
 
-def _cost(
-    req: PlanRequest, machine: Machine, est: MemoryEstimate, replica: tuple[Gpu, ...], dp: int, max_len: int
+def decode_cost(
+    req: PlanRequest,
+    machine: Machine,
+    est: MemoryEstimate,
+    replica: tuple[Gpu, ...],
+    dp: int,
+    max_len: int,
+    *,
+    batch: int | None = None,
+    mean_context: float | None = None,
 ) -> Cost:
+    """§5's decode model for one placement. By default at the ranking load (requests ``mean_context_fraction``
+    full, as many per replica as the KV cache holds, or one for the latency objective); ``batch`` and
+    ``mean_context`` evaluate another load instead (``qwendeploy bench`` sets them to the benchmark's own), and
+    then ``tokens_per_s`` is the throughput of all replicas at that batch."""
     cm = req.cost
     tp, pp = est.tp, est.pp
     link = link_class(machine, replica[:tp])
@@ -465,15 +477,17 @@ def _cost(
         return net.latency_s if cls == "network" else cm.latency(cls)
 
     dt = DTYPE_BYTES[est.dtype]
-    mean_ctx = max_len * cm.mean_context_fraction
+    mean_ctx = mean_context if mean_context is not None else max_len * cm.mean_context_fraction
     # The slowest GPU of the replica sets the pace.
     worst = max(est.per_gpu, key=lambda m: m.weights_bytes + m.kv_bytes_per_token)
     bw = (worst.gpu.memory_bandwidth_gbps or 1000.0) * 1e9 * cm.bandwidth_efficiency
-    if req.objective == "latency":
-        batch = 1
-    else:
-        usable = max(0, est.num_blocks - 1) * est.settings.block_size
-        batch = max(1, min(est.settings.max_num_seqs, int(usable // max(1.0, mean_ctx))))
+    load_given = batch is not None
+    if batch is None:
+        if req.objective == "latency":
+            batch = 1
+        else:
+            usable = max(0, est.num_blocks - 1) * est.settings.block_size
+            batch = max(1, min(est.settings.max_num_seqs, int(usable // max(1.0, mean_ctx))))
     micro = max(1.0, batch / pp)
 
     def stage_time(b: float) -> tuple[float, float]:
@@ -507,7 +521,7 @@ def _cost(
         step_ms=step * 1e3,
         memory_ms=mem * 1e3,
         comm_ms=comm * 1e3,
-        tokens_per_s=single if req.objective == "latency" else throughput,
+        tokens_per_s=single if req.objective == "latency" and not load_given else throughput,
         single_stream_tokens_per_s=single,
         link=link,
         network_hops=net_hops,
@@ -649,7 +663,7 @@ def _evaluate(
     # Say which GPUs were skipped only when a busier one was left out (not for a plain remainder).
     skipped = f"; {left_out(machine, used)}" if _skips_busy_gpu(machine, used) else ""
     if est.fits(req.concurrency):
-        cost = _cost(req, machine, est, replica, dp, max_len)
+        cost = decode_cost(req, machine, est, replica, dp, max_len)
         reason = (
             f"fits {max_len} tokens{conc}: KV cache {est.kv_cache_tokens:,} tokens per replica "
             f"({est.max_concurrency:.2f}× concurrency), ~{cost.tokens_per_s:,.0f} tok/s"
@@ -670,7 +684,7 @@ def _evaluate(
     if fit_len >= block:
         shorter = replace(est.settings, max_model_len=fit_len)
         est_short = replace(est, settings=shorter, max_concurrency=est.kv_cache_tokens / fit_len)
-        cost = _cost(req, machine, est_short, replica, dp, fit_len)
+        cost = decode_cost(req, machine, est_short, replica, dp, fit_len)
         reason = (
             f"fits only {fit_len} tokens{conc} (target {max_len}): needs {_gib(per_gpu_fixed)} per GPU, "
             f"has {_gib(capacity)}"
