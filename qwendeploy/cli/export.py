@@ -50,5 +50,7 @@ def k8s(
         if output is None:
             typer.echo(text, nl=False)
         else:
-            output.write_text(text, encoding="utf-8")
+            from qwendeploy.adapters.profile_files import write_text_atomic
+
+            write_text_atomic(output, text, force=True)
             typer.echo(f"Wrote {output}")
