@@ -242,7 +242,8 @@ def start(
     """
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the output thread
+        # "x": a log is never overwritten (each start of each run has its own name; see serve_guard).
+        log = open(log_path, "x", encoding="utf-8")  # noqa: SIM115 - closed by the output thread
         for h in header:
             log.write(f"# qwendeploy: {scrub(h, secrets)}\n")
         log.flush()

@@ -177,6 +177,18 @@ def plan(
         target = parse_tokens(max_model_len) if max_model_len is not None and not auto_fit else None
         if not 1 <= port <= 65535:
             raise BadInput(f"--port must be between 1 and 65535, got {port}.")
+        _check_flags(
+            nodes=nodes,
+            concurrency=concurrency,
+            counts=(
+                ("--tensor-parallel-size", tensor_parallel_size),
+                ("--pipeline-parallel-size", pipeline_parallel_size),
+                ("--data-parallel-size", data_parallel_size),
+                ("--max-num-seqs", max_num_seqs),
+                ("--max-num-batched-tokens", max_num_batched_tokens),
+            ),
+            texts=(("--name", name), ("--host", host), ("--head-address", head_address), ("--ifname", ifname)),
+        )
         if output is not None:
             from qwendeploy.adapters.profile_files import check_target
 
@@ -256,6 +268,38 @@ def plan(
             path = write_profile(output, profile, header=header, force=force)
             if not json_out:
                 Console(highlight=False).print(f"Wrote {path}", markup=False)
+
+
+def _check_flags(
+    *,
+    nodes: int,
+    concurrency: int,
+    counts: tuple[tuple[str, int | None], ...],
+    texts: tuple[tuple[str, str | None], ...],
+) -> None:
+    """Bounds of the flags that end up in the profile or size the search (the profile schema's own checks,
+    so a bad flag fails before any planning, with the flag's name; docs/limits.md lists the bounds)."""
+    from qwendeploy.core import limits
+    from qwendeploy.core.profile import check_host, check_ifname, check_name
+
+    if not 1 <= nodes <= limits.MAX_NODES_CLUSTER:
+        raise BadInput(f"--nodes must be between 1 and {limits.MAX_NODES_CLUSTER}, got {nodes}.")
+    if concurrency > limits.MAX_CONCURRENCY:
+        raise BadInput(f"--concurrency must be at most {limits.MAX_CONCURRENCY}, got {concurrency}.")
+    for flag, value in counts:
+        bound = limits.MAX_PARALLEL if "parallel" in flag else limits.MAX_COUNT
+        if value is not None and value > bound:
+            raise BadInput(f"{flag} must be at most {bound}, got {value}.")
+    checks = {"--name": check_name, "--host": check_host, "--head-address": check_host, "--ifname": check_ifname}
+    for flag, text in texts:
+        if text is None:
+            continue
+        try:
+            if "\x00" in text:
+                raise ValueError("holds a NUL character")
+            checks[flag](text)
+        except ValueError as e:
+            raise BadInput(f"{flag} {limits.shown(text, 60)}: {e}.") from None
 
 
 def _default_name(model_id: str) -> str:

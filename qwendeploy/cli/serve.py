@@ -148,19 +148,27 @@ def _serve(
 
     from rich.console import Console
 
+    from qwendeploy.adapters import serve_guard
     from qwendeploy.adapters.supervisor import default_log_dir
 
     console = Console(highlight=False, soft_wrap=True)
     directory = log_dir or default_log_dir(env)
-    checks = _preflight(prof, specs, env, strict=strict, insecure=insecure, runtime=runtime, log_dir=directory)
-    _print_checks(console, checks, json_out)
-    failed = [c for c in checks if c.status == "fail"]
-    if failed:
-        first = failed[0]
-        more = f" ({len(failed) - 1} more check(s) failed, listed above)" if len(failed) > 1 else ""
-        raise PreflightFailed(first.detail + more, hint=first.fix or None)
-    nvml_ok = not any(c.name == "gpus" and c.status in ("skip", "fail") for c in checks)
-    return _run(prof, launches, console, json_out, directory, gpu_check=nvml_ok)
+    # One serve per profile name and per port, held until this process ends (however it ends).
+    locks = serve_guard.acquire(
+        serve_guard.default_lock_dir(env), names=[prof.name, *(s.name for s in specs)], ports=[s.port for s in specs]
+    )
+    try:
+        checks = _preflight(prof, specs, env, strict=strict, insecure=insecure, runtime=runtime, log_dir=directory)
+        _print_checks(console, checks, json_out)
+        failed = [c for c in checks if c.status == "fail"]
+        if failed:
+            first = failed[0]
+            more = f" ({len(failed) - 1} more check(s) failed, listed above)" if len(failed) > 1 else ""
+            raise PreflightFailed(first.detail + more, hint=first.fix or None)
+        nvml_ok = not any(c.name == "gpus" and c.status in ("skip", "fail") for c in checks)
+        return _run(prof, launches, console, json_out, directory, gpu_check=nvml_ok)
+    finally:
+        locks.release()
 
 
 def _docker_rm(d: Any) -> Any:
@@ -304,7 +312,7 @@ class _Renderer:
         elif e.kind == "ready":
             self.console.print(f"{who}[bold green]✓ {msg}[/]")
             self._examples(e)
-        elif e.kind in ("exited", "timeout", "unhealthy", "gave_up", "leftovers"):
+        elif e.kind in ("exited", "timeout", "unhealthy", "gave_up", "leftovers", "stranger"):
             self.console.print(f"{who}[red]{msg}[/]")
         elif e.kind == "diagnosis":
             self.console.print(f"{who}[yellow]diagnosis:[/] {msg}")

@@ -28,8 +28,11 @@ MAX_NODES = 200_000
 
 MAX_MODEL_LEN = 1 << 24
 """Longest context a profile may ask for: 16,777,216 tokens (the largest Qwen window is 1,010,000)."""
-MAX_NODES_CLUSTER = 1024
-"""Machines a placement may span (``placement.nodes``, ``plan --nodes``)."""
+MAX_NODES_CLUSTER = 64
+"""Machines a placement may span (``placement.nodes``, ``plan --nodes``): 512 GPUs of 8-GPU nodes. The planner's
+search grows with it (256 nodes take ~3 s)."""
+MAX_CONCURRENCY = 1 << 20
+"""``plan --concurrency``: full-length requests per replica."""
 MAX_PARALLEL = 4096
 """Tensor, pipeline or data parallel size, and GPUs per node."""
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -52,6 +55,8 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """POSIX environment variable name."""
 HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 """A bind address: an IPv4/IPv6 address or a host name (no spaces, quotes or shell characters)."""
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+"""A network interface name (Linux allows 15 characters)."""
 GPU_ID_RE = re.compile(r"\d{1,4}|(GPU|MIG)-[A-Za-z0-9/_-]{1,120}")
 """placement.gpus entries: an index, or an NVML UUID (``GPU-…``, ``MIG-…``)."""
 

@@ -66,6 +66,13 @@ def check_host(value: str) -> str:
     return value
 
 
+def check_ifname(value: str) -> str:
+    """A network interface name such as eth0 or ens5f0np0."""
+    if not limits.IFNAME_RE.fullmatch(value):
+        raise ValueError("must be a network interface name such as eth0 or ens5f0np0 (at most 15 characters)")
+    return value
+
+
 def check_env_name(value: str) -> str:
     """A POSIX environment variable name (letters, digits, underscore; not starting with a digit)."""
     if not limits.ENV_NAME_RE.fullmatch(value) or len(value) > 256:
@@ -211,6 +218,11 @@ class ClusterSection(_Section):
     @classmethod
     def _host(cls, v: str | None) -> str | None:
         return None if v is None else check_host(v)
+
+    @field_validator("socket_ifname")
+    @classmethod
+    def _ifname(cls, v: str | None) -> str | None:
+        return None if v is None else check_ifname(v)
 
 
 class EngineSection(_Section):
