@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,13 @@ def _serve(
 
     if port is not None and not 1 <= port <= 65535:
         raise BadInput(f"--port {port} is not a TCP port (1-65535).")
+    if host is not None:
+        from qwendeploy.core.profile import check_host
+
+        try:
+            check_host(host)
+        except ValueError as e:
+            raise BadInput(f"--host {host[:60]!r}: {e}.") from None
     env = dict(os.environ)
     prof = read_profile(profile_path)
     key_env = prof.server.api_key_env
@@ -202,7 +210,7 @@ def _print_dry_run(
         gpus = ",".join(r["gpus"]) if r["gpus"] else f"from the Ray cluster ({prof.placement.nodes} nodes)"
         typer.echo(f"# {r['name']}: GPUs {gpus} → http://{r['host']}:{r['port']} (model name {r['served_model_name']})")
         for k, v in r["env"].items():
-            typer.echo(f"#   env {k}={v}")
+            typer.echo(f"#   env {shlex.quote(k)}={shlex.quote(v)}")  # quoted: a line break cannot leave the comment
         typer.echo(r["command"])
 
 
