@@ -34,9 +34,11 @@ KEEP_RUNS = 20
 
 
 def new_run_id(now: float | None = None, pid: int | None = None) -> str:
-    """``20261203T091500Z-12345``: sorts by start time; the pid separates two runs started in one second."""
-    t = time.gmtime(time.time() if now is None else now)
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', t)}-{os.getpid() if pid is None else pid}"
+    """``20261203T091500123456Z-12345`` (UTC, to the microsecond, then the pid): sorts by start time, and two
+    runs never share one."""
+    t = time.time() if now is None else now
+    micro = min(int((t % 1) * 1_000_000), 999_999)
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(t))}{micro:06d}Z-{os.getpid() if pid is None else pid}"
 
 
 def log_name(server: str, run_id: str, start: int) -> str:
@@ -44,7 +46,7 @@ def log_name(server: str, run_id: str, start: int) -> str:
 
 
 def _log_re(server: str) -> re.Pattern[str]:
-    return re.compile(rf"{re.escape(server)}\.(\d{{8}}T\d{{6}}Z-\d+)\.(\d+)\.log")
+    return re.compile(rf"{re.escape(server)}\.(\d{{8}}T\d{{12}}Z-\d+)\.(\d+)\.log")
 
 
 def prune_logs(log_dir: Path, servers: Iterable[str], *, keep_runs: int = KEEP_RUNS, current: str = "") -> list[Path]:

@@ -14,7 +14,7 @@ from tests.fakes.serving import FAKE_VLLM, alive, free_port
 
 pytestmark = pytest.mark.slow
 
-RUN = "20260101T000000Z-1"
+RUN = "20260101T000000000000Z-1"
 """The run id the tests give the supervisor (it names the logs: <name>.<run id>.<n>.log)."""
 
 FAST = Policy(
