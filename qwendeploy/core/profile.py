@@ -340,7 +340,8 @@ class Profile(_Section):
     version: Literal[1] = 1
     """Profile format version."""
     name: str = "qwen"
-    """Names the log files (<name>.<n>.log, one per start); plan derives it from the model."""
+    """Names the log and lock files (<name>.<run>.<n>.log, one per start): 1-64 letters, digits, ``.``, ``_``,
+    ``-``, starting with a letter or digit. plan derives it from the model."""
     generated_by: str | None = None
     """The qwendeploy plan command that wrote this profile (curated profiles are regenerated from it)."""
     model: ModelSection
