@@ -302,3 +302,29 @@ def test_shell_line_never_runs_an_env_name() -> None:
         ["bash", "-c", f"printf '%s\\n' {line}"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert "X;touch pwned;Y=1" in words
+
+
+@pytest.mark.parametrize("kind", ["fifo", "urandom"])
+def test_special_weight_files_are_refused_without_reading(tmp_path: Path, kind: str) -> None:
+    d = _model_dir(tmp_path, _qwen_config())
+    shard = d / "model.safetensors"
+    if kind == "fifo":
+        os.mkfifo(shard)
+    else:
+        shard.symlink_to("/dev/urandom")
+    proc = subprocess.run(
+        [*QD, "plan", str(d), "--gpus", "1xH100-80GB", "--context", "4096"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc.stderr)
+    assert "only regular files are read" in proc.stderr
+
+
+def test_a_huge_unknown_key_is_not_repeated(tmp_path: Path) -> None:
+    p = _write(tmp_path, {**GOOD, "k" * 100_000: 1})
+    code, out, _ = _invoke(["serve", str(p), "--dry-run"])
+    assert code == 2 and "unknown field" in out and len(out) < 400

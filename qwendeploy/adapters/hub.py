@@ -53,13 +53,16 @@ _TRUE = {"1", "on", "yes", "true"}
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of one .safetensors file (tensor name → dtype, shape, data_offsets), without the weights."""
+    from qwendeploy.adapters.safe_read import open_regular
+
     try:
-        with path.open("rb") as f:
+        fd, size = open_regular(path, "Weights file")  # never a FIFO or a device: a read could block or never end
+        with os.fdopen(fd, "rb") as f:
             prefix = f.read(8)
             if len(prefix) != 8:
                 raise BadInput(f"{path} is not a safetensors file (shorter than 8 bytes).")
             (length,) = struct.unpack("<Q", prefix)
-            if length > _MAX_HEADER_BYTES:
+            if length > _MAX_HEADER_BYTES or length > size - 8:
                 raise BadInput(f"{path} is not a safetensors file (header length {length} bytes).")
             raw = f.read(length)
     except OSError as e:

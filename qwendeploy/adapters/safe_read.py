@@ -19,12 +19,12 @@ from qwendeploy.core import limits
 from qwendeploy.errors import BadInput
 
 
-def read_bounded(path: str | Path, *, max_bytes: int, what: str) -> bytes:
-    """The bytes of ``path``, a regular file of at most ``max_bytes``.
+def open_regular(path: str | Path, what: str) -> tuple[int, int]:
+    """Open ``path`` for reading without blocking and make sure it is a regular file: ``(fd, size)``.
 
     Raises:
-        FileNotFoundError: it does not exist (callers word their own message).
-        BadInput: not a regular file (a directory, FIFO, device, socket), larger than the cap, or unreadable.
+        FileNotFoundError: it does not exist.
+        BadInput: a directory, FIFO, device or socket (or a symlink to one), or unreadable.
     """
     p = Path(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
@@ -38,28 +38,43 @@ def read_bounded(path: str | Path, *, max_bytes: int, what: str) -> bytes:
         raise BadInput(f"{what} {p} cannot be read: {e.strerror or e}.") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = (
-                "a directory"
-                if stat.S_ISDIR(st.st_mode)
-                else "a FIFO"
-                if stat.S_ISFIFO(st.st_mode)
-                else "a device"
-                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket"
-                if stat.S_ISSOCK(st.st_mode)
-                else "not a regular file"
-            )
-            raise BadInput(f"{what} {p} is {kind}; only regular files are read.")
-        if st.st_size > max_bytes:
-            raise BadInput(f"{what} {p} is {st.st_size:,} bytes; the limit is {max_bytes:,} (see docs/limits.md).")
+    except OSError as e:
+        os.close(fd)
+        raise BadInput(f"{what} {p} cannot be read: {e.strerror or e}.") from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BadInput(f"{what} {p} is {_kind(st.st_mode)}; only regular files are read.")
+    return fd, st.st_size
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_bounded(path: str | Path, *, max_bytes: int, what: str) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``max_bytes``.
+
+    Raises:
+        FileNotFoundError: it does not exist (callers word their own message).
+        BadInput: not a regular file (a directory, FIFO, device, socket), larger than the cap, or unreadable.
+    """
+    p = Path(path)
+    fd, size = open_regular(p, what)
+    try:
+        if size > max_bytes:
+            raise BadInput(f"{what} {p} is {size:,} bytes; the limit is {max_bytes:,} (see docs/limits.md).")
         chunks: list[bytes] = []
         got = 0
         while got <= max_bytes:
-            try:
-                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - got))
-            except BlockingIOError:
-                continue  # regular files do not block; kept for odd file systems
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - got))  # a regular file: never EAGAIN
             if not chunk:
                 break
             chunks.append(chunk)

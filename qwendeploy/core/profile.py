@@ -428,10 +428,10 @@ def _field_names(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str
 
 def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    path = ".".join(limits.shown(p, 60) if not isinstance(p, str) else p[:60] for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         known = _field_names(Profile, loc)
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(loc[-1])[:60], known, n=1, cutoff=0.6)
         tip = f" Did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
         return f"{path}: unknown field.{tip}"
     msg = str(err["msg"]).removeprefix("Value error, ")
