@@ -222,6 +222,7 @@ def test_bad_safetensors_index_is_refused(tmp_path: Path, index: object) -> None
     "flags",
     [
         ["--nodes", "1000000"],
+        ["--gpus", "64xH100-80GB", "--nodes", "64"],
         ["--name", "../../x"],
         ["--name", "/abs/path"],
         ["--name", ""],

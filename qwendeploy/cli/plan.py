@@ -195,6 +195,7 @@ def plan(
             check_target(output, force=force)  # a bad -o fails before any planning or output
         spec = load_model(model, revision=revision)
         machine = _machine(gpus, nodes)
+        _check_machine_size(len(machine.gpus), nodes)
         req = PlanRequest(
             spec=spec,
             machine=machine,
@@ -300,6 +301,16 @@ def _check_flags(
             checks[flag](text)
         except ValueError as e:
             raise BadInput(f"{flag} {limits.shown(text, 60)}: {e}.") from None
+
+
+def _check_machine_size(total: int, nodes: int) -> None:
+    from qwendeploy.core import limits
+
+    if total > limits.MAX_TOTAL_GPUS:
+        raise BadInput(
+            f"--gpus × --nodes makes {total} GPUs ({nodes} node(s)); plans span at most {limits.MAX_TOTAL_GPUS}.",
+            hint="Plan one replica's nodes; more replicas of the same plan are more copies of the profile.",
+        )
 
 
 def _default_name(model_id: str) -> str:
