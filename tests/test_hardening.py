@@ -329,3 +329,28 @@ def test_a_huge_unknown_key_is_not_repeated(tmp_path: Path) -> None:
     p = _write(tmp_path, {**GOOD, "k" * 100_000: 1})
     code, out, _ = _invoke(["serve", str(p), "--dry-run"])
     assert code == 2 and "unknown field" in out and len(out) < 400
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["join", "head; reboot", "{p}"],
+        ["join", "10.0.0.1", "{p}", "--ifname", "eth0 && reboot"],
+        ["head", "{p}", "--node-ip", "$(reboot)"],
+        ["head", "{p}", "--num-gpus", "-5"],
+    ],
+    ids=["head address", "ifname", "node ip", "num gpus"],
+)
+def test_cluster_flags_are_checked_like_the_profile(tmp_path: Path, args: list[str]) -> None:
+    prof = tmp_path / "mn.yaml"
+    plan = runner.invoke(app, [*PLAN_72B_2_NODES, "-o", str(prof)])
+    assert plan.exit_code == 0, plan.output
+    code, out, _ = _invoke(["cluster", *[a.format(p=prof) for a in args], "--dry-run"])
+    assert code == 2, out
+    _one_error(out)
+
+
+def test_nccl_interface_lists_are_still_accepted(tmp_path: Path) -> None:
+    p = _write(tmp_path, {**GOOD, "cluster": {"socket_ifname": "^lo,docker0"}})
+    code, out, _ = _invoke(["serve", str(p), "--dry-run"])
+    assert code == 0, out

@@ -7,9 +7,9 @@
 * **Logs never overwritten**: every run has a run id (UTC start time and pid); its logs are
   ``<name>.<run>.<n>.log`` (n counts the starts of the run), created exclusively. ``prune_logs`` keeps the
   newest ``KEEP_RUNS`` runs of each server name and deletes older ones (only files of that exact pattern).
-* **Only our own server is "ready"**: ``listening_pids`` says which processes listen on a TCP port; the
-  supervisor declares a server ready, and sends it the API key, only when the listener belongs to the server's
-  own process group (or its descendants).
+* **Only our own server is "ready"**: ``port_owner`` says whether the server or another process listens on
+  its port; the supervisor declares a server ready, and sends it the API key, only when the listener belongs
+  to the server's own process group (or its descendants) and no other process listens there.
 """
 
 from __future__ import annotations
@@ -159,29 +159,78 @@ def acquire(lock_dir: Path, *, names: Iterable[str], ports: Iterable[int]) -> Lo
     return locks
 
 
-def listening_pids(port: int, candidates: Iterable[psutil.Process]) -> set[int]:
-    """Which of ``candidates`` hold a TCP socket listening on ``port`` (any address)."""
+def _proc_listen_inodes(port: int) -> set[int] | None:
+    """Inodes of the TCP sockets listening on ``port`` (IPv4 and IPv6), from /proc/net; None off Linux."""
     found: set[int] = set()
-    for p in candidates:
+    seen_table = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            conns = p.net_connections(kind="tcp")
-        except (psutil.Error, OSError):
+            with open(table, encoding="ascii") as f:
+                next(f, None)  # header
+                seen_table = True
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 10 or parts[3] != "0A":  # 0A: LISTEN
+                        continue
+                    if int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        found.add(int(parts[9]))
+        except (OSError, ValueError, IndexError):
             continue
-        for c in conns:
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
-                found.add(p.pid)
-    return found
+    return found if seen_table else None
 
 
-def foreign_listeners(port: int, ours: set[int]) -> set[int | None]:
-    """Processes outside ``ours`` listening on TCP ``port``, as far as this user can see (``None``: a socket of
-    another user's process, whose pid is hidden). Empty when the system-wide table cannot be read."""
+def _socket_inodes(pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for n in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
+@dataclass(frozen=True)
+class PortOwner:
+    ours: bool
+    """A process of ``pids`` listens on the port."""
+    foreign: frozenset[int | None]
+    """Other processes listening there (``None``: a socket whose owner this user cannot see)."""
+
+
+def port_owner(port: int, pids: Iterable[int]) -> PortOwner:
+    """Who listens on TCP ``port``: one of ``pids`` (the server's process group and descendants), someone else,
+    or both. On Linux from /proc (the listening sockets' inodes against the pids' descriptors: a few
+    milliseconds); elsewhere from psutil's connection table."""
+    pids = set(pids)
+    inodes = _proc_listen_inodes(port)
+    if inodes is not None:
+        mine: set[int] = set()
+        for pid in pids:
+            mine |= _socket_inodes(pid) & inodes
+        others = inodes - mine
+        foreign: set[int | None] = set()
+        if others:
+            foreign = {None}
+            for p in psutil.process_iter():  # name them, for the message
+                if p.pid in pids:
+                    continue
+                if _socket_inodes(p.pid) & others:
+                    foreign.add(p.pid)
+            if len(foreign) > 1:
+                foreign.discard(None)
+        return PortOwner(ours=bool(mine), foreign=frozenset(foreign))
     try:
         conns = psutil.net_connections(kind="tcp")
     except (psutil.Error, OSError):
-        return set()
-    return {
-        c.pid
-        for c in conns
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid not in ours
-    }
+        return PortOwner(ours=False, foreign=frozenset())
+    listeners = [c.pid for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+    return PortOwner(
+        ours=any(pid in pids for pid in listeners),
+        foreign=frozenset(pid for pid in listeners if pid not in pids),
+    )

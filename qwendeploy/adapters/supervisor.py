@@ -487,12 +487,10 @@ class Supervisor:
             return True
         if now < r.next_owner_check:
             return False
-        ours = r.proc.members()
-        our_pids = {p.pid for p in ours}
         port = r.launch.spec.port
-        mine = serve_guard.listening_pids(port, ours)
-        foreign = serve_guard.foreign_listeners(port, our_pids)
-        if mine and not foreign:
+        owner = serve_guard.port_owner(port, r.proc.family())
+        foreign = owner.foreign
+        if owner.ours and not foreign:
             return True
         r.next_owner_check = now + 1.0
         if foreign and not r.stranger_reported:

@@ -58,8 +58,9 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """POSIX environment variable name."""
 HOST_RE = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
 """A bind address: an IPv4/IPv6 address or a host name (no spaces, quotes or shell characters)."""
-IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
-"""A network interface name (Linux allows 15 characters)."""
+IFNAME_RE = re.compile(r"[\^=]?[A-Za-z0-9_.:@-]{1,15}(,[A-Za-z0-9_.:@-]{1,15}){0,15}")
+"""NCCL_SOCKET_IFNAME syntax: interface names (15 characters each, Linux's limit), comma-separated, optionally
+prefixed with ``^`` (exclude) or ``=`` (exact match)."""
 GPU_ID_RE = re.compile(r"\d{1,4}|(GPU|MIG)-[A-Za-z0-9/_-]{1,120}")
 """placement.gpus entries: an index, or an NVML UUID (``GPU-…``, ``MIG-…``)."""
 

@@ -69,7 +69,10 @@ def check_host(value: str) -> str:
 def check_ifname(value: str) -> str:
     """A network interface name such as eth0 or ens5f0np0."""
     if not limits.IFNAME_RE.fullmatch(value):
-        raise ValueError("must be a network interface name such as eth0 or ens5f0np0 (at most 15 characters)")
+        raise ValueError(
+            "must be a network interface name such as eth0 or ens5f0np0 (at most 15 characters; NCCL's "
+            "comma-separated list and ^/= prefixes allowed)"
+        )
     return value
 
 
