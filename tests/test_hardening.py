@@ -127,6 +127,8 @@ BAD_PROFILES: dict[str, tuple[dict[str, object], str]] = {
     "nan utilization": ({"engine": {"gpu_memory_utilization": float("nan")}}, "gpu_memory_utilization"),
     "huge nodes": ({"placement": {"nodes": 10**9}}, "placement.nodes"),
     "key as key env": ({"server": {"api_key_env": "sk-123"}}, "api_key_env"),
+    "model id as a flag": ({"model": {"id": "--trust-remote-code"}}, "model.id"),
+    "served name as a flag": ({"server": {"served_model_name": "--api-key=x"}}, "served_model_name"),
 }
 
 

@@ -49,6 +49,13 @@ def _check_text(field: str, value: str) -> None:
         raise ValueError(f"{field} holds a line break or another control character")
 
 
+def _no_leading_dash(value: str | None) -> str | None:
+    """A value that becomes a vLLM argument must not read as a flag (``model.id: --trust-remote-code``)."""
+    if value is not None and value.startswith("-"):
+        raise ValueError("must not start with '-' (vLLM would read it as a flag)")
+    return value
+
+
 def check_name(value: str) -> str:
     """A profile name is a safe file stem (it names the log and lock files). Raises ValueError."""
     if not value or len(value) > limits.MAX_NAME or not limits.NAME_RE.fullmatch(value):
@@ -149,6 +156,11 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
     """→ --trust-remote-code. Qwen2/2.5/3 do not need it."""
 
+    @field_validator("id", "revision", "quantization")
+    @classmethod
+    def _not_a_flag(cls, v: str | None) -> str | None:
+        return _no_leading_dash(v)
+
     @field_validator("hf_overrides")
     @classmethod
     def _json_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -248,6 +260,11 @@ class EngineSection(_Section):
     extra_args: list[str] = Field(default_factory=list)
     """Further vLLM flags passed verbatim, e.g. ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]."""
 
+    @field_validator("kv_cache_dtype")
+    @classmethod
+    def _not_a_flag(cls, v: str) -> str:
+        return _no_leading_dash(v) or v
+
 
 class ServerSection(_Section):
     host: str = "127.0.0.1"
@@ -278,6 +295,11 @@ class ServerSection(_Section):
     @classmethod
     def _host(cls, v: str) -> str:
         return check_host(v)
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _not_a_flag(cls, v: str | None) -> str | None:
+        return _no_leading_dash(v)
 
 
 class RestartSection(_Section):
