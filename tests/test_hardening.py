@@ -356,3 +356,21 @@ def test_nccl_interface_lists_are_still_accepted(tmp_path: Path) -> None:
     p = _write(tmp_path, {**GOOD, "cluster": {"socket_ifname": "^lo,docker0"}})
     code, out, _ = _invoke(["serve", str(p), "--dry-run"])
     assert code == 0, out
+
+
+def test_a_derived_name_is_always_a_valid_profile_name(tmp_path: Path) -> None:
+    d = tmp_path / ("模型-" + "x" * 80)
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(_qwen_config()))
+    out = tmp_path / "p.yaml"
+    code, text, _ = _invoke(["plan", str(d), "--gpus", "1xH100-80GB", "--context", "4096", "-o", str(out)])
+    assert code == 0, text
+    name = yaml.safe_load(out.read_text())["name"]
+    assert limits.NAME_RE.fullmatch(name) and len(name) <= limits.MAX_NAME
+
+
+def test_export_replicas_are_bounded(tmp_path: Path) -> None:
+    prof = tmp_path / "mn.yaml"
+    assert runner.invoke(app, [*PLAN_72B_2_NODES, "-o", str(prof)]).exit_code == 0
+    code, out, _ = _invoke(["export", "k8s", str(prof), "--replicas", str(10**12)])
+    assert code == 2 and "--replicas" in out

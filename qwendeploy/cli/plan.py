@@ -316,5 +316,5 @@ def _check_machine_size(total: int, nodes: int) -> None:
 def _default_name(model_id: str) -> str:
     """``Qwen/Qwen2.5-7B-Instruct`` → ``qwen2.5-7b-instruct``: a name safe for log files."""
     base = model_id.rstrip("/").rsplit("/", 1)[-1].lower()
-    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).strip("-.")
-    return safe or "qwen"
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "-" for c in base)
+    return safe[:64].strip("-._") or "qwen"  # a valid profile name (limits.NAME_RE, at most 64 characters)
