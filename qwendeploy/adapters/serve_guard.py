@@ -141,8 +141,15 @@ def acquire(lock_dir: Path, *, names: Iterable[str], ports: Iterable[int]) -> Lo
     """
     try:
         lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.lstat(lock_dir)
     except OSError as e:
         raise WriteFailed(f"Cannot create the lock directory {lock_dir}: {e.strerror or e}.") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        # e.g. another user created /tmp/qwendeploy-<uid> first: its files are not ours to trust
+        raise PreflightFailed(
+            f"The lock directory {lock_dir} is not a directory of this user that only this user can write.",
+            hint="Remove it, or set QWENDEPLOY_HOME (or XDG_RUNTIME_DIR) to a private directory.",
+        )
     locks = Locks()
     try:
         for name in sorted(set(names)):

@@ -254,3 +254,16 @@ def test_run_ids_sort_by_time_and_never_repeat() -> None:
     c = serve_guard.new_run_id(now=1_700_000_001.0, pid=3)
     assert a < b < c and len({a, b, c}) == 3
     assert a == "20231114T221320250000Z-7"
+
+
+def test_a_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PreflightFailed, match="only this user can write"):
+        serve_guard.acquire(shared, names=["t"], ports=[8000])
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "private", target_is_directory=True)
+    (tmp_path / "private").mkdir(mode=0o700)
+    with pytest.raises(PreflightFailed):
+        serve_guard.acquire(link, names=["t"], ports=[8000])
