@@ -349,11 +349,14 @@ class _Renderer:
         key_env = e.data.get("api_key_env")
         auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
-        curl = f"curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+        # Quoted for the shell and for Python: a served name holding a quote must not turn the line into a command.
+        chat = shlex.quote(f"{url}/v1/chat/completions")
+        curl = f"curl {chat} -H 'Content-Type: application/json'{auth} -d {shlex.quote(body)}"
         key_expr = f'os.environ["{key_env}"]' if key_env else '"EMPTY"'
         py = (
-            f'import os; from openai import OpenAI; client = OpenAI(base_url="{url}/v1", api_key={key_expr}); '
-            f'print(client.chat.completions.create(model="{model}", '
+            f"import os; from openai import OpenAI; client = OpenAI(base_url={json.dumps(url + '/v1')}, "
+            f"api_key={key_expr}); "
+            f"print(client.chat.completions.create(model={json.dumps(model)}, "
             f'messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
         )
         self.console.print(f"    [dim]curl:[/]   {escape(curl)}")

@@ -267,3 +267,40 @@ def test_a_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     (tmp_path / "private").mkdir(mode=0o700)
     with pytest.raises(PreflightFailed):
         serve_guard.acquire(link, names=["t"], ports=[8000])
+
+
+@pytest.mark.slow
+def test_printed_examples_quote_a_hostile_served_name(tmp_path: Path) -> None:
+    import ast
+    import shlex
+
+    name = 'it\'s "x" $(touch pwned)'
+    prof = _profile(tmp_path)
+    doc = yaml.safe_load(prof.read_text())
+    doc["server"]["served_model_name"] = name
+    prof.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen(
+        _serve(tmp_path, prof),
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        out = _until(proc, "python:")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    curl = next(line for line in out.splitlines() if "curl:" in line).split("curl:", 1)[1].strip()
+    words = shlex.split(curl)  # what a shell would pass to curl: the body is one word, nothing runs
+    assert words[0] == "curl" and json.loads(words[words.index("-d") + 1])["model"] == name
+    py = next(line for line in out.splitlines() if "python:" in line).split("python:", 1)[1].strip()
+    call = next(
+        n for n in ast.walk(ast.parse(py)) if isinstance(n, ast.Call) and n.keywords and n.keywords[0].arg == "model"
+    )
+    assert ast.literal_eval(call.keywords[0].value) == name
+    assert not (ROOT / "pwned").exists() and not (tmp_path / "pwned").exists()
