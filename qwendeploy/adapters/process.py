@@ -208,14 +208,25 @@ class ServerProcess:
 
 
 def _pump(stream: IO[bytes], log: IO[str], sp: ServerProcess) -> None:
+    writable = True
     try:
         for raw in iter(stream.readline, b""):
             text = raw.decode("utf-8", errors="replace").rstrip("\n")
             if "\r" in text:  # progress bars: keep the last redraw
                 text = next((seg for seg in reversed(text.split("\r")) if seg.strip()), "")
             text = scrub(text, sp.secrets)
-            log.write(text + "\n")
-            log.flush()
+            if writable:
+                try:
+                    log.write(text + "\n")
+                    log.flush()
+                except (OSError, ValueError) as e:
+                    # Disk full or the like: say so once, and keep draining the pipe (a server blocked on a
+                    # full pipe would hang) — the lines still reach the supervisor and the diagnosis tail.
+                    writable = False
+                    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                    sp.lines.put(
+                        f"# qwendeploy: ERROR: cannot write the log file {sp.log_path}: {why}; output not saved"
+                    )
             with sp._tail_lock:
                 sp._tail.append(text)
                 if len(sp._tail) > 2000:

@@ -304,3 +304,30 @@ def test_printed_examples_quote_a_hostile_served_name(tmp_path: Path) -> None:
     )
     assert ast.literal_eval(call.keywords[0].value) == name
     assert not (ROOT / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_a_log_that_cannot_be_written_is_reported_and_the_pipe_still_drained(tmp_path: Path) -> None:
+    import queue
+
+    from qwendeploy.adapters import process
+
+    r, w = os.pipe()
+    lines = [f"line {i} " + "x" * 100 for i in range(2000)]  # more than a pipe buffer holds
+    writer = threading.Thread(target=lambda: (os.write(w, "\n".join(lines).encode() + b"\n"), os.close(w)))
+    writer.start()
+    sp = process.ServerProcess(
+        popen=None,  # type: ignore[arg-type]  # the pump only needs the queue, tail and log path
+        log_path=Path("/dev/full"),
+        started_at=0.0,
+        lines=queue.SimpleQueue(),
+    )
+    with open(r, "rb") as stream, open("/dev/full", "w", encoding="utf-8") as full:
+        process._pump(stream, full, sp)  # returns at end of file: the writer was never blocked
+    writer.join(timeout=10)
+    assert not writer.is_alive()
+    got = []
+    while not sp.lines.empty():
+        got.append(sp.lines.get_nowait())
+    (note,) = [g for g in got if g.startswith("# qwendeploy:")]  # said once, at the first failed write
+    assert "ERROR: cannot write the log file /dev/full: No space left on device" in note
+    assert [g for g in got if g != note] == lines  # every line still reached the supervisor
