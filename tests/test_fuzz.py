@@ -220,6 +220,9 @@ PLAN_FLAGS = [
     "--ifname",
     "--head-address",
     "--objective",
+    "--revision",
+    "--quantization",
+    "--vllm-version",
 ]
 
 

@@ -374,3 +374,16 @@ def test_export_replicas_are_bounded(tmp_path: Path) -> None:
     assert runner.invoke(app, [*PLAN_72B_2_NODES, "-o", str(prof)]).exit_code == 0
     code, out, _ = _invoke(["export", "k8s", str(prof), "--replicas", str(10**12)])
     assert code == 2 and "--replicas" in out
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--revision", "r" * 5000], ["--revision", "a\nb"], ["--kv-cache-dtype=--x"], ["--quantization=-q"]],
+    ids=["long revision", "multi-line revision", "dtype as a flag", "quantization as a flag"],
+)
+def test_plan_values_that_reach_the_profile_are_checked_first(tmp_path: Path, flags: list[str]) -> None:
+    out = tmp_path / "p.yaml"
+    code, text, _ = _invoke(["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xH100-80GB", *flags, "-o", str(out)])
+    assert code == 2, text
+    _one_error(text)
+    assert not out.exists() and "{" not in text  # refused before any plan was printed

@@ -56,6 +56,21 @@ def _no_leading_dash(value: str | None) -> str | None:
     return value
 
 
+def check_argument(value: str) -> str:
+    """A one-line value that becomes a vLLM argument (revision, quantization, …): no control character, at most
+    ``MAX_STRING`` characters, not starting with ``-``. Raises ValueError."""
+    _check_text("the value", value)
+    _no_leading_dash(value)
+    return value
+
+
+def describe_errors(e: ValidationError) -> str:
+    """A pydantic error as one line per field (at most five), quoting values cut short, never the document."""
+    errors = e.errors()
+    problems = "; ".join(_describe(err) for err in errors[:5])
+    return problems + (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "")
+
+
 def check_name(value: str) -> str:
     """A profile name is a safe file stem (it names the log and lock files). Raises ValueError."""
     if not value or len(value) > limits.MAX_NAME or not limits.NAME_RE.fullmatch(value):
@@ -486,7 +501,4 @@ def load_yaml(text: str, *, source: str = "profile") -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as e:
-        errors = e.errors()
-        problems = "; ".join(_describe(err) for err in errors[:5])
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise ProfileInvalid(f"{source} is not a valid profile: {problems}{more}") from None
+        raise ProfileInvalid(f"{source} is not a valid profile: {describe_errors(e)}") from None
