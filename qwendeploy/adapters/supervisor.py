@@ -488,7 +488,9 @@ class Supervisor:
         if now < r.next_owner_check:
             return False
         port = r.launch.spec.port
-        owner = serve_guard.port_owner(port, r.proc.family())
+        owner = serve_guard.port_owner(port, {r.proc.pid, *r.proc.known})  # vLLM's API server is the leader
+        if owner.foreign:  # maybe a descendant not tracked yet: look at the whole family before calling it foreign
+            owner = serve_guard.port_owner(port, r.proc.family())
         foreign = owner.foreign
         if owner.ours and not foreign:
             return True

@@ -84,7 +84,7 @@ def test_ready_then_clean_stop(tmp_path: Path) -> None:
 
 
 def test_crash_restarts_with_backoff_then_gives_up(tmp_path: Path) -> None:
-    code, events, sup = _run(tmp_path, "crash_after:0.05", stop_when_ready=False)
+    code, events, sup = _run(tmp_path, "crash_after:0.3", stop_when_ready=False)
     assert code == 1
     delays = [e.data["delay"] for e in events if e.kind == "restart"]
     assert delays == [0.05, 0.1]  # doubling, capped at backoff_max_s
@@ -146,13 +146,13 @@ def test_failed_health_probes_count_as_a_crash(tmp_path: Path) -> None:
 
 def test_policy_never_does_not_restart(tmp_path: Path) -> None:
     policy = Policy(**{**FAST.__dict__, "restart": "never"})
-    code, events, _ = _run(tmp_path, "crash_after:0.05", policy, stop_when_ready=False)
+    code, events, _ = _run(tmp_path, "crash_after:0.3", policy, stop_when_ready=False)
     assert code == 1 and "restart" not in _kinds(events)
 
 
 def test_exit_0_nobody_asked_for_is_a_failure_and_restarted(tmp_path: Path) -> None:
     """vLLM's API server exits 0 after its engine core died: that is a crash (systemd must see exit 1)."""
-    code, events, sup = _run(tmp_path, "exit_after:0.05", stop_when_ready=False)
+    code, events, sup = _run(tmp_path, "exit_after:0.3", stop_when_ready=False)
     assert code == 1
     assert _kinds(events).count("restart") == 2 and "gave_up" in _kinds(events)
     exits = [e for e in events if e.kind == "exited"]
@@ -164,7 +164,7 @@ def test_exit_0_nobody_asked_for_is_a_failure_and_restarted(tmp_path: Path) -> N
 
 def test_exit_0_under_policy_never_gives_up_with_exit_1(tmp_path: Path) -> None:
     policy = Policy(**{**FAST.__dict__, "restart": "never"})
-    code, events, _ = _run(tmp_path, "exit_after:0.05", policy, stop_when_ready=False)
+    code, events, _ = _run(tmp_path, "exit_after:0.3", policy, stop_when_ready=False)
     assert code == 1 and "restart" not in _kinds(events) and "gave_up" in _kinds(events)
 
 
@@ -193,7 +193,7 @@ def test_restart_count_and_backoff_reset_after_a_stable_period(tmp_path: Path) -
 def test_oom_at_start_after_the_server_was_ready_is_retried(tmp_path: Path) -> None:
     """The same command reached ready before: an OOM at start-up now (e.g. the crashed server's workers still
     releasing memory) is not a failure that will repeat."""
-    code, events, _ = _run(tmp_path, "oom_after_crash:0.05", stop_when_ready=False)
+    code, events, _ = _run(tmp_path, "oom_after_crash:0.3", stop_when_ready=False)
     assert code == 1
     assert _kinds(events).count("restart") == 2  # max_restarts used, not given up on the first OOM
     assert not any(e.data.get("deterministic") for e in events if e.kind == "gave_up")
@@ -272,7 +272,7 @@ def test_unwritable_log_dir_at_a_restart_gives_up_cleanly(tmp_path: Path) -> Non
             logs.write_text("not a directory")
 
     prof = Profile(name="t", model=ModelSection(id="m"), server=ServerSection(port=free_port()))
-    base = dict(os.environ, FAKE_VLLM_MODE="crash_after:0.05", FAKE_VLLM_STATE_DIR=str(tmp_path))
+    base = dict(os.environ, FAKE_VLLM_MODE="crash_after:0.3", FAKE_VLLM_STATE_DIR=str(tmp_path))
     (spec,) = build_launch_specs(prof, vllm_bin=str(FAKE_VLLM), base_env=base)
     events: list[Event] = []
     sup = Supervisor([Launch.native(spec)], FAST, log_dir=logs, on_event=on_event, run_id=RUN)
@@ -377,7 +377,7 @@ def test_backoff_is_exponential_and_capped() -> None:
 def test_a_dead_engine_core_is_named_and_restarted(tmp_path: Path) -> None:
     """The fake prints what vLLM 0.26 printed on a real H100 after its engine core was killed, then exits 0: serve
     names the cause (engine-core-died, filed under category unknown) instead of "unknown", and restarts."""
-    code, events, _ = _run(tmp_path, "exit_after:0.05", stop_when_ready=False)
+    code, events, _ = _run(tmp_path, "exit_after:0.3", stop_when_ready=False)
     diags = [e for e in events if e.kind == "diagnosis"]
     assert diags and diags[0].message.startswith("engine-core-died: vLLM's engine-core process ended")
     assert diags[0].data["category"] == "unknown" and diags[0].data["rule_id"] == "engine-core-died"
