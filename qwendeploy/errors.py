@@ -61,3 +61,14 @@ class LaunchFailed(QwendeployError):
     """The server could not be started or kept running (exit 1)."""
 
     exit_code = 1
+
+
+EXIT_WRITE_FAILED = 3
+"""Exit code of every command when writing a file it was asked to write failed (disk full, read-only file
+system, permission denied, I/O error): distinct from 1 (plan: nothing fits; serve: gave up) and 2 (bad input)."""
+
+
+class WriteFailed(QwendeployError):
+    """The operating system refused a write (an OSError while writing an output file): exit 3."""
+
+    exit_code = EXIT_WRITE_FAILED

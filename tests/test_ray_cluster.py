@@ -181,7 +181,8 @@ def test_fake_vllm_serves_under_supervision_against_the_cluster(cluster: Cluster
     assert checks["ray gpus"] == "ok" and checks["node env"] == "ok"
     start = next(e for e in events if e["event"] == "start")
     assert "--distributed-executor-backend ray" in start["command"]
-    log = (tmp_path / "logs" / "mn.0.log").read_text()
+    (log_file,) = (tmp_path / "logs").glob("mn.*.0.log")  # <name>.<run id>.<start>.log
+    log = log_file.read_text()
     # The fake attached to the real cluster through RAY_ADDRESS, as vLLM does.
     assert "Ray cluster: 2 nodes, 8 GPUs; world size 8" in log
 

@@ -53,13 +53,16 @@ _TRUE = {"1", "on", "yes", "true"}
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of one .safetensors file (tensor name → dtype, shape, data_offsets), without the weights."""
+    from qwendeploy.adapters.safe_read import open_regular
+
     try:
-        with path.open("rb") as f:
+        fd, size = open_regular(path, "Weights file")  # never a FIFO or a device: a read could block or never end
+        with os.fdopen(fd, "rb") as f:
             prefix = f.read(8)
             if len(prefix) != 8:
                 raise BadInput(f"{path} is not a safetensors file (shorter than 8 bytes).")
             (length,) = struct.unpack("<Q", prefix)
-            if length > _MAX_HEADER_BYTES:
+            if length > _MAX_HEADER_BYTES or length > size - 8:
                 raise BadInput(f"{path} is not a safetensors file (header length {length} bytes).")
             raw = f.read(length)
     except OSError as e:
@@ -67,8 +70,8 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     if len(raw) != length:
         raise BadInput(f"{path} is truncated: its safetensors header is incomplete.")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadInput(f"{path} has a safetensors header that is not valid JSON.") from e
     if not isinstance(header, dict):
         raise BadInput(f"{path} has a safetensors header that is not a JSON object.")
@@ -82,24 +85,55 @@ def bytes_by_dtype(headers: Iterable[dict[str, Any]]) -> dict[str, int]:
         for name, info in header.items():
             if name == "__metadata__" or not isinstance(info, dict):
                 continue
-            start, end = info["data_offsets"]
-            dtype = str(info["dtype"])
-            totals[dtype] = totals.get(dtype, 0) + int(end) - int(start)
+            try:
+                start, end = info["data_offsets"]
+                dtype = str(info["dtype"])
+                size = int(end) - int(start)
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise BadInput(
+                    f"A safetensors header describes the tensor {str(name)[:80]!r} without valid dtype and "
+                    "data_offsets."
+                ) from None
+            if size < 0 or size > 1 << 50:
+                raise BadInput(f"A safetensors header gives the tensor {str(name)[:80]!r} an impossible size.")
+            totals[dtype] = totals.get(dtype, 0) + size
     return dict(sorted(totals.items()))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _safetensors_files(folder: Path) -> list[Path] | None:
     """The checkpoint's .safetensors files (from the index when there is one); None if any listed one is missing."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BadInput(f"{index} is not a valid safetensors index (needs a 'weight_map').") from e
-        files = [folder / name for name in sorted(set(weight_map.values()))]
+        names = _index_files(index)
+        files = [folder / name for name in names]
         return files if all(f.is_file() for f in files) else None
     files = sorted(folder.glob("*.safetensors"))
     return files or None
+
+
+def _index_files(index: Path) -> list[str]:
+    """The shard file names a model.safetensors.index.json lists: its ``weight_map`` must map tensor names to
+    plain file names in the same folder (no path, so an index cannot point outside its checkpoint)."""
+    from qwendeploy.adapters.safe_read import read_json_file
+    from qwendeploy.core.limits import MAX_INDEX_BYTES
+
+    bad = BadInput(f"{index} is not a valid safetensors index (needs a 'weight_map' of tensor → shard file name).")
+    try:
+        doc = read_json_file(index, max_bytes=MAX_INDEX_BYTES, what=str(index))
+    except OSError as e:
+        raise BadInput(f"Cannot read {index}: {e.strerror or e}.") from e
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise bad
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise BadInput(f"{index} lists the shard {name!r}, which is not a file name in the checkpoint folder.")
+    return names
 
 
 def _with_weights(spec: ModelSpec, by_dtype: dict[str, int]) -> ModelSpec:
@@ -152,14 +186,18 @@ def _adopt_catalog_facts(spec: ModelSpec) -> ModelSpec:
 
 
 def _read_config(path: Path, label: str) -> dict[str, Any]:
+    """config.json, bounded (a regular file under ``MAX_CONFIG_BYTES``, depth, no NaN/Infinity, counts within
+    ``CONFIG_INT_BOUNDS``; see ``safe_read`` and ``limits``)."""
+    from qwendeploy.adapters.safe_read import read_json_file
+    from qwendeploy.core.limits import MAX_CONFIG_BYTES, check_config_numbers
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, max_bytes=MAX_CONFIG_BYTES, what=f"config.json of {label}")
     except OSError as e:
         raise UnknownModel(f"Cannot read {path}: {e.strerror or e}.") from e
-    except ValueError as e:
-        raise BadInput(f"config.json of {label} is not valid JSON: {e}.") from e
     if not isinstance(data, dict):
         raise BadInput(f"config.json of {label} is not a JSON object.")
+    check_config_numbers(data, label)
     return data
 
 

@@ -171,6 +171,14 @@ class ServerProcess:
                     self.watchdog.watch_pid(k.pid, ct)
         return new
 
+    def family(self) -> set[int]:
+        """The server's pid, its live descendants and the descendants recorded earlier (cheap: no scan of
+        every process, unlike ``members``)."""
+        pids = {self.pid, *self.known}
+        with contextlib.suppress(psutil.Error):
+            pids.update(k.pid for k in psutil.Process(self.pid).children(recursive=True))
+        return pids
+
     def members(self) -> list[psutil.Process]:
         """Live (non-zombie) processes of the group or session, plus tracked descendants still alive."""
         found: dict[int, psutil.Process] = {}
@@ -200,14 +208,25 @@ class ServerProcess:
 
 
 def _pump(stream: IO[bytes], log: IO[str], sp: ServerProcess) -> None:
+    writable = True
     try:
         for raw in iter(stream.readline, b""):
             text = raw.decode("utf-8", errors="replace").rstrip("\n")
             if "\r" in text:  # progress bars: keep the last redraw
                 text = next((seg for seg in reversed(text.split("\r")) if seg.strip()), "")
             text = scrub(text, sp.secrets)
-            log.write(text + "\n")
-            log.flush()
+            if writable:
+                try:
+                    log.write(text + "\n")
+                    log.flush()
+                except (OSError, ValueError) as e:
+                    # Disk full or the like: say so once, and keep draining the pipe (a server blocked on a
+                    # full pipe would hang) — the lines still reach the supervisor and the diagnosis tail.
+                    writable = False
+                    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                    sp.lines.put(
+                        f"# qwendeploy: ERROR: cannot write the log file {sp.log_path}: {why}; output not saved"
+                    )
             with sp._tail_lock:
                 sp._tail.append(text)
                 if len(sp._tail) > 2000:
@@ -242,7 +261,8 @@ def start(
     """
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the output thread
+        # "x": a log is never overwritten (each start of each run has its own name; see serve_guard).
+        log = open(log_path, "x", encoding="utf-8")  # noqa: SIM115 - closed by the output thread
         for h in header:
             log.write(f"# qwendeploy: {scrub(h, secrets)}\n")
         log.flush()

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
 from pathlib import Path
 
+from qwendeploy.adapters.safe_read import read_text_bounded
+from qwendeploy.core.limits import MAX_PROFILE_BYTES
 from qwendeploy.core.profile import Profile, dump_yaml, load_yaml
-from qwendeploy.errors import BadInput, ProfileExists
+from qwendeploy.errors import BadInput, ProfileExists, WriteFailed
 
 
 def read_profile(path: str | Path) -> Profile:
     """Load and validate a profile file.
 
+    The file must be a regular file of at most ``MAX_PROFILE_BYTES`` (a FIFO, a device or a symlink to one is
+    refused without blocking), with bounded YAML (see ``safe_yaml.load_bounded``).
+
     Raises:
-        BadInput: the file is missing or unreadable.
+        BadInput: the file is missing, unreadable, not a regular file or too large.
         ProfileInvalid: it does not validate (the message names the field path).
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text_bounded(p, max_bytes=MAX_PROFILE_BYTES, what="Profile")
     except FileNotFoundError:
         raise BadInput(f"Profile {p} does not exist.", hint="Write one with `qwendeploy plan MODEL -o PATH`.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"Profile {p} cannot be read: {e}") from None
     return load_yaml(text, source=str(p))
 
 
@@ -73,7 +77,7 @@ def _publish_new(tmp: str, p: Path) -> None:
         raise _exists(p) from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise BadInput(f"Cannot write {p}: {e.strerror}.") from None
+            raise _write_failed(p, e) from None
         # No hard links on this file system: claim the name exclusively, then move the content over it.
         try:
             os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
@@ -91,13 +95,14 @@ def write_text_atomic(path: str | Path, text: str, *, force: bool = False) -> Pa
 
     Raises:
         ProfileExists: the file exists and ``force`` is false.
-        BadInput: the directory does not exist or is not writable, or the path is not a regular file.
+        BadInput: the directory does not exist, or the path is not a regular file.
+        WriteFailed: the operating system refused the write (disk full, permissions, read-only): exit 3.
     """
     p = check_target(path, force=force)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     except OSError as e:
-        raise BadInput(f"Cannot write {p}: {e.strerror}.") from None
+        raise _write_failed(p, e) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -108,9 +113,19 @@ def write_text_atomic(path: str | Path, text: str, *, force: bool = False) -> Pa
             os.replace(tmp, p)
         else:
             _publish_new(tmp, p)
+    except OSError as e:  # disk full, quota, read-only remount, I/O error: nothing was published
+        raise _write_failed(p, e) from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
     return p
+
+
+def _write_failed(p: Path, e: OSError) -> WriteFailed:
+    return WriteFailed(
+        f"Cannot write {p}: {e.strerror or e} (nothing was written; any earlier file there is unchanged).",
+        hint="Free space or pick a writable location (exit code 3 means a write failed).",
+    )
 
 
 def write_profile(path: str | Path, profile: Profile, *, header: str | None = None, force: bool = False) -> Path:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import psutil
 
-from qwendeploy.adapters import process
+from qwendeploy.adapters import process, serve_guard
 from qwendeploy.adapters.health import HttpHealth, base_url
 from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_of_line, shown_name
 from qwendeploy.core.profile import Profile
@@ -206,7 +206,7 @@ class Launch:
 class Event:
     kind: str
     """start, line, phase, ready, stable, exited, unhealthy, timeout, stopping, stopped, diagnosis, restart,
-    gave_up, shutdown, leftovers, gpu_check."""
+    gave_up, shutdown, leftovers, gpu_check, stranger (a process not ours answers on the port)."""
     name: str
     message: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -229,7 +229,7 @@ class _Replica:
     restarts: int = 0
     """Restarts since the server was last stable (the policy's count; reset after reset_after_s ready)."""
     starts: int = 0
-    """Starts so far (names the log files: <name>.<starts>.log)."""
+    """Starts so far (names the log files: <name>.<run id>.<starts>.log)."""
     ever_ready: bool = False
     ready_at: float = 0.0
     started_at: float = 0.0
@@ -239,6 +239,9 @@ class _Replica:
     restart_at: float = 0.0
     phase: str | None = None
     logs: list[Path] = field(default_factory=list)
+    next_owner_check: float = 0.0
+    """While a process outside the server answers on its port: when to look again (not every tick)."""
+    stranger_reported: bool = False
 
     @property
     def name(self) -> str:
@@ -268,8 +271,11 @@ class Supervisor:
         sleep: Callable[[float], None] = time.sleep,
         use_watchdog: bool = True,
         gpu_holders: Callable[[set[int]], list[tuple[int, int | None]]] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.policy = policy
+        self.run_id = run_id or serve_guard.new_run_id()
+        """Names this run's logs (<name>.<run id>.<n>.log): a new run never overwrites an earlier one's."""
         self.log_dir = log_dir
         self.on_event = on_event
         self.profile = profile
@@ -305,11 +311,14 @@ class Supervisor:
     def run(self, *, handle_signals: bool = True) -> Outcome:
         old: dict[int, Any] = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP (the terminal or the ssh session went away) is a stop request like SIGTERM: stop every
+            # server cleanly and exit 0, rather than die and leave the watchdog to clean up.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 old[sig] = signal.signal(sig, lambda s, f: self.request_stop(f"received {signal.Signals(s).name}"))
         if self.use_watchdog:
             self._watchdog = process.Watchdog(self.policy.grace_s)
         outcome = Outcome(exit_code=EXIT_GAVE_UP, reason="interrupted")
+        serve_guard.prune_logs(self.log_dir, {r.name for r in self.replicas}, current=self.run_id)
         try:
             for r in self.replicas:
                 self._start(r)
@@ -351,7 +360,7 @@ class Supervisor:
 
     def _start(self, r: _Replica) -> None:
         spec = r.launch.spec
-        log_path = self.log_dir / f"{spec.name}.{r.starts}.log"
+        log_path = self.log_dir / serve_guard.log_name(spec.name, self.run_id, r.starts)
         header = [
             f"start {r.starts} of {spec.name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
             f"command: {r.launch.display}",
@@ -427,8 +436,8 @@ class Supervisor:
         if r.state == "starting":
             if now >= r.next_probe:
                 r.next_probe = now + p.ready_poll_s
-                if r.health.health().status == 200:
-                    ids = r.health.model_ids()
+                if r.health.health().status == 200 and self._answered_by_server(r, now):
+                    ids = r.health.model_ids()  # sends the API key: only to our own server
                     if ids is not None and r.launch.spec.served_model_name in ids:
                         r.state, r.ever_ready, r.ready_at = "ready", True, now
                         r.next_probe = now + p.health_interval_s
@@ -466,6 +475,41 @@ class Supervisor:
             self._emit("unhealthy", r.name, f"/health failed ({what}), {r.fails}/{p.health_failures}", failures=r.fails)
             if r.fails >= p.health_failures:
                 self._failed(r, "unhealthy", None)
+
+    def _answered_by_server(self, r: _Replica, now: float) -> bool:
+        """Whether the process listening on the replica's port is the server we started (its process group or
+        a descendant), and no other process listens there too. A local process that grabbed the port while vLLM
+        was still loading (minutes on a real GPU) must never be taken for the server, nor be sent the API key.
+
+        Docker launches are not checked: the port belongs to docker's proxy, not to a process of ours.
+        """
+        if r.launch.container is not None or r.proc is None:
+            return True
+        if now < r.next_owner_check:
+            return False
+        port = r.launch.spec.port
+        owner = serve_guard.port_owner(port, {r.proc.pid, *r.proc.known})  # vLLM's API server is the leader
+        if owner.foreign:  # maybe a descendant not tracked yet: look at the whole family before calling it foreign
+            owner = serve_guard.port_owner(port, r.proc.family())
+        foreign = owner.foreign
+        if owner.ours and not foreign:
+            return True
+        r.next_owner_check = now + 1.0
+        if foreign and not r.stranger_reported:
+            r.stranger_reported = True
+            who = ", ".join(
+                "another user's process" if pid is None else f"pid {pid}"
+                for pid in sorted(foreign, key=lambda x: -1 if x is None else x)
+            )
+            self._emit(
+                "stranger",
+                r.name,
+                f"port {port} is answered by a process that is not this server ({who}); not treating it as ready "
+                "and not sending it the API key",
+                port=port,
+                pids=[pid for pid in foreign if pid is not None],
+            )
+        return False
 
     def _stop_proc(self, r: _Replica, *, reason: str) -> process.StopResult | None:
         if r.proc is None:

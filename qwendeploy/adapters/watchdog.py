@@ -95,7 +95,8 @@ def main() -> int:
         cmd = parts[0]
         try:
             if cmd == "grace":
-                grace = float(parts[1])
+                value = float(parts[1])
+                grace = min(value, 3600.0) if value >= 0 else grace  # never wait forever (NaN fails >= 0)
             elif cmd == "group":
                 groups.add(int(parts[1]))
             elif cmd == "ungroup":

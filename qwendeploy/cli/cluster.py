@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +56,32 @@ def _node_ip(prof: Any, node_ip: str | None) -> str | None:
     return ip
 
 
+def _check_node_flags(head_address: str | None, ifname: str | None, opts: Any) -> None:
+    """The flags that reach ``ray start`` and the printed commands, checked like the profile's fields."""
+    from qwendeploy.core import limits
+    from qwendeploy.core.profile import check_host, check_ifname
+
+    texts: list[tuple[str, str | None, Callable[[str], str]]] = [
+        ("HEAD_ADDRESS", head_address, check_host),
+        ("--ifname", ifname, check_ifname),
+        ("--node-ip", opts.node_ip, check_host),
+    ]
+    for flag, value, check in texts:
+        if value is None:
+            continue
+        try:
+            check(value)
+        except ValueError as e:
+            raise BadInput(f"{flag} {limits.shown(value, 60)}: {e}.") from None
+    if opts.temp_dir is not None and ("\x00" in opts.temp_dir or len(opts.temp_dir) > limits.MAX_STRING):
+        raise BadInput("--temp-dir must be a path (no NUL, at most 4096 characters).")
+    for flag, count in (("--num-gpus", opts.num_gpus), ("--num-cpus", opts.num_cpus)):
+        if count is not None and not 0 <= count <= limits.MAX_COUNT:
+            raise BadInput(f"{flag} must be between 0 and {limits.MAX_COUNT}, got {count}.")
+    if opts.object_store_memory is not None and not 0 < opts.object_store_memory <= 1 << 50:
+        raise BadInput(f"--object-store-memory must be a positive number of bytes, got {opts.object_store_memory}.")
+
+
 def _start(
     kind: str,
     profile_path: Path,
@@ -70,6 +97,7 @@ def _start(
 
     from qwendeploy.core import cluster as core
 
+    _check_node_flags(head_address, ifname, opts)
     prof = _load(profile_path, ifname)
     ip = _node_ip(prof, opts.node_ip)
     opts = replace(opts, node_ip=ip)

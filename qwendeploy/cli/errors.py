@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from contextlib import contextmanager
 
 import typer
 
-from qwendeploy.errors import QwendeployError
+from qwendeploy.errors import EXIT_WRITE_FAILED, QwendeployError
 
 
 @contextmanager
@@ -31,6 +32,13 @@ def user_errors() -> Iterator[None]:
         if e.hint:
             err.print(f"[dim]Hint:[/] {escape(e.hint)}")  # hints hold text like pip install 'x[extra]'
         raise typer.Exit(code=e.exit_code) from None
+    except OSError as e:  # an I/O failure no layer turned into a message (e.g. stdout on a full disk)
+        if os.environ.get("QWENDEPLOY_DEBUG"):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        with contextlib.suppress(OSError):
+            print(f"Error: input/output failed{where}: {e.strerror or e}.", file=sys.stderr)
+        raise typer.Exit(code=EXIT_WRITE_FAILED) from None
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         raise typer.Exit(code=130) from None

@@ -33,8 +33,8 @@ def k8s(
         from qwendeploy.adapters.profile_files import read_profile
         from qwendeploy.core.k8s import export_warnings, leader_worker_set
 
-        if replicas < 1:
-            raise BadInput(f"--replicas must be at least 1, got {replicas}.")
+        if not 1 <= replicas <= 10_000:
+            raise BadInput(f"--replicas must be between 1 and 10000, got {replicas}.")
         prof = read_profile(profile)
         if prof.placement.nodes < 2:
             raise BadInput(
@@ -50,5 +50,7 @@ def k8s(
         if output is None:
             typer.echo(text, nl=False)
         else:
-            output.write_text(text, encoding="utf-8")
+            from qwendeploy.adapters.profile_files import write_text_atomic
+
+            write_text_atomic(output, text, force=True)
             typer.echo(f"Wrote {output}")

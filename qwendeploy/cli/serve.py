@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -101,6 +102,13 @@ def _serve(
 
     if port is not None and not 1 <= port <= 65535:
         raise BadInput(f"--port {port} is not a TCP port (1-65535).")
+    if host is not None:
+        from qwendeploy.core.profile import check_host
+
+        try:
+            check_host(host)
+        except ValueError as e:
+            raise BadInput(f"--host {host[:60]!r}: {e}.") from None
     env = dict(os.environ)
     prof = read_profile(profile_path)
     key_env = prof.server.api_key_env
@@ -158,19 +166,27 @@ def _serve(
 
     from rich.console import Console
 
+    from qwendeploy.adapters import serve_guard
     from qwendeploy.adapters.supervisor import default_log_dir
 
     console = Console(highlight=False, soft_wrap=True)
     directory = log_dir or default_log_dir(env)
-    checks = _preflight(prof, specs, env, strict=strict, insecure=insecure, runtime=runtime, log_dir=directory)
-    _print_checks(console, checks, json_out)
-    failed = [c for c in checks if c.status == "fail"]
-    if failed:
-        first = failed[0]
-        more = f" ({len(failed) - 1} more check(s) failed, listed above)" if len(failed) > 1 else ""
-        raise PreflightFailed(first.detail + more, hint=first.fix or None)
-    nvml_ok = not any(c.name == "gpus" and c.status in ("skip", "fail") for c in checks)
-    return _run(prof, launches, console, json_out, directory, gpu_check=nvml_ok)
+    # One serve per profile name and per port, held until this process ends (however it ends).
+    locks = serve_guard.acquire(
+        serve_guard.default_lock_dir(env), names=[prof.name, *(s.name for s in specs)], ports=[s.port for s in specs]
+    )
+    try:
+        checks = _preflight(prof, specs, env, strict=strict, insecure=insecure, runtime=runtime, log_dir=directory)
+        _print_checks(console, checks, json_out)
+        failed = [c for c in checks if c.status == "fail"]
+        if failed:
+            first = failed[0]
+            more = f" ({len(failed) - 1} more check(s) failed, listed above)" if len(failed) > 1 else ""
+            raise PreflightFailed(first.detail + more, hint=first.fix or None)
+        nvml_ok = not any(c.name == "gpus" and c.status in ("skip", "fail") for c in checks)
+        return _run(prof, launches, console, json_out, directory, gpu_check=nvml_ok)
+    finally:
+        locks.release()
 
 
 def _docker_rm(d: Any) -> Any:
@@ -205,7 +221,7 @@ def _print_dry_run(
         gpus = ",".join(r["gpus"]) if r["gpus"] else f"from the Ray cluster ({prof.placement.nodes} nodes)"
         typer.echo(f"# {r['name']}: GPUs {gpus} → http://{r['host']}:{r['port']} (model name {r['served_model_name']})")
         for k, v in r["env"].items():
-            typer.echo(f"#   env {k}={v}")
+            typer.echo(f"#   env {shlex.quote(k)}={shlex.quote(v)}")  # quoted: a line break cannot leave the comment
         typer.echo(r["command"])
     if prof.placement.data_parallel_size > 1:
         typer.echo(f"# clients: {_clients(prof, rendered)}")
@@ -331,7 +347,7 @@ class _Renderer:
         elif e.kind == "ready":
             self.console.print(f"{who}[bold green]✓ {msg}[/]")
             self._examples(e)
-        elif e.kind in ("exited", "timeout", "unhealthy", "gave_up", "leftovers"):
+        elif e.kind in ("exited", "timeout", "unhealthy", "gave_up", "leftovers", "stranger"):
             self.console.print(f"{who}[red]{msg}[/]")
         elif e.kind == "diagnosis":
             self.console.print(f"{who}[yellow]diagnosis:[/] {msg}")
@@ -360,11 +376,14 @@ class _Renderer:
         key_env = e.data.get("api_key_env")
         auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
-        curl = f"curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+        # Quoted for the shell and for Python: a served name holding a quote must not turn the line into a command.
+        chat = shlex.quote(f"{url}/v1/chat/completions")
+        curl = f"curl {chat} -H 'Content-Type: application/json'{auth} -d {shlex.quote(body)}"
         key_expr = f'os.environ["{key_env}"]' if key_env else '"EMPTY"'
         py = (
-            f'import os; from openai import OpenAI; client = OpenAI(base_url="{url}/v1", api_key={key_expr}); '
-            f'print(client.chat.completions.create(model="{model}", '
+            f"import os; from openai import OpenAI; client = OpenAI(base_url={json.dumps(url + '/v1')}, "
+            f"api_key={key_expr}); "
+            f"print(client.chat.completions.create(model={json.dumps(model)}, "
             f'messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
         )
         self.console.print(f"    [dim]curl:[/]   {escape(curl)}")

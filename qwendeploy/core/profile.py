@@ -9,13 +9,25 @@ Secrets never live here: ``server.api_key_env`` names an environment variable.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qwendeploy.core import safe_yaml
-from qwendeploy.errors import ProfileInvalid
+from qwendeploy.core import limits, safe_yaml
+from qwendeploy.core.limits import (
+    MAX_COUNT,
+    MAX_GRACE_S,
+    MAX_LIST,
+    MAX_MODEL_LEN,
+    MAX_NODES_CLUSTER,
+    MAX_PARALLEL,
+    MAX_RESTARTS,
+    MAX_SECONDS,
+    MAX_STRING,
+)
+from qwendeploy.errors import BadInput, ProfileInvalid
 
 PROFILE_VERSION = 1
 SCHEMA_ID = "urn:qwendeploy:profile:v1"
@@ -23,8 +35,124 @@ SCHEMA_FILE = "profile.schema.json"
 """Editors look for the schema beside the profile; ``qwendeploy schema > profile.schema.json`` writes it."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MULTILINE_OK = frozenset({"generated_by", "extra_args"})
+"""Strings that may hold a line break or a tab (a command line; a verbatim vLLM argument). NUL never."""
+
+
+def _check_text(field: str, value: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"{field} holds a NUL character")
+    if len(value) > MAX_STRING:
+        raise ValueError(f"{field} is longer than {MAX_STRING} characters")
+    if field not in _MULTILINE_OK and _CONTROL.search(value):
+        raise ValueError(f"{field} holds a line break or another control character")
+
+
+def _no_leading_dash(value: str | None) -> str | None:
+    """A value that becomes a vLLM argument must not read as a flag (``model.id: --trust-remote-code``)."""
+    if value is not None and value.startswith("-"):
+        raise ValueError("must not start with '-' (vLLM would read it as a flag)")
+    return value
+
+
+def check_argument(value: str) -> str:
+    """A one-line value that becomes a vLLM argument (revision, quantization, …): no control character, at most
+    ``MAX_STRING`` characters, not starting with ``-``. Raises ValueError."""
+    _check_text("the value", value)
+    _no_leading_dash(value)
+    return value
+
+
+def describe_errors(e: ValidationError) -> str:
+    """A pydantic error as one line per field (at most five), quoting values cut short, never the document."""
+    errors = e.errors()
+    problems = "; ".join(_describe(err) for err in errors[:5])
+    return problems + (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "")
+
+
+def check_name(value: str) -> str:
+    """A profile name is a safe file stem (it names the log and lock files). Raises ValueError."""
+    if not value or len(value) > limits.MAX_NAME or not limits.NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"must be 1-{limits.MAX_NAME} letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(it names the log files), e.g. qwen2.5-7b-instruct"
+        )
+    return value
+
+
+def check_host(value: str) -> str:
+    """A bind address: an IP address or host name, nothing a shell or a URL would read differently."""
+    if not value or len(value) > 255 or not limits.HOST_RE.fullmatch(value):
+        raise ValueError("must be an IP address or a host name such as 127.0.0.1, 0.0.0.0, ::1 or node1.local")
+    return value
+
+
+def check_ifname(value: str) -> str:
+    """A network interface name such as eth0 or ens5f0np0."""
+    if not limits.IFNAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be a network interface name such as eth0 or ens5f0np0 (at most 15 characters; NCCL's "
+            "comma-separated list and ^/= prefixes allowed)"
+        )
+    return value
+
+
+def check_env_name(value: str) -> str:
+    """A POSIX environment variable name (letters, digits, underscore; not starting with a digit)."""
+    if not limits.ENV_NAME_RE.fullmatch(value) or len(value) > 256:
+        raise ValueError(f"{limits.shown(value, 60)} is not an environment variable name (letters, digits, _)")
+    return value
+
+
+def _json_value(value: Any, path: str, depth: int = 0) -> None:
+    """hf_overrides goes to vLLM as JSON: only JSON values (no dates, sets, bytes, NaN)."""
+    if depth > limits.MAX_DEPTH:
+        raise ValueError(f"{path} nests too deeply")
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{path} is {value!r}, not a finite number")
+        return
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _json_value(v, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{path} has the key {limits.shown(k)}, not a string")
+            _json_value(v, f"{path}.{k}", depth + 1)
+        return
+    raise ValueError(f"{path} is a {type(value).__name__} ({limits.shown(value)}); only JSON values are allowed")
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _strings(self) -> Any:
+        """Every string of the section: no NUL, bounded length, no control character in one-line fields."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                _check_text(name, value)
+            elif isinstance(value, list):
+                if len(value) > MAX_LIST:
+                    raise ValueError(f"{name} has more than {MAX_LIST} entries")
+                for v in value:
+                    if isinstance(v, str):
+                        _check_text(name, v)
+            elif isinstance(value, dict):
+                if len(value) > MAX_LIST:
+                    raise ValueError(f"{name} has more than {MAX_LIST} entries")
+                for k, v in value.items():
+                    if isinstance(k, str):
+                        _check_text(f"{name} key", k)
+                    if isinstance(v, str):
+                        _check_text(f"{name}.{k}", v)
+        return self
 
 
 class ModelSection(_Section):
@@ -36,33 +164,55 @@ class ModelSection(_Section):
     """Weight and activation dtype → --dtype."""
     quantization: str | None = None
     """Quantization method (awq, gptq, fp8, …) → --quantization; None lets vLLM read it from the checkpoint."""
-    max_model_len: int = Field(default=32768, ge=16)
+    max_model_len: int = Field(default=32768, ge=16, le=MAX_MODEL_LEN)
     """Longest request (prompt + output) in tokens → --max-model-len."""
     hf_overrides: dict[str, Any] | None = None
     """Overrides merged into config.json → --hf-overrides (JSON). Long-context YaRN goes here."""
     trust_remote_code: bool = False
     """→ --trust-remote-code. Qwen2/2.5/3 do not need it."""
 
+    @field_validator("id", "revision", "quantization")
+    @classmethod
+    def _not_a_flag(cls, v: str | None) -> str | None:
+        return _no_leading_dash(v)
+
+    @field_validator("hf_overrides")
+    @classmethod
+    def _json_only(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            _json_value(v, "hf_overrides")
+        return v
+
 
 class PlacementSection(_Section):
-    tensor_parallel_size: int = Field(default=1, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=MAX_PARALLEL)
     """GPUs that shard every layer → --tensor-parallel-size. Must divide num_attention_heads."""
-    pipeline_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=MAX_PARALLEL)
     """Stages that split the layers → --pipeline-parallel-size."""
-    data_parallel_size: int = Field(default=1, ge=1)
+    data_parallel_size: int = Field(default=1, ge=1, le=MAX_PARALLEL)
     """Independent replicas; each gets tensor_parallel_size × pipeline_parallel_size GPUs."""
     data_parallel_mode: Literal["servers", "vllm"] = "servers"
     """``servers``: one vLLM server per replica on its own GPUs and port (port, port+1, …), each supervised.
     ``vllm``: one server with vLLM's own --data-parallel-size (one endpoint; vLLM balances)."""
     gpus: list[str] = Field(default_factory=list)
     """GPU indices (NVML/PCI order) or UUIDs → CUDA_VISIBLE_DEVICES. Empty: the first N GPUs."""
-    nodes: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1, le=MAX_NODES_CLUSTER)
     """Machines the placement spans (multi-node runs on Ray)."""
     distributed_executor_backend: Literal["mp", "ray"] | None = None
     """→ --distributed-executor-backend. None lets vLLM choose (mp on one host)."""
     data_parallel_backend: Literal["mp", "ray"] | None = None
     """→ --data-parallel-backend (with data_parallel_mode ``vllm``). ``ray`` places the replicas of a
     multi-node plan on the Ray cluster's nodes; None: vLLM's default (mp, one host)."""
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_ids(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not limits.GPU_ID_RE.fullmatch(g.strip()):
+                raise ValueError(
+                    f"entry {limits.shown(g, 40)} is not a GPU index (0, 1, …) or an NVML UUID (GPU-…, MIG-…)"
+                )
+        return v
 
     @property
     def gpus_per_replica(self) -> int:
@@ -89,22 +239,32 @@ class ClusterSection(_Section):
     set_host_ip: bool = True
     """``cluster head``/``join`` export VLLM_HOST_IP as this node's own address (on socket_ifname, or
     --node-ip), so vLLM and Ray agree on it. Each node gets its own value, so it is not stored here."""
-    gpus_per_node: int | None = Field(default=None, ge=0)
+    gpus_per_node: int | None = Field(default=None, ge=0, le=MAX_PARALLEL)
     """GPUs each node declares to Ray → ``ray start --num-gpus``. None: Ray counts the node's GPUs."""
     network: str = "100gbe"
     """Inter-node link the plan assumed (``plan --network``: 25gbe, 100gbe, 400gbe, ib-hdr, ib-ndr)."""
+
+    @field_validator("head_address")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        return None if v is None else check_host(v)
+
+    @field_validator("socket_ifname")
+    @classmethod
+    def _ifname(cls, v: str | None) -> str | None:
+        return None if v is None else check_ifname(v)
 
 
 class EngineSection(_Section):
     gpu_memory_utilization: float = Field(default=0.92, gt=0.0, le=1.0)
     """Fraction of each GPU's memory vLLM may use → --gpu-memory-utilization (vLLM's default is 0.92)."""
-    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     """Requests batched at once → --max-num-seqs. None: vLLM's default."""
-    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     """Tokens per scheduler step (prefill chunk) → --max-num-batched-tokens. None: vLLM's default (8192)."""
     kv_cache_dtype: str = "auto"
     """KV-cache element type → --kv-cache-dtype (auto = model dtype; fp8 halves KV memory)."""
-    block_size: int | None = Field(default=None, ge=1)
+    block_size: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     """KV-cache block in tokens → --block-size. None: vLLM's default (16)."""
     enforce_eager: bool = False
     """→ --enforce-eager: no CUDA graphs and no torch.compile (less memory, slower decode)."""
@@ -114,6 +274,11 @@ class EngineSection(_Section):
     """→ --disable-custom-all-reduce (use NCCL's all-reduce; for PCIe cards without P2P)."""
     extra_args: list[str] = Field(default_factory=list)
     """Further vLLM flags passed verbatim, e.g. ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]."""
+
+    @field_validator("kv_cache_dtype")
+    @classmethod
+    def _not_a_flag(cls, v: str) -> str:
+        return _no_leading_dash(v) or v
 
 
 class ServerSection(_Section):
@@ -125,21 +290,31 @@ class ServerSection(_Section):
     """Name of the environment variable holding the API key → --api-key. The key itself is never stored."""
     served_model_name: str | None = None
     """Name clients send as "model" → --served-model-name. None: the model id."""
-    ready_timeout_s: float = Field(default=900.0, gt=0)
+    ready_timeout_s: float = Field(default=900.0, gt=0, le=MAX_SECONDS)
     """Seconds from launch until /health must answer 200 (first boots compile kernels: allow minutes)."""
-    health_interval_s: float = Field(default=5.0, gt=0)
+    health_interval_s: float = Field(default=5.0, gt=0, le=MAX_SECONDS)
     """Seconds between /health probes once ready."""
-    health_failures: int = Field(default=3, ge=1)
+    health_failures: int = Field(default=3, ge=1, le=MAX_COUNT)
     """Consecutive failed probes that count as a crash."""
-    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0, le=MAX_GRACE_S)
     """Seconds between SIGTERM and SIGKILL to the server's process group."""
 
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and not v.replace("_", "").isalnum():
+        if v is not None and not limits.ENV_NAME_RE.fullmatch(v):
             raise ValueError("must be an environment variable name (letters, digits, underscore), not a key")
         return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return check_host(v)
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _not_a_flag(cls, v: str | None) -> str | None:
+        return _no_leading_dash(v)
 
 
 class RestartSection(_Section):
@@ -147,13 +322,13 @@ class RestartSection(_Section):
     """When to restart a server: on-failure (any exit serve did not ask for, exit 0 included, or failed health;
     a start-up failure that would repeat is not restarted), never, always (same as on-failure: a server never
     finishes on its own)."""
-    max_restarts: int = Field(default=5, ge=0)
+    max_restarts: int = Field(default=5, ge=0, le=MAX_RESTARTS)
     """Restarts before giving up (exit 1); counted since the server was last stable (reset_after_s)."""
-    backoff_initial_s: float = Field(default=2.0, ge=0)
+    backoff_initial_s: float = Field(default=2.0, ge=0, le=MAX_SECONDS)
     """Delay before the first restart; doubles each time."""
-    backoff_max_s: float = Field(default=60.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
     """Upper bound of the delay."""
-    reset_after_s: float = Field(default=600.0, ge=0)
+    reset_after_s: float = Field(default=600.0, ge=0, le=MAX_SECONDS)
     """A server ready (and healthy) this long is stable: the restart count and the backoff start again from zero."""
 
 
@@ -205,7 +380,8 @@ class Profile(_Section):
     version: Literal[1] = 1
     """Profile format version."""
     name: str = "qwen"
-    """Names the log files (<name>.<n>.log, one per start); plan derives it from the model."""
+    """Names the log and lock files (<name>.<run>.<n>.log, one per start): 1-64 letters, digits, ``.``, ``_``,
+    ``-``, starting with a letter or digit. plan derives it from the model."""
     generated_by: str | None = None
     """The qwendeploy plan command that wrote this profile (curated profiles are regenerated from it)."""
     model: ModelSection
@@ -226,6 +402,18 @@ class Profile(_Section):
     """What plan predicted (informational; serve's preflight compares free memory against it)."""
     hardware: HardwareSection = Field(default_factory=HardwareSection)
     """The hardware the profile was planned for."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            check_env_name(k)
+        return v
 
 
 def json_schema() -> dict[str, Any]:
@@ -280,13 +468,16 @@ def _field_names(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str
 
 def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    path = ".".join(limits.shown(p, 60) if not isinstance(p, str) else p[:60] for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         known = _field_names(Profile, loc)
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(loc[-1])[:60], known, n=1, cutoff=0.6)
         tip = f" Did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
         return f"{path}: unknown field.{tip}"
-    return f"{path}: {err['msg']} (got {err.get('input')!r})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "missing" or isinstance(err.get("input"), dict):
+        return f"{path}: {msg}"  # the input is the enclosing mapping: never repeat the document
+    return f"{path}: {msg} (got {limits.shown(err.get('input'))})"
 
 
 def load_yaml(text: str, *, source: str = "profile") -> Profile:
@@ -296,19 +487,18 @@ def load_yaml(text: str, *, source: str = "profile") -> Profile:
         ProfileInvalid: the text is not YAML, not a mapping, or does not validate.
     """
     try:
-        data = safe_yaml.load(text)
-    except yaml.YAMLError as e:
-        raise ProfileInvalid(f"{source} is not valid YAML: {e}") from None
+        data = safe_yaml.load_bounded(text, source)
+    except BadInput as e:
+        raise ProfileInvalid(e.message, hint=e.hint) from None
     if not isinstance(data, dict):
         raise ProfileInvalid(f"{source} must be a YAML mapping with version, model, placement, … at the top.")
     version = data.get("version")
     if version != PROFILE_VERSION:
         raise ProfileInvalid(
-            f"{source} has version {version!r}; this qwendeploy reads version {PROFILE_VERSION}.",
+            f"{source} has version {limits.shown(version)}; this qwendeploy reads version {PROFILE_VERSION}.",
             hint="Regenerate it with `qwendeploy plan ... -o PROFILE --force`.",
         )
     try:
         return Profile.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(_describe(err) for err in e.errors())
-        raise ProfileInvalid(f"{source} is not a valid profile: {problems}") from None
+        raise ProfileInvalid(f"{source} is not a valid profile: {describe_errors(e)}") from None

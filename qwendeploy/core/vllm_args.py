@@ -424,8 +424,24 @@ def shell_command(
     key, ``VLLM_API_KEY="$QWEN_KEY"``), so the line still works when pasted and shows no secret.
     """
     refs = refs or {}
-    prefix = [f'{k}="${refs[k]}"' if k in refs else f"{k}={shlex.quote(v)}" for k, v in (env_set or {}).items()]
+    prefix: list[str] = []
+    needs_env = False
+    for k, v in (env_set or {}).items():
+        if k in refs and _POSIX_NAME.fullmatch(k) and _POSIX_NAME.fullmatch(refs[k]):
+            prefix.append(f'{k}="${refs[k]}"')
+        elif _POSIX_NAME.fullmatch(k):
+            prefix.append(f"{k}={shlex.quote(v)}")
+        else:
+            # Not a name the shell assigns (the profile schema refuses these; this is the last line of defence):
+            # quote the whole NAME=VALUE and pass it through env(1), so pasting the line runs nothing it holds.
+            prefix.append(shlex.quote(f"{k}={v}"))
+            needs_env = True
+    if needs_env:
+        prefix.insert(0, "env")
     return " ".join([*prefix, *(shlex.quote(a) for a in argv)])
+
+
+_POSIX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _key_refs(spec: LaunchSpec) -> dict[str, str]:

@@ -224,9 +224,10 @@ def test_serve_runs_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     out += proc.stdout.read()
     assert proc.returncode == 0, out
     assert "curl http://127.0.0.1:" in out and "Authorization: Bearer $QK" in out
-    assert str(tmp_path / "logs" / "t.0.log") in out
+    (log,) = (tmp_path / "logs").glob("t.*.0.log")  # <name>.<run id>.<start>.log
+    assert str(log) in out
     assert "sk-run-secret" not in out
-    assert "sk-run-secret" not in (tmp_path / "logs" / "t.0.log").read_text()
+    assert "sk-run-secret" not in log.read_text()
     assert alive(_server_pids(tmp_path)) == []
     # what `ps` showed: no key on the server's or its worker's command line
     assert cmdlines and all("sk-run-secret" not in c and "--api-key" not in c for c in cmdlines)
