@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwendeploy.core.diagnosis import evidence as evi
+from qwendeploy.core.diagnosis.evidence import MachineProcess
 from qwendeploy.core.diagnosis.rules import (
     Catalog,
     Rule,
@@ -109,6 +111,15 @@ class DiagnosisContext:
     tensor_parallel_size: int | None = None
     env: Mapping[str, str] | None = None
     """Environment the server ran with (for nccl_env_misconfig)."""
+    driver_version: str | None = None
+    """The host's NVIDIA driver ("580.65.06") from doctor's NVML check: tells a driver that is too old from a
+    container's CUDA compat library loaded in front of a new one (error 803)."""
+    gpu_processes: Sequence[MachineProcess] = ()
+    """GPU processes doctor found on this machine: whose memory the processes an OOM names are."""
+    log_age_s: float | None = None
+    """Seconds since the log was last written (doctor: now minus the file's mtime), for how long it has been silent."""
+    nccl_test: tuple[str, str, tuple[str, ...]] | None = None
+    """Doctor's NCCL test hung: (its message, the machine findings that did not pass, its last output lines)."""
 
 
 # ---------------------------------------------------------------------------------------------- compiled catalog
@@ -360,7 +371,17 @@ def _compiled() -> _Compiled:
     # The gate runs on the lower-cased line: a superset of the case-sensitive matches, which is all a gate needs.
     gate = re.compile("" if always else _trie_regex(words))
     rank = {ph.name: i for i, ph in enumerate(cat.phases)}
-    fact_words = (*_W_LAUNCH, *_W_TP, *_W_RANKS, *_W_ACS, *_W_ERROR, "CUDA_VISIBLE_DEVICES", "memory in use", "NCCL")
+    fact_words = (
+        *_W_LAUNCH,
+        *_W_TP,
+        *_W_RANKS,
+        *_W_ACS,
+        *_W_ERROR,
+        *_W_EVIDENCE,
+        "CUDA_VISIBLE_DEVICES",
+        "memory in use",
+        "NCCL",
+    )
     fact_gate = re.compile(_trie_regex((*fact_words, "nccl")))
     restart = frozenset(m for ph in cat.phases for m in ph.restart)
     return _Compiled(cat, phase_re, phase_gate, group_phase, reset_group, gate, fact_gate, tuple(sigs), rank, restart)
@@ -407,7 +428,7 @@ def _clean(raw: object) -> str:
     text = raw if isinstance(raw, str) else str(raw)
     if len(text) > MAX_LINE_CHARS:
         text = text[:MAX_LINE_CHARS]
-    return text.rstrip("\r\n")
+    return evi.normalise(text.rstrip("\r\n"))
 
 
 def _quote(text: str) -> str:
@@ -462,6 +483,19 @@ class _Scan:
     nccl: bool = False
     phase: str | None = None
     stopping: bool = False  # a stop was requested (SIGTERM/SIGINT): errors of the teardown are not the failure
+    run: int = 0
+    """Runs begun so far (a reset marker starts a new one): a pid of an earlier run is an orphan of it."""
+    ts_last: float | None = None
+    ts_last_text: str = ""
+    phase_ts: float | None = None
+    """The log's own time when the current phase was reached (or the first time seen after it)."""
+    phase_ts_text: str = ""
+    container: list[Evidence] = field(default_factory=list)
+    driver: tuple[int, str, str] | None = None
+    """Line, major version and text of the first line that names the host driver."""
+    procs: evi.Processes = field(default_factory=evi.Processes)
+    vllm_seen: bool = False
+    """A line names vLLM: the log is a vLLM start-up, not a bare NCCL or driver excerpt."""
 
 
 def _scan(lines: Iterable[object]) -> _Scan:
@@ -472,11 +506,23 @@ def _scan(lines: Iterable[object]) -> _Scan:
         if not text.strip():
             continue
         st.tail.append((i, text))
+        ts = evi.timestamp(text)
+        if ts is not None:
+            st.ts_last, st.ts_last_text = ts
+            if st.phase_ts is None:
+                st.phase_ts, st.phase_ts_text = ts
         m = c.phase_re.search(text) if c.phase_gate.search(text) else None
         if m is not None and m.lastgroup is not None:
+            before = st.phase
             st.phase = c.advance(st.phase, m)
+            if st.phase != before or m.lastgroup == c.reset_group:
+                st.phase_ts, st.phase_ts_text = ts if ts is not None else (None, "")
             if m.lastgroup == c.reset_group:
                 st.stopping = False
+                # A new run only once the last one got past its start (the API server and its engine both
+                # print reset markers while starting).
+                if before is not None and c.rank.get(before, 0) > 0:
+                    st.run += 1
             else:
                 ph = c.group_phase[m.lastgroup]
                 # Reverse-chronological logs (web consoles print newest first): a hit before any marker
@@ -489,6 +535,8 @@ def _scan(lines: Iterable[object]) -> _Scan:
         if c.fact_gate.search(text):
             _collect_facts(st, i, text)
         lower = text.lower()
+        if not st.vllm_seen and "vllm" in lower:
+            st.vllm_seen = True
         if not c.gate.search(lower):
             continue
         for sig in c.signatures:
@@ -519,6 +567,20 @@ _W_LAUNCH = ("vllm", "api_server", "LLM(")
 _W_TP = ("tensor", "-tp")
 _W_RANKS = ("NCCL INFO", "nranks", "world_size", "nproc", "VllmWorker", "RayWorker")
 _W_ACS = ("via SHM", "ACSCtl", "iommu", "IOMMU", "AMD-Vi", "DMAR")
+_W_EVIDENCE = (
+    "pid",
+    "PID",
+    "process [",
+    "172.17.",
+    "docker",
+    "kubepods",
+    "shm-size",
+    "ipc",
+    "compat",
+    "river",
+    "NVRM",
+    "NVIDIA",
+)
 _W_ERROR = (
     "ERROR",
     "CRITICAL",
@@ -535,6 +597,15 @@ _W_ERROR = (
 
 def _collect_facts(st: _Scan, i: int, text: str) -> None:
     # Each pattern runs only when its key words are in the line: most lines of a long log have none.
+    st.procs.read(i, text, st.run)
+    if len(st.container) < 2:
+        hint = evi.container_hint(text)
+        if hint is not None:
+            st.container.append(Evidence(i, _quote(text)))
+    if st.driver is None:
+        drv = evi.host_driver(text)
+        if drv is not None:
+            st.driver = (i, drv, text)
     if not st.nccl and ("NCCL" in text or "nccl" in text):
         st.nccl = True
     launch = _has(text, _W_LAUNCH) and bool(_LAUNCH.search(text))
@@ -625,7 +696,12 @@ def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
             hang_ev = [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
     f["hang"] = _Fact(hang, hang_ev)
     f["acs_hint"] = _Fact(bool(st.acs), list(st.acs))
-    f["several_processes_listed"] = _Fact(bool(st.several_procs), list(st.several_procs))
+    # Other processes, not this one seen under its host pid from a container, holding real memory (a CUDA
+    # context alone is ~0.25-0.5 GiB).
+    others = {p.pid: p for p in st.procs.named if not p.self_like}
+    held = sum(evi.to_bytes(p.mem) for p in others.values())
+    several = bool(st.several_procs) and len(others) >= 2 and held >= evi.OTHERS_MIN_BYTES
+    f["several_processes_listed"] = _Fact(several, list(st.several_procs) if several else [])
     f["nccl_activity"] = _Fact(st.nccl, [])
     env_ev: list[Evidence] = []
     for name, value in sorted((ctx.env or {}).items()):
@@ -634,7 +710,100 @@ def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
             values.setdefault("nccl_var", name)
             values.setdefault("nccl_value", value)
     f["harmful_nccl_env"] = _Fact(bool(env_ev), env_ev)
+    _stall_facts(st, ctx, f, values)
+    _machine_facts(st, ctx, f, values)
     return _Facts(f, values)
+
+
+def _stall_facts(st: _Scan, ctx: DiagnosisContext, f: dict[str, _Fact], values: dict[str, str]) -> None:
+    """``stalled``: the log ends with no error before the server was ready; where, and for how long."""
+    tail = list(st.tail)
+    last_phase = _compiled().catalog.phases[-1].name
+    rules = {r.id: r for r in _compiled().catalog.rules}
+    # Only when nothing named a failure: a rule of severity error that fired on a line of its own.
+    named = any(
+        not rules[rid].signatures[j].supporting and rules[rid].severity == "error" and not rules[rid].requires
+        for rid, j in st.hits
+    )
+    # An excerpt that is not a vLLM start-up (bare NCCL lines) is stalled only when nothing else was found in it;
+    # text that shows no start-up at all is not a start-up that stalled.
+    anything = any(not rules[rid].signatures[j].supporting for rid, j in st.hits)
+    stalled = (
+        bool(tail)
+        and st.phase != last_phase
+        and not st.stopping
+        and st.error_count == 0
+        and not named
+        and (st.vllm_seen or (st.phase is not None and not anything))
+    )
+    if not tail:
+        f["stalled"] = _Fact(False, [])
+        return
+    values["stall_phase"] = st.phase or "none"
+    values["stall_phase_label"] = phase_label(st.phase) if st.phase else "before any start-up phase"
+    values["last_line"] = _quote(tail[-1][1])[:200]
+    span = ""
+    if st.ts_last is not None and st.phase_ts is not None:
+        secs = st.ts_last - st.phase_ts
+        if secs < 0:  # the year turned, or lines out of order: say nothing rather than a wrong time
+            span = ""
+        else:
+            span = f" for {evi.duration(secs)} by the log's own clock ({st.phase_ts_text} → {st.ts_last_text})"
+    elif st.ts_last is None:
+        span = " (the log has no timestamps to say for how long)"
+    values["stall_for"] = span
+    values["stall_silent"] = (
+        f", and nothing was written for {evi.duration(ctx.log_age_s)} since" if ctx.log_age_s is not None else ""
+    )
+    values["stall_checks"] = evi.STALL_CHECKS.get(st.phase, evi.STALL_CHECKS[None])
+    ev = [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
+    f["stalled"] = _Fact(stalled, ev)
+
+
+def _machine_facts(st: _Scan, ctx: DiagnosisContext, f: dict[str, _Fact], values: dict[str, str]) -> None:
+    """Container, host driver and whose-memory evidence, from the log and from doctor's machine checks."""
+    f["in_container"] = _Fact(bool(st.container), list(st.container))
+    values["container_note"] = (
+        f" The log shows a container ({_quote(st.container[0].text)[:120]!r})." if st.container else ""
+    )
+    driver_ev: list[Evidence] = []
+    major: int | None = None
+    if ctx.driver_version:
+        head = ctx.driver_version.split(".", 1)[0]
+        if head.isdigit():
+            major = int(head)
+            values["host_driver"] = ctx.driver_version
+            driver_ev.append(Evidence(0, f"doctor (NVML): host driver {ctx.driver_version}"))
+    if major is None and st.driver is not None:
+        major = int(st.driver[1])
+        values["host_driver"] = st.driver[1]
+        driver_ev.append(Evidence(st.driver[0], _quote(st.driver[2])))
+    new = major is not None and major >= evi.NEW_DRIVER_MAJOR
+    f["new_host_driver"] = _Fact(new, driver_ev if new else [])
+    f["old_host_driver"] = _Fact(major is not None and not new, driver_ev if not new else [])
+    machine = {p.pid: p for p in ctx.gpu_processes}
+    note, orphan = evi.whose_memory(st.procs, st.run, machine)
+    values["whose_note"] = note
+    orphan_ev: list[Evidence] = []
+    if orphan is not None:
+        values["orphan_pid"] = orphan
+        named = next(p for p in st.procs.named if p.pid == orphan)
+        orphan_ev.append(Evidence(named.line, f"Process {orphan} has {named.mem} memory in use"))
+        seen = st.procs.seen.get(orphan)
+        if seen is not None:
+            values.setdefault("orphan_name", f"first seen in this log as {_quote(seen[2])[:100]!r}")
+            orphan_ev.append(Evidence(seen[1], _quote(seen[2])))
+        elif int(orphan) in machine:
+            values.setdefault("orphan_name", machine[int(orphan)].name)
+            orphan_ev.append(Evidence(0, f"doctor: pid {orphan} {machine[int(orphan)].name} has lost its parent"))
+    f["orphan_named"] = _Fact(orphan is not None, orphan_ev)
+    test = ctx.nccl_test
+    f["nccl_test_hung"] = _Fact(
+        test is not None, [Evidence(0, f"doctor --nccl-test: {x}") for x in (test[2][-6:] if test else ())]
+    )
+    if test is not None:
+        values["nccl_test_message"] = test[0]
+        values["nccl_test_findings"] = test[1]
 
 
 def _line_text(st: _Scan, line: int) -> str:
@@ -733,7 +902,14 @@ def _derive(name: str, v: dict[str, str], facts: _Facts) -> None:
             v["timeout_s"] = f"{ms / 1000:g}"
     elif name == "ray_note":
         tp_s, gpus_s = v.get("tp_requested"), v.get("ray_gpus")
-        v["ray_gpus_note"] = f": TP {tp_s} needs {tp_s} GPUs, Ray has {gpus_s}" if tp_s and gpus_s else ""
+        pg_gpus, pg_s = _num(v, "ray_pg_gpus"), v.get("pg_timeout_s")
+        if pg_gpus is not None and pg_s:
+            v["ray_gpus_note"] = f": {pg_gpus:g} GPUs were not free within {pg_s} s"
+        else:
+            v["ray_gpus_note"] = f": TP {tp_s} needs {tp_s} GPUs, Ray has {gpus_s}" if tp_s and gpus_s else ""
+    elif name == "visible_note":
+        value = v.get("visible_min_value")
+        v["visible_value_note"] = f" (CUDA_VISIBLE_DEVICES={value})" if value else ""
     elif name == "driver_found_cuda":
         found = _num(v, "driver_found")
         v["driver_detail"] = (
