@@ -8,6 +8,7 @@ the way. See qwendeploy/data/rules.yaml for the catalog and how ranking works.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 from qwendeploy.core.diagnosis import evidence as evi
 from qwendeploy.core.diagnosis.evidence import MachineProcess
+from qwendeploy.core.diagnosis.gate import WordGate, trie_regex
 from qwendeploy.core.diagnosis.rules import (
     Catalog,
     Rule,
@@ -35,6 +37,9 @@ MAX_DIAGNOSES = 6
 """Diagnoses returned at most (most likely first)."""
 _HITS_KEPT = 16
 """Hits remembered per signature (the first one and the latest ones)."""
+_FACTS_KEPT = 256
+"""Launch lines, CUDA_VISIBLE_DEVICES values, TP values and unplaced hits remembered at most: memory stays bounded
+on a log of any length (the first ones carry the launch; later repeats add nothing)."""
 
 HARMFUL_NCCL_ENV: Mapping[str, str] = {
     "NCCL_P2P_DISABLE": "turns off GPU peer-to-peer (NVLink/PCIe P2P); all traffic goes through host memory",
@@ -276,26 +281,6 @@ def signature_literals(pattern: str) -> tuple[tuple[str, ...] | None, bool]:
     return tuple(lits), icase
 
 
-def _trie_regex(words: Iterable[str]) -> str:
-    """One regex matching any of ``words``, shaped as a trie so a line is scanned once, not once per word."""
-    trie: dict[str, Any] = {}
-    for w in words:
-        node = trie
-        for ch in w:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def render(node: dict[str, Any]) -> str:
-        if "" in node and len(node) == 1:
-            return ""
-        alts = [re.escape(ch) + render(child) for ch, child in sorted(node.items()) if ch]
-        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        # A word ending here makes the rest optional; the gate only needs to know some word matched.
-        return "" if "" in node else body
-
-    return render(trie) or "(?!)"
-
-
 @dataclass(frozen=True)
 class _Sig:
     rule: Rule
@@ -318,6 +303,11 @@ class _Compiled:
     rank: Mapping[str, int]
     restart: frozenset[str]
     """Markers that, seen while serving, begin a new run (``Phase.restart``)."""
+    block_gate: WordGate
+    """Every word any gate looks for, lower-cased: tried on 64 lower-cased lines at a time, then on each line."""
+    serving_gate: WordGate
+    """The same without the markers of the last phase: once serving, its markers (every request line) change
+    nothing, so a serving log's lines skip the closer look."""
 
     def advance(self, current: str | None, m: re.Match[str]) -> str | None:
         """The phase after a line whose phase marker matched ``m``, given the phase so far.
@@ -356,7 +346,7 @@ def _compiled() -> _Compiled:
     if resets:
         parts.insert(0, f"(?P<{reset_group}>" + "|".join(re.escape(m) for m in resets) + ")")
     phase_re = re.compile("|".join(parts))
-    phase_gate = re.compile(_trie_regex([m for ph in cat.phases for m in (*ph.markers, *ph.reset)]))
+    phase_gate = re.compile(trie_regex([m for ph in cat.phases for m in (*ph.markers, *ph.reset)]))
     sigs: list[_Sig] = []
     words: set[str] = set()
     always = False
@@ -369,7 +359,7 @@ def _compiled() -> _Compiled:
             else:
                 words.update(w.lower() for w in lits)
     # The gate runs on the lower-cased line: a superset of the case-sensitive matches, which is all a gate needs.
-    gate = re.compile("" if always else _trie_regex(words))
+    gate = re.compile("" if always else trie_regex(words))
     rank = {ph.name: i for i, ph in enumerate(cat.phases)}
     fact_words = (
         *_W_LAUNCH,
@@ -382,9 +372,29 @@ def _compiled() -> _Compiled:
         "memory in use",
         "NCCL",
     )
-    fact_gate = re.compile(_trie_regex((*fact_words, "nccl")))
+    fact_gate = re.compile(trie_regex((*fact_words, "nccl")))
     restart = frozenset(m for ph in cat.phases for m in ph.restart)
-    return _Compiled(cat, phase_re, phase_gate, group_phase, reset_group, gate, fact_gate, tuple(sigs), rank, restart)
+    markers = [m for ph in cat.phases for m in (*ph.markers, *ph.reset)]
+    block_words = {w.lower() for w in (*words, *fact_words, *markers, "nccl", "shutdown", "signal=")}
+    last = cat.phases[-1]
+    others = {m.lower() for ph in cat.phases[:-1] for m in (*ph.markers, *ph.reset)}
+    serving_only = {m.lower() for m in last.markers} - others
+    block_gate = WordGate([""] if always else block_words)
+    serving_gate = WordGate([""] if always else block_words - serving_only)
+    return _Compiled(
+        cat,
+        phase_re,
+        phase_gate,
+        group_phase,
+        reset_group,
+        gate,
+        fact_gate,
+        tuple(sigs),
+        rank,
+        restart,
+        block_gate,
+        serving_gate,
+    )
 
 
 def phase_of_line(text: str) -> str | None:
@@ -490,6 +500,8 @@ class _Scan:
     phase_ts: float | None = None
     """The log's own time when the current phase was reached (or the first time seen after it)."""
     phase_ts_text: str = ""
+    phase_ts_pending: bool = False
+    """The line that reached the phase had no time: the next time written anywhere is taken."""
     container: list[Evidence] = field(default_factory=list)
     driver: tuple[int, str, str] | None = None
     """Line, major version and text of the first line that names the host driver."""
@@ -498,61 +510,139 @@ class _Scan:
     """A line names vLLM: the log is a vLLM start-up, not a bare NCCL or driver excerpt."""
 
 
+_BLOCK_LINES = 2048
+"""Lines scanned together: one C-level search of the joined block finds the few lines worth a closer look."""
+
+
 def _scan(lines: Iterable[object]) -> _Scan:
+    """One pass over the log in blocks (bounded memory): lines no gate word touches only feed the tail."""
     c = _compiled()
     st = _Scan()
-    for i, raw in enumerate(lines, 1):
-        text = _clean(raw)
-        if not text.strip():
-            continue
-        st.tail.append((i, text))
+    buf: list[tuple[int, object]] = []
+    for item in enumerate(lines, 1):
+        buf.append(item)
+        if len(buf) >= _BLOCK_LINES:
+            _scan_block(c, st, buf)
+            buf = []
+    if buf:
+        _scan_block(c, st, buf)
+    for _, text in reversed(st.tail):
         ts = evi.timestamp(text)
         if ts is not None:
             st.ts_last, st.ts_last_text = ts
-            if st.phase_ts is None:
-                st.phase_ts, st.phase_ts_text = ts
-        m = c.phase_re.search(text) if c.phase_gate.search(text) else None
-        if m is not None and m.lastgroup is not None:
-            before = st.phase
-            st.phase = c.advance(st.phase, m)
-            if st.phase != before or m.lastgroup == c.reset_group:
-                st.phase_ts, st.phase_ts_text = ts if ts is not None else (None, "")
-            if m.lastgroup == c.reset_group:
-                st.stopping = False
-                # A new run only once the last one got past its start (the API server and its engine both
-                # print reset markers while starting).
-                if before is not None and c.rank.get(before, 0) > 0:
-                    st.run += 1
-            else:
-                ph = c.group_phase[m.lastgroup]
-                # Reverse-chronological logs (web consoles print newest first): a hit before any marker
-                # takes the phase of the nearest marker after it.
-                for h in st.unresolved:
-                    h.phase = ph
-                st.unresolved.clear()
-        if not st.stopping and ("shutdown" in text or "signal=" in text) and _STOP_REQUESTED.search(text):
-            st.stopping = True
-        if c.fact_gate.search(text):
-            _collect_facts(st, i, text)
-        lower = text.lower()
-        if not st.vllm_seen and "vllm" in lower:
-            st.vllm_seen = True
-        if not c.gate.search(lower):
-            continue
-        for sig in c.signatures:
-            if sig.literals is not None:
-                hay = lower if sig.icase else text
-                if not any(lit in hay for lit in sig.literals):
-                    continue
-            sm = sig.regex.search(text)
-            if sm is None:
-                continue
-            groups = {k: v for k, v in sm.groupdict().items() if v is not None}
-            hit = _Hit(i, text, groups, st.phase)
-            if st.phase is None:
-                st.unresolved.append(hit)
-            st.hits.setdefault((sig.rule.id, sig.index), _SigHits()).add(hit)
+            break
     return st
+
+
+def _scan_block(c: _Compiled, st: _Scan, buf: list[tuple[int, object]]) -> None:
+    texts = [_clean(raw) for _, raw in buf]
+    joined = "\n".join(texts)
+    lower = joined.lower()
+    if not st.vllm_seen and "vllm" in lower:
+        st.vllm_seen = True
+    starts = [0]
+    for t in texts:
+        starts.append(starts[-1] + len(t) + 1)
+    lows = lower.split("\n")
+    last = c.catalog.phases[-1].name
+    serving = st.phase == last
+    picked = _pick(c.serving_gate if serving else c.block_gate, lows, 0)
+    # The first line each vLLM pid appears on (a pid of an earlier run that an OOM names is an orphan). Three
+    # literal-led patterns: re finds those at memchr speed, an alternation of them it would not.
+    if len(st.procs.seen) < evi.MAX_PIDS:
+        for pattern in evi.PID_PATTERNS:
+            for pid in set(pattern.findall(joined)):
+                if pid not in st.procs.seen:
+                    first = re.search(rf"(?<!\d){pid}(?!\d)", joined)
+                    if first is not None:
+                        picked.add(bisect.bisect_right(starts, first.start()) - 1)
+    if st.phase_ts_pending:
+        ts_m = evi.TS.search(joined)
+        if ts_m is not None:
+            got = evi.timestamp(ts_m.group(0))
+            if got is not None:
+                st.phase_ts, st.phase_ts_text = got
+                st.phase_ts_pending = False
+    order = sorted(picked)
+    n = 0
+    while n < len(order):
+        k = order[n]
+        n += 1
+        text = texts[k]
+        if text.strip():
+            _scan_line(c, st, buf[k][0], text, joined, starts[k])
+        if serving and st.phase != last:  # a restart inside the block: its later lines need the full gate
+            serving = False
+            order = sorted({*order[n:], *_pick(c.block_gate, lows, k + 1)})
+            n = 0
+    tail: list[tuple[int, str]] = []
+    for k in range(len(texts) - 1, -1, -1):
+        if texts[k].strip():
+            tail.append((buf[k][0], texts[k]))
+            if len(tail) == st.tail.maxlen:
+                break
+    st.tail.extend(reversed(tail))
+
+
+_SUB_BLOCK = 64
+"""Lines tried together by the gate before each is tried alone."""
+
+
+def _pick(gate: WordGate, lows: list[str], start: int) -> set[int]:
+    """Indices (from ``start``) of the lower-cased lines that contain a gate word."""
+    out: set[int] = set()
+    for a in range(start, len(lows), _SUB_BLOCK):
+        part = lows[a : a + _SUB_BLOCK]
+        if gate("\n".join(part)):
+            out.update(a + j for j, low in enumerate(part) if gate(low))
+    return out
+
+
+def _scan_line(c: _Compiled, st: _Scan, i: int, text: str, block: str, offset: int) -> None:
+    m = c.phase_re.search(text) if c.phase_gate.search(text) else None
+    if m is not None and m.lastgroup is not None:
+        before = st.phase
+        st.phase = c.advance(st.phase, m)
+        if st.phase != before or m.lastgroup == c.reset_group:
+            # When the phase was reached, by the log's own clock: this line's time, else the next one written.
+            ts_m = evi.TS.search(block, offset)
+            got = evi.timestamp(ts_m.group(0)) if ts_m is not None else None
+            st.phase_ts, st.phase_ts_text = got if got is not None else (None, "")
+            st.phase_ts_pending = got is None
+        if m.lastgroup == c.reset_group:
+            st.stopping = False
+            # A new run only once the last one got past its start (the API server and its engine both
+            # print reset markers while starting).
+            if before is not None and c.rank.get(before, 0) > 0:
+                st.run += 1
+        else:
+            ph = c.group_phase[m.lastgroup]
+            # Reverse-chronological logs (web consoles print newest first): a hit before any marker
+            # takes the phase of the nearest marker after it.
+            for h in st.unresolved:
+                h.phase = ph
+            st.unresolved.clear()
+    if not st.stopping and ("shutdown" in text or "signal=" in text) and _STOP_REQUESTED.search(text):
+        st.stopping = True
+    st.procs.read(i, text, st.run)
+    if c.fact_gate.search(text):
+        _collect_facts(st, i, text)
+    lower = text.lower()
+    if not c.gate.search(lower):
+        return
+    for sig in c.signatures:
+        if sig.literals is not None:
+            hay = lower if sig.icase else text
+            if not any(lit in hay for lit in sig.literals):
+                continue
+        sm = sig.regex.search(text)
+        if sm is None:
+            continue
+        groups = {k: v for k, v in sm.groupdict().items() if v is not None}
+        hit = _Hit(i, text, groups, st.phase)
+        if st.phase is None and len(st.unresolved) < _FACTS_KEPT:
+            st.unresolved.append(hit)
+        st.hits.setdefault((sig.rule.id, sig.index), _SigHits()).add(hit)
 
 
 def _count_devices(value: str) -> int:
@@ -568,9 +658,6 @@ _W_TP = ("tensor", "-tp")
 _W_RANKS = ("NCCL INFO", "nranks", "world_size", "nproc", "VllmWorker", "RayWorker")
 _W_ACS = ("via SHM", "ACSCtl", "iommu", "IOMMU", "AMD-Vi", "DMAR")
 _W_EVIDENCE = (
-    "pid",
-    "PID",
-    "process [",
     "172.17.",
     "docker",
     "kubepods",
@@ -597,7 +684,6 @@ _W_ERROR = (
 
 def _collect_facts(st: _Scan, i: int, text: str) -> None:
     # Each pattern runs only when its key words are in the line: most lines of a long log have none.
-    st.procs.read(i, text, st.run)
     if len(st.container) < 2:
         hint = evi.container_hint(text)
         if hint is not None:
@@ -609,12 +695,12 @@ def _collect_facts(st: _Scan, i: int, text: str) -> None:
     if not st.nccl and ("NCCL" in text or "nccl" in text):
         st.nccl = True
     launch = _has(text, _W_LAUNCH) and bool(_LAUNCH.search(text))
-    if launch:
+    if launch and len(st.launch_lines) < _FACTS_KEPT:
         st.launch_lines.append((i, text))
-    if "CUDA_VISIBLE_DEVICES" in text:
+    if "CUDA_VISIBLE_DEVICES" in text and len(st.visible) < _FACTS_KEPT:
         for m in _VISIBLE.finditer(text):
             st.visible.append((i, m.group("v"), _count_devices(m.group("v")), launch))
-    if _has(text, _W_TP):
+    if _has(text, _W_TP) and len(st.tp_values) < _FACTS_KEPT:
         for m in _TP.finditer(text):
             st.tp_values.append((i, text, int(m.group("a") or m.group("b"))))
     if len(st.multi) < 2 and _has(text, _W_RANKS):
@@ -1071,11 +1157,12 @@ def _fallback(rule: Rule, st: _Scan) -> _Candidate | None:
     return _Candidate(rule, 0.3, ev, {}, st.phase)
 
 
-def diagnose(lines: Sequence[str], context: DiagnosisContext | None = None) -> list[Diagnosis]:
+def diagnose(lines: Iterable[str], context: DiagnosisContext | None = None) -> list[Diagnosis]:
     """Name the likely causes of a failed or hung vLLM run from its log.
 
     Args:
-        lines: the log, one line per item (any length; trailing newlines are ignored).
+        lines: the log, one line per item (any length; trailing newlines are ignored). Read once, in order, so a
+            generator streams a log of any size in bounded memory.
         context: what else is known (profile, TP size, environment).
 
     Returns:
