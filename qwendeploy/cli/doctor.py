@@ -1,7 +1,8 @@
 """``qwendeploy doctor``: machine checks, log diagnosis and an optional NCCL all-reduce test.
 
 Exit codes: 0 nothing failed, 1 a check failed or a diagnosis was found, 2 bad input. With ``--json`` stdout is
-exactly ``{"checks": [...], "diagnoses": [...]}`` and nothing else.
+exactly ``{"checks": [...], "diagnoses": [...]}`` and nothing else; with ``--log`` and ``--profile`` together it also
+has ``"startup"``: what vLLM reported at start-up beside the plan's prediction (a difference over 2% is flagged).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from qwendeploy.cli.errors import user_errors
 from qwendeploy.core.checks import Check
 from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
 from qwendeploy.core.diagnosis.evidence import MachineProcess
+from qwendeploy.core.diagnosis.startup import StartupReport, compare
 from qwendeploy.core.machine_checks import run_checks
 from qwendeploy.core.machine_facts import MachineFacts, NvmlReport
 from qwendeploy.core.profile import Profile
@@ -174,18 +176,32 @@ def _context(
     )
 
 
-def _diagnose(source: _LogSource, profile: Profile | None, facts: MachineFacts) -> tuple[list[dict[str, Any]], bool]:
-    """The log's diagnoses (streamed) and whether it had any text at all."""
+def _diagnose(
+    source: _LogSource, profile: Profile | None, facts: MachineFacts
+) -> tuple[list[dict[str, Any]], bool, StartupReport]:
+    """The log's diagnoses, whether it had any text at all, and vLLM's start-up figures — in one streamed pass."""
     seen = [False]
+    report = StartupReport()
 
     def counted() -> Iterator[str]:
-        for line in source.lines():
+        for i, line in enumerate(source.lines(), 1):
             if not seen[0] and line.strip():
                 seen[0] = True
+            report.feed(i, line)
             yield line
 
     found = diagnose(counted(), _context(profile, facts, source.age_s))
-    return [d.to_dict() for d in found], seen[0]
+    return [d.to_dict() for d in found], seen[0], report
+
+
+def _startup(report: StartupReport, profile: Profile) -> dict[str, Any]:
+    rows = compare(report, profile.estimate)
+    return {
+        "reported": report.to_dict(),
+        "comparison": [r.to_dict() for r in rows],
+        "flagged": any(r.flagged for r in rows),
+        "vllm_version_planned": profile.estimate.vllm_version,
+    }
 
 
 def _nccl_gpus(nv: NvmlReport | None, profile: Profile | None) -> list[str]:
@@ -266,6 +282,7 @@ def _doctor(
         checks += _multi_node(profile)
     diagnoses: list[dict[str, Any]] = []
     nccl: dict[str, Any] | None = None
+    startup: dict[str, Any] | None = None
     if nccl_test:
         from qwendeploy.adapters import nccl_test as nccl_mod
 
@@ -282,20 +299,25 @@ def _doctor(
             diagnoses.append(diag)
         nccl = outcome.to_dict()
     if source is not None:
-        from_log, had_text = _diagnose(source, profile, facts)
+        from_log, had_text, report = _diagnose(source, profile, facts)
+        if profile is not None:
+            startup = _startup(report, profile)
         if had_text:
             diagnoses += from_log
         else:
             checks.append(_empty_log(log))
 
     if json_out:
-        sys.stdout.write(json.dumps({"checks": [c.to_dict() for c in checks], "diagnoses": diagnoses}) + "\n")
+        out: dict[str, Any] = {"checks": [c.to_dict() for c in checks], "diagnoses": diagnoses}
+        if startup is not None:
+            out["startup"] = startup
+        sys.stdout.write(json.dumps(out) + "\n")
     else:
         from rich.console import Console
 
         from qwendeploy.cli import render_doctor
 
-        render_doctor.render(Console(highlight=False), facts, checks, diagnoses, nccl)
+        render_doctor.render(Console(highlight=False), facts, checks, diagnoses, nccl, startup)
     failed = any(c.status == "fail" for c in checks)
     found = any(d.get("recognised") for d in diagnoses)
     return 1 if failed or found else 0

@@ -74,3 +74,26 @@ def test_machine_facts_say_whose_memory_and_which_driver(monkeypatch: pytest.Mon
     by_cat = {d["category"]: d for d in found}
     assert "orphaned_gpu_process" in by_cat and "kill -TERM 4242" in by_cat["orphaned_gpu_process"]["fix"]
     assert by_cat["driver_cuda_mismatch"]["rule_id"] == "driver-too-old"  # R535: the driver really is old
+
+
+RUNS = Path(__file__).parent.parent / "fixtures" / "gpu-runs"
+
+
+def test_log_with_profile_shows_predicted_vs_reported(no_driver: FakeNvml, tmp_path: Path) -> None:
+    log = RUNS / "h100-vllm0.26" / "h100_q3_8b" / "vllm.log"
+    profile = RUNS / "h100-serve-7b" / "q3_8b" / "profile.yaml"  # planned for this start-up: within 0.3%
+    d = json.loads(runner.invoke(app, ["doctor", "--log", str(log), "--profile", str(profile), "--json"]).stdout)
+    rows = {r["name"]: r for r in d["startup"]["comparison"]}
+    assert rows["KV cache"]["predicted"] == 408_240 and rows["KV cache"]["reported"] == 408_256
+    assert d["startup"]["flagged"] is False and not any(r["flagged"] for r in rows.values())
+    # The same profile against another model's start-up parts by far more than 2%.
+    other = RUNS / "h100-vllm0.26" / "h100_q7_32k" / "vllm.log"
+    res = runner.invoke(app, ["doctor", "--log", str(other), "--profile", str(profile)])
+    assert "Start-up vs plan" in res.stdout and "> 2%" in res.stdout and "estimate and vLLM part" in res.stdout
+    d = json.loads(runner.invoke(app, ["doctor", "--log", str(other), "--profile", str(profile), "--json"]).stdout)
+    assert d["startup"]["flagged"] is True
+    # Without --profile the JSON keeps its two keys.
+    assert set(json.loads(runner.invoke(app, ["doctor", "--log", str(log), "--json"]).stdout)) == {
+        "checks",
+        "diagnoses",
+    }
