@@ -138,3 +138,23 @@ def test_doctors_own_nccl_test_hang_is_a_catalog_rule() -> None:
     assert [x.rule_id for x in d] == ["nccl-test-hang"]
     assert d[0].category == "nccl_p2p_hang" and "P2P between GPU 0 and 1 fails" in d[0].summary
     assert d[0].evidence[-1].text == "doctor --nccl-test: y"
+
+
+def test_messages_wrapped_or_quoted_by_copy_paste_still_match() -> None:
+    wrapped = [
+        "(EngineCore_DP0 pid=570282) AssertionError: local_world_size (16) must be less than or equal to the",
+        "number of visible devices (8).",
+    ]
+    d = diagnose(wrapped)[0]
+    assert d.rule_id == "local-world-size-exceeds-visible" and "16 GPUs" in d.summary and "only 8" in d.summary
+    assert d.evidence[-1].line == 2 and "visible devices (8)" in d.evidence[-1].text
+    shm = ["DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system", "error (run with NCCL_DEBUG)"]
+    assert diagnose(shm)[0].category == "shm_too_small"
+    quoted = ["> > RuntimeError: [enforce fail at device.cc:84] ifa != nullptr. Unable to find address for: ^lo"]
+    assert diagnose(quoted)[0].rule_id == "gloo-ifname-exclusion-syntax"
+
+
+def test_the_catch_all_stays_honest() -> None:
+    d = diagnose(["INFO 11-11 14:17:05 api_server.py:585] vLLM API server version 0.6.3", "ZeroDivisionError: boom"])
+    assert [x.rule_id for x in d] == ["unknown-error"] and not d[0].recognised
+    assert d[0].evidence[-1].text == "ZeroDivisionError: boom"

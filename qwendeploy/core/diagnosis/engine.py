@@ -438,7 +438,12 @@ def _clean(raw: object) -> str:
     text = raw if isinstance(raw, str) else str(raw)
     if len(text) > MAX_LINE_CHARS:
         text = text[:MAX_LINE_CHARS]
+    if text[:1] == ">":  # a log pasted as a quote (GitHub, e-mail): "> line", "> > line"
+        text = _QUOTED.sub("", text, count=1)
     return evi.normalise(text.rstrip("\r\n"))
+
+
+_QUOTED = re.compile(r"^(?:> ?)+")
 
 
 def _quote(text: str) -> str:
@@ -571,6 +576,8 @@ def _scan_block(c: _Compiled, st: _Scan, buf: list[tuple[int, object]]) -> None:
         text = texts[k]
         if text.strip():
             _scan_line(c, st, buf[k][0], text, joined, starts[k])
+            if k + 1 < len(texts) and any(w in lows[k] for w in _WRAP_WORDS) and texts[k + 1].strip():
+                _unwrap(c, st, buf[k][0], text, texts[k + 1])
         if serving and st.phase != last:  # a restart inside the block: its later lines need the full gate
             serving = False
             order = sorted({*order[n:], *_pick(c.block_gate, lows, k + 1)})
@@ -627,22 +634,50 @@ def _scan_line(c: _Compiled, st: _Scan, i: int, text: str, block: str, offset: i
     st.procs.read(i, text, st.run)
     if c.fact_gate.search(text):
         _collect_facts(st, i, text)
+    for sig, groups in _matches(c, text):
+        _record(st, sig, _Hit(i, text, groups, st.phase))
+
+
+def _matches(c: _Compiled, text: str) -> list[tuple[_Sig, dict[str, str]]]:
+    """The signatures that match one line, with their named groups."""
     lower = text.lower()
     if not c.gate.search(lower):
-        return
+        return []
+    out: list[tuple[_Sig, dict[str, str]]] = []
     for sig in c.signatures:
         if sig.literals is not None:
             hay = lower if sig.icase else text
             if not any(lit in hay for lit in sig.literals):
                 continue
         sm = sig.regex.search(text)
-        if sm is None:
-            continue
-        groups = {k: v for k, v in sm.groupdict().items() if v is not None}
-        hit = _Hit(i, text, groups, st.phase)
-        if st.phase is None and len(st.unresolved) < _FACTS_KEPT:
-            st.unresolved.append(hit)
-        st.hits.setdefault((sig.rule.id, sig.index), _SigHits()).add(hit)
+        if sm is not None:
+            out.append((sig, {k: v for k, v in sm.groupdict().items() if v is not None}))
+    return out
+
+
+def _record(st: _Scan, sig: _Sig, hit: _Hit) -> None:
+    if st.phase is None and len(st.unresolved) < _FACTS_KEPT:
+        st.unresolved.append(hit)
+    st.hits.setdefault((sig.rule.id, sig.index), _SigHits()).add(hit)
+
+
+_WRAP_WORDS = ("error", "exception", "fail", "warn", "cannot", "unable", "must ")
+"""A line with one of these (lower-cased) may be a message that copy-paste or a terminal wrapped onto the next."""
+_WRAP_CHARS = 600
+"""Characters of each line joined when a wrapped message is looked for."""
+
+
+def _unwrap(c: _Compiled, st: _Scan, i: int, text: str, nxt: str) -> None:
+    """Signatures that match only across a line break (``… must be less than or equal to the`` / ``number of
+    visible devices (8).``): recorded on the second line, quoting both."""
+    joined = text[-_WRAP_CHARS:].rstrip() + " " + nxt[:_WRAP_CHARS].strip()
+    both = _matches(c, joined)
+    if not both:
+        return
+    alone = {id(sig) for sig, _ in (*_matches(c, text), *_matches(c, nxt))}
+    for sig, groups in both:
+        if id(sig) not in alone:
+            _record(st, sig, _Hit(i + 1, joined, groups, st.phase))
 
 
 def _count_devices(value: str) -> int:
