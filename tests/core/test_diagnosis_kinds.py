@@ -148,7 +148,10 @@ def test_messages_wrapped_or_quoted_by_copy_paste_still_match() -> None:
     d = diagnose(wrapped)[0]
     assert d.rule_id == "local-world-size-exceeds-visible" and "16 GPUs" in d.summary and "only 8" in d.summary
     assert d.evidence[-1].line == 2 and "visible devices (8)" in d.evidence[-1].text
-    shm = ["DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system", "error (run with NCCL_DEBUG)"]
+    shm = [
+        "DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system",
+        "error (run with NCCL_DEBUG)",
+    ]
     assert diagnose(shm)[0].category == "shm_too_small"
     quoted = ["> > RuntimeError: [enforce fail at device.cc:84] ifa != nullptr. Unable to find address for: ^lo"]
     assert diagnose(quoted)[0].rule_id == "gloo-ifname-exclusion-syntax"

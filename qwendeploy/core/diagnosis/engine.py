@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import bisect
 import functools
-import math
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from qwendeploy.core.diagnosis import evidence as evi
 from qwendeploy.core.diagnosis.evidence import MachineProcess
+from qwendeploy.core.diagnosis.fixes import derive, fill, plan_command
 from qwendeploy.core.diagnosis.gate import WordGate, trie_regex
+from qwendeploy.core.diagnosis.literals import signature_literals
 from qwendeploy.core.diagnosis.rules import (
     Catalog,
     Rule,
@@ -129,7 +130,6 @@ class DiagnosisContext:
 
 # ---------------------------------------------------------------------------------------------- compiled catalog
 
-_LEADING_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
 
 _DEVICE = r"(?:\d+|GPU-[\w-]+|MIG-[\w/-]+)"
 _VISIBLE = re.compile(rf"CUDA_VISIBLE_DEVICES(?:=|:\s*|\s+=\s*)[\"']?(?P<v>{_DEVICE}(?:,{_DEVICE})*)")
@@ -159,126 +159,6 @@ _ERROR = re.compile(
 # Its teardown can then log an EngineDeadError traceback (measured on an H100): an asked-for stop, not a failure.
 _STOP_REQUESTED = re.compile(r"\[shutdown\] API server: shutdown triggered|received signal=SIG(?:TERM|INT)\b")
 _NOT_ERROR = re.compile(r"\bINFO\b|(?<!NCCL )\bWARN(?:ING)?\b|UserWarning")
-
-
-def _structure(pattern: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
-    """(index, char, group depth after it) for each character of ``pattern`` outside escapes and classes."""
-    depth, in_class, i = 0, False, start
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-            if pattern[i + 1 : i + 2] == "]":  # a literal ] first in a class does not close it
-                i += 1
-        else:
-            depth += (ch == "(") - (ch == ")")
-            yield i, ch, depth
-        i += 1
-
-
-def _split_branches(pattern: str) -> list[str]:
-    """Top-level alternatives of a regex (``a|b(c|d)`` → ``a``, ``b(c|d)``)."""
-    out: list[str] = []
-    start = 0
-    for i, ch, depth in _structure(pattern):
-        if ch == "|" and depth == 0:
-            out.append(pattern[start:i])
-            start = i + 1
-    out.append(pattern[start:])
-    return out
-
-
-def _skip_group(b: str, i: int) -> int:
-    """The index just after the group that opens at ``b[i]`` (the end of ``b`` if it never closes)."""
-    for j, ch, depth in _structure(b, i):
-        if ch == ")" and depth == 0:
-            return j + 1
-    return len(b)
-
-
-def _required_literal(branch: str) -> str:
-    """The longest run of plain characters every match of ``branch`` must contain ("" if none is certain).
-
-    Only the top level of the branch is read: groups, classes, escapes like \\d and optional characters end
-    a run. Used to skip the regexes whose literal is not in a line (most lines of a long log).
-    """
-    runs: list[str] = []
-    cur: list[str] = []
-
-    def flush() -> None:
-        if cur:
-            runs.append("".join(cur))
-            cur.clear()
-
-    i = 0
-    while i < len(branch):
-        ch = branch[i]
-        if ch == "\\":
-            nxt = branch[i + 1 : i + 2]
-            i += 2
-            if nxt and not nxt.isalnum():
-                cur.append(nxt)
-            else:
-                flush()
-            continue
-        if ch == "(":
-            flush()
-            i = _skip_group(branch, i)
-            continue
-        if ch == "[":
-            flush()
-            j = i + 1
-            if branch[j : j + 1] == "]":
-                j += 1
-            while j < len(branch) and branch[j] != "]":
-                j += 2 if branch[j] == "\\" else 1
-            i = j + 1
-            continue
-        if ch in "*?{+":
-            optional = ch in "*?" or (ch == "{" and branch[i + 1 : i + 2] == "0")
-            if optional and cur:
-                cur.pop()
-            flush()
-            if ch == "{":
-                i = branch.find("}", i) + 1 or len(branch)
-            else:
-                i += 1
-            if branch[i : i + 1] in ("?", "+"):
-                i += 1
-            continue
-        if ch in ".^$":
-            flush()
-            i += 1
-            continue
-        cur.append(ch)
-        i += 1
-    flush()
-    return max(runs, key=len, default="")
-
-
-def signature_literals(pattern: str) -> tuple[tuple[str, ...] | None, bool]:
-    """Literals one of which every match of ``pattern`` contains, and whether they compare case-insensitively.
-
-    ``None`` when some alternative has no certain literal of 3+ characters (the regex then runs on every line
-    that passes the gate).
-    """
-    icase = False
-    m = _LEADING_FLAGS.match(pattern)
-    if m:
-        icase = "i" in m.group(1)
-        pattern = pattern[m.end() :]
-    lits = []
-    for branch in _split_branches(pattern):
-        lit = _required_literal(branch)
-        if len(lit) < 3:
-            return None, icase
-        lits.append(lit.lower() if icase else lit)
-    return tuple(lits), icase
 
 
 @dataclass(frozen=True)
@@ -937,172 +817,6 @@ def _line_text(st: _Scan, line: int) -> str:
     return ""
 
 
-# ---------------------------------------------------------------------------------------------- derivations
-
-
-def _num(values: Mapping[str, str], key: str) -> float | None:
-    raw = values.get(key)
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
-
-
-def _pow2_at_most(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
-def _derive(name: str, v: dict[str, str], facts: _Facts) -> None:
-    if name == "shm_size_mib":
-        size = _num(v, "shm_size")
-        if size is not None:
-            v["shm_size_mib"] = f"{size / 2**20:.1f}"
-    elif name == "tp_divisors":
-        heads, tp = _num(v, "heads"), _num(v, "tp")
-        if heads is None or tp is None or heads < 1:
-            return
-        h, t = int(heads), int(tp)
-        divisors = [d for d in range(1, h + 1) if h % d == 0]
-        # Powers of two also divide the KV heads of every Qwen model, so vLLM can build the model with them.
-        pow2 = [d for d in divisors if d & (d - 1) == 0]
-        below = max((d for d in pow2 if d <= t), default=1)
-        above = min((d for d in pow2 if d > t), default=None)
-        v["tp_valid"] = ", ".join(str(d) for d in divisors)
-        v["tp_best"] = str(below)
-        v["tp_suggest"] = f"{below} or {above}" if above is not None and above < 2 * t else str(below)
-        v["tp_use_rest"] = (
-            f" To still use all {t} GPUs, run {t // below} replicas of TP {below} (--data-parallel-size {t // below})."
-            if t // below > 1 and t % below == 0
-            else ""
-        )
-    elif name == "yarn_len":
-        d = _num(v, "derived_len")
-        if d is not None:
-            v["yarn_len"] = str(int(d) * 4)
-    elif name == "port_next":
-        p = _num(v, "port")
-        if p is not None:
-            v["port_next"] = str(int(p) + 1)
-    elif name in ("util_up", "util_down"):
-        u = _num(v, "util")
-        if u is not None and 0 < u <= 1:
-            v["util_up"] = f"{min(0.95, u + 0.2):.2f}" if u < 0.95 else "0.95"
-            v["util_down"] = f"{max(0.5, u - 0.05):.2f}"
-    elif name == "util_fit":
-        free, total = _num(v, "free_gib"), _num(v, "total_gib")
-        if free is not None and total:
-            v["util_fit"] = f"{math.floor(free / total * 100) / 100:.2f}"
-    elif name == "fit_len":
-        fit = _num(v, "est_len") or _num(v, "kv_tokens")
-        if fit is not None:
-            v["fit_len"] = str(int(fit))
-            v["fit_len_fp8"] = str(int(fit) * 2)
-    elif name == "tp_for_visible":
-        count = _num(v, "visible_count")
-        if count is not None and count > 1:
-            v["tp_for_visible"] = str(_pow2_at_most(int(count)))
-        v["tp_not_set_note"] = (
-            f" with --tensor-parallel-size unset although {v.get('visible_count')} GPUs are visible"
-            if facts.facts["tp_not_set"].true
-            else ""
-        )
-    elif name == "oom_detail":
-        tried_s, free_s, total_s = v.get("tried"), v.get("free"), v.get("total")
-        v["oom_detail"] = (
-            f" (tried to allocate {tried_s}; {free_s} of {total_s} free)" if tried_s and free_s and total_s else ""
-        )
-    elif name == "num_seqs_half":
-        n = _num(v, "num_seqs")
-        if n is not None:
-            v["num_seqs_half"] = str(max(1, _pow2_at_most(int(n) // 2) if n >= 2 else 1))
-    elif name == "timeout_s":
-        ms = _num(v, "timeout_ms")
-        if ms is not None:
-            v["timeout_s"] = f"{ms / 1000:g}"
-    elif name == "ray_note":
-        tp_s, gpus_s = v.get("tp_requested"), v.get("ray_gpus")
-        pg_gpus, pg_s = _num(v, "ray_pg_gpus"), v.get("pg_timeout_s")
-        if pg_gpus is not None and pg_s:
-            v["ray_gpus_note"] = f": {pg_gpus:g} GPUs were not free within {pg_s} s"
-        else:
-            v["ray_gpus_note"] = f": TP {tp_s} needs {tp_s} GPUs, Ray has {gpus_s}" if tp_s and gpus_s else ""
-    elif name == "visible_note":
-        value = v.get("visible_min_value")
-        v["visible_value_note"] = f" (CUDA_VISIBLE_DEVICES={value})" if value else ""
-    elif name == "driver_found_cuda":
-        found = _num(v, "driver_found")
-        v["driver_detail"] = (
-            f" (this driver supports CUDA {int(found) // 1000}.{int(found) % 1000 // 10})" if found else ""
-        )
-        need = v.get("cuda_needed")
-        drivers = {"11.8": "R520", "12.0": "R525", "12.1": "R530", "12.2": "R535", "12.4": "R550", "12.6": "R560"}
-        drivers |= {"12.8": "R570", "12.9": "R575", "13.0": "R580"}
-        v["cuda_needed_note"] = (
-            f" (CUDA {need} needs {drivers[need]} or newer)" if need in drivers else (f" (CUDA {need})" if need else "")
-        )
-
-
-def _fill(template: str | None, fallback: str | None, values: Mapping[str, str]) -> str:
-    for t in (template, fallback):
-        if t is None:
-            continue
-        if template_fields(t) <= set(values):
-            try:
-                return t.format_map(values)
-            except (KeyError, ValueError, IndexError):
-                continue
-    base = template or fallback or ""
-    return base.format_map(_Missing(values))
-
-
-class _Missing(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return "?"
-
-
-# ---------------------------------------------------------------------------------------------- plan command
-
-_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "--max-model-len": ("--max-model-len", "--context"),
-    "--tensor-parallel-size": ("--tensor-parallel-size", "-tp", "--tp"),
-}
-
-
-def plan_command(profile: Profile, args: Sequence[str]) -> str:
-    """The ``qwendeploy plan`` command that rewrites ``profile`` with ``args`` changed (flags replaced)."""
-    base: list[str] = []
-    if profile.generated_by:
-        try:
-            base = shlex.split(profile.generated_by)
-        except ValueError:
-            base = []
-    if len(base) < 3 or base[:2] != ["qwendeploy", "plan"]:
-        base = ["qwendeploy", "plan", profile.model.id]
-        if profile.placement.gpus:
-            base += ["--gpus", ",".join(profile.placement.gpus)]
-    new_flags = {a for a in args if a.startswith("-")}
-    drop: set[str] = set()
-    for flag in new_flags:
-        drop.update(_ALIASES.get(flag, (flag,)))
-    out: list[str] = []
-    skip = False
-    for tok in base:
-        if skip:
-            skip = False
-            continue
-        name = tok.split("=", 1)[0]
-        if name in drop:
-            skip = "=" not in tok
-            continue
-        out.append(tok)
-    out += list(args)
-    if any(t in ("-o", "--output") or t.startswith("--output=") for t in out) and "--force" not in out:
-        out.append("--force")
-    return shlex.join(out)
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
@@ -1159,7 +873,7 @@ def _evaluate(rule: Rule, st: _Scan, facts: _Facts, ctx: DiagnosisContext) -> _C
     for h in all_hits:
         values.update(h.groups)
     for d in rule.derive:
-        _derive(d, values, facts)
+        derive(d, values, facts.facts["tp_not_set"].true)
 
     ev: list[Evidence] = []
     seen: set[int] = set()
@@ -1243,12 +957,12 @@ def diagnose(lines: Iterable[str], context: DiagnosisContext | None = None) -> l
 def _render(cand: _Candidate, ctx: DiagnosisContext) -> Diagnosis:
     r = cand.rule
     if cand.no_phase and r.summary_no_phase:
-        summary = _fill(r.summary_no_phase, r.summary_no_phase_fallback, cand.values)
+        summary = fill(r.summary_no_phase, r.summary_no_phase_fallback, cand.values)
     else:
-        summary = _fill(r.summary, r.summary_fallback, cand.values)
+        summary = fill(r.summary, r.summary_fallback, cand.values)
         if cand.no_phase:
             summary += " (The log shows no start-up phase: when it happened is unknown.)"
-    fix = _fill(r.fix, r.fix_fallback, cand.values)
+    fix = fill(r.fix, r.fix_fallback, cand.values)
     if ctx.profile is not None and r.plan_args:
         needed = template_fields(r.plan_args)
         if needed <= set(cand.values):
