@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from fakes.fake_nvml import FakeNvml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from qwendeploy.cli import app, wiring
@@ -97,3 +99,16 @@ def test_log_with_profile_shows_predicted_vs_reported(no_driver: FakeNvml, tmp_p
         "checks",
         "diagnoses",
     }
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=3000))
+def test_fuzz_any_log_file_gives_an_answer_never_a_traceback(no_driver: FakeNvml, tmp_path: Path, blob: bytes) -> None:
+    log = tmp_path / "fuzz.log"
+    log.write_bytes(blob)
+    start = time.monotonic()
+    result = runner.invoke(app, ["doctor", "--log", str(log), "--json"])
+    assert result.exit_code in (0, 1), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert set(json.loads(result.stdout)) == {"checks", "diagnoses"}
+    assert time.monotonic() - start < 10
