@@ -25,9 +25,7 @@ def stream_lines(stream: IO[str] | IO[bytes], max_chars: int = MAX_LINE_CHARS) -
 
     Memory is one chunk plus ``max_chars``; bytes are decoded as UTF-8 with replacement characters.
     """
-    head: list[str] = []
-    kept = 0
-    open_line = False
+    pending = ""  # the head of a line the last chunk did not end (at most max_chars)
     skip_lf = False  # a "\r" ended the last chunk: a "\n" opening the next one belongs to it
     decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character split between chunks stays whole
     done = False
@@ -36,26 +34,20 @@ def stream_lines(stream: IO[str] | IO[bytes], max_chars: int = MAX_LINE_CHARS) -
         done = not block
         # At the end the decoder flushes a character cut off by the end of the input as U+FFFD.
         text = decoder.decode(block, final=done) if isinstance(block, bytes) else block or ""
+        if skip_lf and text[:1] == "\n":
+            text = text[1:]
         if not text:
             continue
-        if skip_lf and text.startswith("\n"):
-            text = text[1:]
-        skip_lf = False
-        for part in text.splitlines(keepends=True):
-            body = part
-            if part.endswith("\r\n"):
-                body = part[:-2]
-            elif part[-1] in _BREAKS:
-                body = part[:-1]
-            if kept < max_chars:
-                piece = body[: max_chars - kept]
-                head.append(piece)
-                kept += len(piece)
-            open_line = True
-            if len(body) != len(part):  # the line ended here
-                if part[-1] == "\r":
-                    skip_lf = True
-                yield "".join(head)
-                head, kept, open_line = [], 0, False
-    if open_line:
-        yield "".join(head)
+        skip_lf = text[-1] == "\r"
+        ended = text[-1] in _BREAKS
+        parts = text.splitlines()
+        if pending:
+            parts[0] = pending + parts[0] if parts else pending
+            pending = ""
+        if not ended:  # the last part goes on in the next chunk
+            pending = parts.pop()[:max_chars]
+        if parts and max(map(len, parts)) > max_chars:
+            parts = [p[:max_chars] for p in parts]
+        yield from parts
+    if pending:
+        yield pending

@@ -8,8 +8,8 @@ the way. See qwendeploy/data/rules.yaml for the catalog and how ranking works.
 
 from __future__ import annotations
 
-import bisect
 import functools
+import itertools
 import re
 import shlex
 from collections import deque
@@ -320,7 +320,10 @@ def _clean(raw: object) -> str:
         text = text[:MAX_LINE_CHARS]
     if text[:1] == ">":  # a log pasted as a quote (GitHub, e-mail): "> line", "> > line"
         text = _QUOTED.sub("", text, count=1)
-    return evi.normalise(text.rstrip("\r\n"))
+    text = text.rstrip("\r\n")
+    if "\n" in text or "\r" in text:  # one item holding several lines: keep it one line
+        text = text.replace("\r", " ").replace("\n", " ")
+    return evi.normalise(text)
 
 
 _QUOTED = re.compile(r"^(?:> ?)+")
@@ -403,14 +406,14 @@ def _scan(lines: Iterable[object]) -> _Scan:
     """One pass over the log in blocks (bounded memory): lines no gate word touches only feed the tail."""
     c = _compiled()
     st = _Scan()
-    buf: list[tuple[int, object]] = []
-    for item in enumerate(lines, 1):
-        buf.append(item)
-        if len(buf) >= _BLOCK_LINES:
-            _scan_block(c, st, buf)
-            buf = []
-    if buf:
-        _scan_block(c, st, buf)
+    it = iter(lines)
+    first = 1
+    while True:
+        raws = list(itertools.islice(it, _BLOCK_LINES))
+        if not raws:
+            break
+        _scan_block(c, st, first, raws)
+        first += len(raws)
     for _, text in reversed(st.tail):
         ts = evi.timestamp(text)
         if ts is not None:
@@ -419,28 +422,56 @@ def _scan(lines: Iterable[object]) -> _Scan:
     return st
 
 
-def _scan_block(c: _Compiled, st: _Scan, buf: list[tuple[int, object]]) -> None:
-    texts = [_clean(raw) for _, raw in buf]
-    joined = "\n".join(texts)
+def _plain_block(raws: list[object]) -> tuple[list[str], str] | None:
+    """The block as it is when no line needs cleaning (plain ASCII, no line ends, no quote marks, not too long),
+    which whole-block checks in C tell for nearly every block of a real log; else None."""
+    try:
+        joined = "\n".join(raws)  # type: ignore[arg-type]
+    except TypeError:  # an item that is not a str
+        return None
+    texts: list[str] = raws  # type: ignore[assignment]
+    if (
+        joined.isascii()
+        and "\r" not in joined
+        and not joined.startswith(">")
+        and "\n>" not in joined
+        and joined.count("\n") == len(texts) - 1
+        and max(map(len, texts), default=0) <= MAX_LINE_CHARS
+    ):
+        return texts, joined
+    return None
+
+
+def _offset(texts: list[str], k: int) -> int:
+    """Where line ``k`` starts in the block joined by newlines."""
+    return sum(map(len, texts[:k])) + k
+
+
+def _scan_block(c: _Compiled, st: _Scan, first: int, raws: list[object]) -> None:
+    """Scan lines ``first``… of the log: pick the few a gate word touches, look closer at those only."""
+    plain = _plain_block(raws)
+    if plain is not None:
+        texts, joined = plain
+    else:
+        texts = [_clean(raw) for raw in raws]
+        joined = "\n".join(texts)
     lower = joined.lower()
     if not st.vllm_seen and "vllm" in lower:
         st.vllm_seen = True
-    starts = [0]
-    for t in texts:
-        starts.append(starts[-1] + len(t) + 1)
     lows = lower.split("\n")
     last = c.catalog.phases[-1].name
     serving = st.phase == last
     picked = _pick(c.serving_gate if serving else c.block_gate, lows, 0)
-    # The first line each vLLM pid appears on (a pid of an earlier run that an OOM names is an orphan). Three
-    # literal-led patterns: re finds those at memchr speed, an alternation of them it would not.
-    if len(st.procs.seen) < evi.MAX_PIDS:
+    # The first line each vLLM pid appears on (a pid of an earlier run that an OOM names is an orphan). Processes
+    # start while a server starts, not while it serves: serving blocks (nearly all of a long log) are skipped.
+    # Three literal-led patterns: re finds those at memchr speed, an alternation of them it would not.
+    if not serving and len(st.procs.seen) < evi.MAX_PIDS:
         for pattern in evi.PID_PATTERNS:
             for pid in set(pattern.findall(joined)):
                 if pid not in st.procs.seen:
-                    first = re.search(rf"(?<!\d){pid}(?!\d)", joined)
-                    if first is not None:
-                        picked.add(bisect.bisect_right(starts, first.start()) - 1)
+                    where = re.search(rf"(?<!\d){pid}(?!\d)", joined)
+                    if where is not None:
+                        picked.add(joined.count("\n", 0, where.start()))
     if st.phase_ts_pending:
         ts_m = evi.TS.search(joined)
         if ts_m is not None:
@@ -455,9 +486,9 @@ def _scan_block(c: _Compiled, st: _Scan, buf: list[tuple[int, object]]) -> None:
         n += 1
         text = texts[k]
         if text.strip():
-            _scan_line(c, st, buf[k][0], text, joined, starts[k])
+            _scan_line(c, st, first + k, text, joined, _offset(texts, k))
             if k + 1 < len(texts) and any(w in lows[k] for w in _WRAP_WORDS) and texts[k + 1].strip():
-                _unwrap(c, st, buf[k][0], text, texts[k + 1])
+                _unwrap(c, st, first + k, text, texts[k + 1])
         if serving and st.phase != last:  # a restart inside the block: its later lines need the full gate
             serving = False
             order = sorted({*order[n:], *_pick(c.block_gate, lows, k + 1)})
@@ -465,7 +496,7 @@ def _scan_block(c: _Compiled, st: _Scan, buf: list[tuple[int, object]]) -> None:
     tail: list[tuple[int, str]] = []
     for k in range(len(texts) - 1, -1, -1):
         if texts[k].strip():
-            tail.append((buf[k][0], texts[k]))
+            tail.append((first + k, texts[k]))
             if len(tail) == st.tail.maxlen:
                 break
     st.tail.extend(reversed(tail))
