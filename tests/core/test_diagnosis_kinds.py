@@ -161,3 +161,16 @@ def test_the_catch_all_stays_honest() -> None:
     d = diagnose(["INFO 11-11 14:17:05 api_server.py:585] vLLM API server version 0.6.3", "ZeroDivisionError: boom"])
     assert [x.rule_id for x in d] == ["unknown-error"] and not d[0].recognised
     assert d[0].evidence[-1].text == "ZeroDivisionError: boom"
+
+
+def test_a_bare_worker_excerpt_that_stops_in_distributed_init_is_a_hang_not_nothing() -> None:
+    # HAMi-core issue 261 (vLLM 0.25, TP 2 under a GPU-sharing layer): the excerpt never says "vllm".
+    hami = [
+        "(Worker pid=958) INFO 08-09 21:13:57 [distributed/parallel_state.py:1607] world_size=2 rank=1 local_rank=1 "
+        "distributed_init_method=tcp://127.0.0.1:43615 backend=nccl",
+        "(Worker pid=958) DEBUG 08-09 21:13:57 [distributed/parallel_state.py:1689] Detected 1 nodes in the "
+        "distributed environment",
+    ]
+    found = diagnose(hami)
+    assert [d.category for d in found] == ["nccl_p2p_hang", "unknown"]
+    assert "the start (no start-up phase logged yet)" in found[0].summary

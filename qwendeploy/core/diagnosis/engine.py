@@ -144,6 +144,7 @@ _RANKS = re.compile(
 _NCCL_SETUP = re.compile(
     r"NCCL INFO|NCCL version|Bootstrap :|NET/Plugin|cudaDriverVersion|custom_all_reduce|[Cc]ustom all-?reduce"
     r"|pynccl|Found nccl from library|vLLM is using nccl|init_distributed_environment|world_size=|Init nccl"
+    r"|nodes in the distributed environment|distributed_init_method"
     r"|\bP2P\b|shm_broadcast|Init COMPLETE|Init START"
 )
 _STALL = re.compile(r"Processed prompts:\s*0%|\b0%\|.*\b0/\d+ \[.*0\.00 ?(?:toks|tokens)/s")
@@ -442,6 +443,10 @@ def _plain_block(raws: list[object]) -> tuple[list[str], str] | None:
     return None
 
 
+_VLLM_WORDS = ("vllm", "enginecore", "apiserver", "parallel_state", "distributed_init_method", "worker pid=")
+"""Lower-cased words that show a vLLM process wrote the log (a bare excerpt may not say "vllm")."""
+
+
 def _offset(texts: list[str], k: int) -> int:
     """Where line ``k`` starts in the block joined by newlines."""
     return sum(map(len, texts[:k])) + k
@@ -456,7 +461,7 @@ def _scan_block(c: _Compiled, st: _Scan, first: int, raws: list[object]) -> None
         texts = [_clean(raw) for raw in raws]
         joined = "\n".join(texts)
     lower = joined.lower()
-    if not st.vllm_seen and "vllm" in lower:
+    if not st.vllm_seen and any(w in lower for w in _VLLM_WORDS):
         st.vllm_seen = True
     lows = lower.split("\n")
     last = c.catalog.phases[-1].name
@@ -772,12 +777,12 @@ def _stall_facts(st: _Scan, ctx: DiagnosisContext, f: dict[str, _Fact], values: 
         f["stalled"] = _Fact(False, [])
         return
     values["stall_phase"] = st.phase or "none"
-    values["stall_phase_label"] = phase_label(st.phase) if st.phase else "before any start-up phase"
+    values["stall_phase_label"] = phase_label(st.phase) if st.phase else "the start (no start-up phase logged yet)"
     values["last_line"] = _quote(tail[-1][1])[:200]
     span = ""
     if st.ts_last is not None and st.phase_ts is not None:
         secs = st.ts_last - st.phase_ts
-        if secs < 0:  # the year turned, or lines out of order: say nothing rather than a wrong time
+        if secs < 1:  # the year turned, lines out of order, or the phase is the last line: no span to tell
             span = ""
         else:
             span = f" for {evi.duration(secs)} by the log's own clock ({st.phase_ts_text} → {st.ts_last_text})"
