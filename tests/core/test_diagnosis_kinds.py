@@ -174,3 +174,8 @@ def test_a_bare_worker_excerpt_that_stops_in_distributed_init_is_a_hang_not_noth
     found = diagnose(hami)
     assert [d.category for d in found] == ["nccl_p2p_hang", "unknown"]
     assert "the start (no start-up phase logged yet)" in found[0].summary
+
+
+def test_a_log_still_being_written_is_said_to_be_maybe_running() -> None:
+    d = diagnose(_case("startup_stalled_after_capture.log"), DiagnosisContext(log_age_s=20))[0]
+    assert "written 20 s ago: the start-up may still be running" in d.summary

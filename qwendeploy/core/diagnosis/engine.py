@@ -789,9 +789,14 @@ def _stall_facts(st: _Scan, ctx: DiagnosisContext, f: dict[str, _Fact], values: 
     elif st.ts_last is None:
         span = " (the log has no timestamps to say for how long)"
     values["stall_for"] = span
-    values["stall_silent"] = (
-        f", and nothing was written for {evi.duration(ctx.log_age_s)} since" if ctx.log_age_s is not None else ""
-    )
+    age = ctx.log_age_s
+    if age is None:
+        values["stall_silent"] = ""
+    elif age < STILL_WRITING_S:
+        when = evi.duration(age)
+        values["stall_silent"] = f" — but the file was written {when} ago: the start-up may still be running"
+    else:
+        values["stall_silent"] = f", and nothing was written for {evi.duration(age)} since"
     values["stall_checks"] = evi.STALL_CHECKS.get(st.phase, evi.STALL_CHECKS[None])
     ev = [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
     f["stalled"] = _Fact(stalled, ev)
@@ -867,6 +872,8 @@ class _Candidate:
     """The rule needs a phase and the log shows none (the summary says so)."""
 
 
+STILL_WRITING_S = 120.0
+"""A log written this recently may belong to a start-up still under way (compiling, loading): said, not hidden."""
 NO_PHASE_WEIGHT = 0.6
 """Factor on the signature weights of a phase-classified rule (``when_phase``) whose lines show no start-up
 phase: a bare OOM line is a weaker sign of weights that do not fit than one under load_model."""
