@@ -179,3 +179,24 @@ def test_a_bare_worker_excerpt_that_stops_in_distributed_init_is_a_hang_not_noth
 def test_a_log_still_being_written_is_said_to_be_maybe_running() -> None:
     d = diagnose(_case("startup_stalled_after_capture.log"), DiagnosisContext(log_age_s=20))[0]
     assert "written 20 s ago: the start-up may still be running" in d.summary
+
+
+def test_a_hang_may_end_in_a_little_chatter_after_nccl_set_up() -> None:
+    log = [
+        "INFO 08-31 09:50:46 parallel_state.py:845] world_size=2 rank=0 local_rank=0 backend=nccl",
+        "INFO 08-31 09:50:46 pynccl.py:63] vLLM is using nccl==2.20.5",
+        "osprey1:1927386:1927386 [1] NCCL INFO comm 0x55 rank 1 nranks 2 cudaDev 1 - Init COMPLETE",
+        "(VllmWorkerProcess pid=1927518) INFO 08-31 09:50:47 multiproc_worker_utils.py:215] Worker ready; awaiting "
+        "tasks",
+    ]
+    assert diagnose(log)[0].category == "nccl_p2p_hang"
+    # Far from NCCL set-up (weights loading for minutes), a silent stop is a stall at that phase, not a P2P hang.
+    far = [
+        *log,
+        "INFO 08-31 09:51:00 model_runner.py:1056] Starting to load model Qwen/Qwen2.5-72B-Instruct...",
+        *[
+            f"INFO 08-31 09:5{i}:00 weight_utils.py:243] Using model weights format ['*.safetensors']"
+            for i in range(2, 8)
+        ],
+    ]
+    assert diagnose(far)[0].rule_id == "startup-stalled" and "loading weights" in diagnose(far)[0].summary

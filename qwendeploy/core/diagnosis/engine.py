@@ -38,6 +38,8 @@ MAX_DIAGNOSES = 6
 """Diagnoses returned at most (most likely first)."""
 _HITS_KEPT = 16
 """Hits remembered per signature (the first one and the latest ones)."""
+_HANG_TAIL = 4
+"""Last lines of a log that may show it stopped in NCCL set-up."""
 _FACTS_KEPT = 256
 """Launch lines, CUDA_VISIBLE_DEVICES values, TP values and unplaced hits remembered at most: memory stays bounded
 on a log of any length (the first ones carry the launch; later repeats add nothing)."""
@@ -726,11 +728,18 @@ def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
     recognised = any(
         not rule_by_id[rid].signatures[j].supporting and "hang" not in rule_by_id[rid].requires for rid, j in st.hits
     )
-    if tail and st.error_count == 0 and not recognised:
-        last_text = tail[-1][1]
-        if _STALL.search(last_text) or _NCCL_SETUP.search(last_text):
-            hang = True
-            hang_ev = [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
+    # The log ends in NCCL set-up (its last line, or one of the last few with only chatter after it: workers
+    # logging "ready; awaiting tasks", a banner) or at a first request stuck at 0%.
+    last_phase = _compiled().catalog.phases[-1].name
+    if tail and st.error_count == 0 and not recognised and st.phase != last_phase:
+        for ln, tx in reversed(tail[-_HANG_TAIL:]):
+            if _STALL.search(tx) or _NCCL_SETUP.search(tx):
+                hang = True
+                hang_ev = [Evidence(n, _quote(t)) for n, t in tail[-2:] if n != ln] + [Evidence(ln, _quote(tx))]
+                hang_ev.sort(key=lambda e: e.line)
+                break
+    elif tail and st.error_count == 0 and not recognised and _STALL.search(tail[-1][1]):
+        hang, hang_ev = True, [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
     f["hang"] = _Fact(hang, hang_ev)
     f["acs_hint"] = _Fact(bool(st.acs), list(st.acs))
     # Other processes, not this one seen under its host pid from a container, holding real memory (a CUDA
