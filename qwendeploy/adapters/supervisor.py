@@ -35,6 +35,8 @@ import psutil
 from qwendeploy.adapters import process, serve_guard
 from qwendeploy.adapters.health import HttpHealth, base_url
 from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_of_line, shown_name
+from qwendeploy.core.diagnosis.startup import StartupReport, compare
+from qwendeploy.core.diagnosis.startup import summary as startup_summary
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.vllm_args import LaunchSpec, display_command
 from qwendeploy.errors import LaunchFailed
@@ -205,8 +207,9 @@ class Launch:
 @dataclass(frozen=True)
 class Event:
     kind: str
-    """start, line, phase, ready, stable, exited, unhealthy, timeout, stopping, stopped, diagnosis, restart,
-    gave_up, shutdown, leftovers, gpu_check, stranger (a process not ours answers on the port)."""
+    """start, line, phase, startup (vLLM's start-up figures beside the plan), ready, stable, exited, unhealthy,
+    timeout, stopping, stopped, diagnosis, restart, gave_up, shutdown, leftovers, gpu_check, stranger (a process not
+    ours answers on the port)."""
     name: str
     message: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -238,6 +241,9 @@ class _Replica:
     fails: int = 0
     restart_at: float = 0.0
     phase: str | None = None
+    startup: StartupReport | None = None
+    """vLLM's start-up figures of the current process (compared with the profile's estimate once logged)."""
+    startup_of: object = None
     logs: list[Path] = field(default_factory=list)
     next_owner_check: float = 0.0
     """While a process outside the server answers on its port: when to look again (not every tick)."""
@@ -413,11 +419,28 @@ class Supervisor:
         while not q.empty():
             line = q.get_nowait()
             self._emit("line", r.name, line)
+            self._startup_figures(r, line)
             if r.state == "starting":
                 ph = phase_of(line)
                 if ph and PHASE_ORDER[ph] > PHASE_ORDER.get(r.phase or "", -1):
                     r.phase = ph
                     self._emit("phase", r.name, ph, phase=ph)
+
+    def _startup_figures(self, r: _Replica, line: str) -> None:
+        """Once vLLM has logged its KV-cache figures, one ``startup`` event sets them beside the plan (issue 14)."""
+        if r.startup is None or r.startup_of is not r.proc:
+            r.startup, r.startup_of = StartupReport(), r.proc
+        was = r.startup.kv_complete
+        if r.startup.feed(0, line) and not was and r.startup.kv_complete and self.profile is not None:
+            rows = compare(r.startup, self.profile.estimate)
+            self._emit(
+                "startup",
+                r.name,
+                startup_summary(rows),
+                comparison=[x.to_dict() for x in rows],
+                flagged=any(x.flagged for x in rows),
+                reported=r.startup.to_dict(),
+            )
 
     def _watch(self, r: _Replica, now: float) -> None:
         assert r.proc is not None

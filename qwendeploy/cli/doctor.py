@@ -1,25 +1,35 @@
 """``qwendeploy doctor``: machine checks, log diagnosis and an optional NCCL all-reduce test.
 
 Exit codes: 0 nothing failed, 1 a check failed or a diagnosis was found, 2 bad input. With ``--json`` stdout is
-exactly ``{"checks": [...], "diagnoses": [...]}`` and nothing else.
+exactly ``{"checks": [...], "diagnoses": [...]}`` and nothing else; with ``--log`` and ``--profile`` together it also
+has ``"startup"``: what vLLM reported at start-up beside the plan's prediction (a difference over 2% is flagged).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import stat
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 
+from qwendeploy.adapters.log_reader import stream_lines
 from qwendeploy.cli import wiring
 from qwendeploy.cli.errors import user_errors
 from qwendeploy.core.checks import Check
+from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
+from qwendeploy.core.diagnosis.evidence import MachineProcess
+from qwendeploy.core.diagnosis.startup import StartupReport, compare
 from qwendeploy.core.machine_checks import run_checks
 from qwendeploy.core.machine_facts import MachineFacts, NvmlReport
 from qwendeploy.core.profile import Profile
-from qwendeploy.errors import BadInput, ProbeError, QwendeployError
+from qwendeploy.errors import BadInput, ProbeError
 
 
 def doctor(
@@ -57,18 +67,50 @@ def doctor(
     raise typer.Exit(code)
 
 
-def _read_log(log: str) -> list[str]:
+@dataclass
+class _LogSource:
+    """The log to diagnose, opened but not read: ``lines()`` streams it once (bounded memory for any size)."""
+
+    name: str
+    stream: IO[str]
+    age_s: float | None = None
+    """Seconds since the file was last written (None for stdin)."""
+
+    def lines(self) -> Iterator[str]:
+        try:
+            yield from stream_lines(self.stream)
+        except OSError as e:
+            raise BadInput(f"Cannot read the log {self.name}: {e.strerror or e}.") from None
+        finally:
+            if self.stream is not sys.stdin:
+                self.stream.close()
+
+
+def _open_log(log: str) -> _LogSource:
+    hint = "Pass a vLLM log file, or --log - to read stdin."
     if log == "-":
-        return sys.stdin.read().splitlines()
+        stdin = sys.stdin
+        if stdin is None or stdin.closed:
+            raise BadInput("--log - reads the log from stdin, but stdin is closed.", hint=hint)
+        try:
+            stdin.fileno()
+        except io.UnsupportedOperation:
+            pass  # an in-memory stand-in (tests, embedding): readable, no descriptor
+        except (OSError, ValueError):
+            raise BadInput("--log - reads the log from stdin, but stdin is closed.", hint=hint) from None
+        return _LogSource("stdin", stdin)
     path = Path(log)
     if path.is_dir():
-        raise BadInput(f"{log} is a directory, not a log file.", hint="Pass a vLLM log file, or --log - to read stdin.")
-    if not path.is_file():
-        raise BadInput(f"Log file {log} does not exist.", hint="Pass a vLLM log file, or --log - to read stdin.")
+        raise BadInput(f"{log} is a directory, not a log file.", hint=hint)
+    if not path.exists():
+        raise BadInput(f"Log file {log} does not exist.", hint=hint)
     try:
-        return path.read_text(errors="replace").splitlines()
+        st = path.stat()
+        stream = path.open(encoding="utf-8", errors="replace", newline="")
     except OSError as e:
         raise BadInput(f"Cannot read log file {log}: {e.strerror or e}.") from None
+    age = time.time() - st.st_mtime if stat.S_ISREG(st.st_mode) else None
+    return _LogSource(log, stream, max(0.0, age) if age is not None else None)
 
 
 def _empty_log(log: str | None) -> Check:
@@ -106,17 +148,60 @@ def gather_facts(shm_path: Path, profile: Profile | None) -> MachineFacts:
     return facts
 
 
-def _diagnose(lines: list[str], profile: Profile | None, facts: MachineFacts) -> list[dict[str, Any]]:
-    try:
-        from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
-    except ImportError as e:
-        raise QwendeployError(f"The log diagnosis engine is not available: {e}.", exit_code=2) from None
+def _context(
+    profile: Profile | None,
+    facts: MachineFacts,
+    log_age_s: float | None = None,
+    nccl_test: tuple[str, str, tuple[str, ...]] | None = None,
+) -> DiagnosisContext:
+    """What doctor knows besides the log: the profile, the environment, the driver and the GPU processes."""
     tp = profile.placement.tensor_parallel_size if profile is not None else None
     env = dict(facts.system.env)
     if profile is not None:
         env.update(profile.env)
-    ctx = DiagnosisContext(profile=profile, tensor_parallel_size=tp, env=env)
-    return [d.to_dict() for d in diagnose(lines, ctx)]
+    nv = facts.nvml
+    procs: dict[int, MachineProcess] = {}
+    for g in nv.gpus if nv is not None else ():
+        for p in g.processes:
+            name = (p.cmdline or p.name or "?")[:80]
+            procs[p.pid] = MachineProcess(pid=p.pid, name=name, orphan=p.orphan, vllm=p.vllm_role is not None)
+    return DiagnosisContext(
+        profile=profile,
+        tensor_parallel_size=tp,
+        env=env,
+        driver_version=nv.driver_version if nv is not None else None,
+        gpu_processes=tuple(procs.values()),
+        log_age_s=log_age_s,
+        nccl_test=nccl_test,
+    )
+
+
+def _diagnose(
+    source: _LogSource, profile: Profile | None, facts: MachineFacts
+) -> tuple[list[dict[str, Any]], bool, StartupReport]:
+    """The log's diagnoses, whether it had any text at all, and vLLM's start-up figures — in one streamed pass."""
+    seen = [False]
+    report = StartupReport()
+
+    def counted() -> Iterator[str]:
+        for i, line in enumerate(source.lines(), 1):
+            if not seen[0] and line.strip():
+                seen[0] = True
+            report.feed(i, line)
+            yield line
+
+    found = diagnose(counted(), _context(profile, facts, source.age_s))
+    return [d.to_dict() for d in found], seen[0], report
+
+
+def _startup(report: StartupReport, profile: Profile) -> dict[str, Any]:
+    rows = compare(report, profile.estimate)
+    return {
+        "reported": report.to_dict(),
+        "comparison": [r.to_dict() for r in rows],
+        "flagged": any(r.flagged for r in rows),
+        "vllm_version_planned": profile.estimate.vllm_version,
+    }
 
 
 def _nccl_gpus(nv: NvmlReport | None, profile: Profile | None) -> list[str]:
@@ -129,8 +214,11 @@ def _nccl_gpus(nv: NvmlReport | None, profile: Profile | None) -> list[str]:
     return [str(g.index) for g in nv.gpus if not g.mig_mode]
 
 
-def _nccl_check_and_diagnosis(outcome: Any, checks: list[Check]) -> tuple[Check, dict[str, Any] | None]:
-    """The NCCL test as a check; a hang also as an ``nccl_p2p_hang`` diagnosis carrying the P2P/ACS findings."""
+def _nccl_check_and_diagnosis(
+    outcome: Any, checks: list[Check], profile: Profile | None, facts: MachineFacts
+) -> tuple[Check, dict[str, Any] | None]:
+    """The NCCL test as a check; a hang also as the catalog's ``nccl-test-hang`` diagnosis carrying the P2P/ACS
+    findings."""
     if outcome.status == "skipped":
         return Check("nccl_test", "skip", outcome.message, outcome.message if "torch" in outcome.message else ""), None
     if outcome.status == "ok":
@@ -147,14 +235,9 @@ def _nccl_check_and_diagnosis(outcome: Any, checks: list[Check]) -> tuple[Check,
         "NCCL_DEBUG=INFO shows the transport in use."
     )
     if outcome.status == "hang":
-        diag = {
-            "category": "nccl_p2p_hang",
-            "summary": f"The NCCL all-reduce over {outcome.world_size} GPUs hung ({outcome.message}) Machine checks: "
-            f"{findings}.",
-            "evidence": [{"line": i + 1, "text": t} for i, t in enumerate(outcome.last_lines[-10:])],
-            "fix": fix,
-            "confidence": 0.8,
-        }
+        hung = (f"over {outcome.world_size} GPUs: {outcome.message}", findings, tuple(outcome.last_lines[-10:]))
+        found = diagnose([], _context(profile, facts, nccl_test=hung))
+        diag = next((d.to_dict() for d in found if d.rule_id == "nccl-test-hang"), None)
         return Check("nccl_test", "fail", outcome.message + f" {findings}.", fix), diag
     return Check("nccl_test", "fail", outcome.message + " " + " | ".join(outcome.last_lines[-5:]), fix), None
 
@@ -188,7 +271,7 @@ def _doctor(
 ) -> int:
     # Bad input first: a missing log or a broken profile is exit 2 before anything is probed.
     profile = _load_profile(profile_path) if profile_path is not None else None
-    lines = _read_log(log) if log is not None else None
+    source = _open_log(log) if log is not None else None
 
     facts = gather_facts(shm_path, profile)
     if dump_facts:
@@ -199,6 +282,7 @@ def _doctor(
         checks += _multi_node(profile)
     diagnoses: list[dict[str, Any]] = []
     nccl: dict[str, Any] | None = None
+    startup: dict[str, Any] | None = None
     if nccl_test:
         from qwendeploy.adapters import nccl_test as nccl_mod
 
@@ -209,25 +293,31 @@ def _doctor(
             if not json_out:
                 typer.echo(f"Running NCCL all-reduce over GPU(s) {', '.join(gpus)} (timeout {nccl_timeout:.0f} s)…")
             outcome = nccl_mod.run(gpus, timeout_s=nccl_timeout)
-        check, diag = _nccl_check_and_diagnosis(outcome, checks)
+        check, diag = _nccl_check_and_diagnosis(outcome, checks, profile, facts)
         checks.append(check)
         if diag is not None:
             diagnoses.append(diag)
         nccl = outcome.to_dict()
-    if lines is not None:
-        if any(line.strip() for line in lines):
-            diagnoses += _diagnose(lines, profile, facts)
+    if source is not None:
+        from_log, had_text, report = _diagnose(source, profile, facts)
+        if profile is not None:
+            startup = _startup(report, profile)
+        if had_text:
+            diagnoses += from_log
         else:
             checks.append(_empty_log(log))
 
     if json_out:
-        sys.stdout.write(json.dumps({"checks": [c.to_dict() for c in checks], "diagnoses": diagnoses}) + "\n")
+        out: dict[str, Any] = {"checks": [c.to_dict() for c in checks], "diagnoses": diagnoses}
+        if startup is not None:
+            out["startup"] = startup
+        sys.stdout.write(json.dumps(out) + "\n")
     else:
         from rich.console import Console
 
         from qwendeploy.cli import render_doctor
 
-        render_doctor.render(Console(highlight=False), facts, checks, diagnoses, nccl)
+        render_doctor.render(Console(highlight=False), facts, checks, diagnoses, nccl, startup)
     failed = any(c.status == "fail" for c in checks)
     found = any(d.get("recognised") for d in diagnoses)
     return 1 if failed or found else 0

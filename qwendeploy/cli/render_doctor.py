@@ -23,6 +23,7 @@ def render(
     checks: list[Check],
     diagnoses: list[dict[str, Any]],
     nccl: dict[str, Any] | None = None,
+    startup: dict[str, Any] | None = None,
 ) -> None:
     nv = facts.nvml if facts is not None else None
     if facts is not None and nv is not None and nv.gpus:
@@ -33,9 +34,42 @@ def render(
         _checks(console, checks)
     if nccl is not None and nccl.get("results"):
         _nccl(console, nccl)
+    if startup is not None:
+        _startup(console, startup)
     if diagnoses:
         _diagnoses(console, diagnoses)
     _summary(console, checks, diagnoses)
+
+
+def _startup(console: Console, startup: dict[str, Any]) -> None:
+    """Predicted (the profile's estimate) beside what vLLM logged at start-up; over 2% is flagged."""
+    rows = startup.get("comparison") or []
+    if not rows:
+        console.print(
+            "Start-up vs plan: the log has none of vLLM's start-up figures the profile's estimate can be compared "
+            "with (Model loading took, Available KV cache memory, GPU KV cache size, Maximum concurrency).\n"
+        )
+        return
+    release = startup.get("vllm_version_planned")
+    t = Table(title="Start-up vs plan" + (f" (planned for vLLM {release})" if release else ""), title_justify="left")
+    for col in ("figure", "predicted", "vLLM reported", "difference", "log line"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    for r in rows:
+        fmt = "{:,.0f}" if r["unit"] == "tokens" else "{:,.2f}"
+        diff = f"{r['diff_pct']:+.1f}%"
+        t.add_row(
+            r["name"],
+            f"{fmt.format(r['predicted'])} {r['unit']}",
+            f"{fmt.format(r['reported'])} {r['unit']}",
+            f"[bold red]{diff} > 2%[/]" if r["flagged"] else diff,
+            str(r["line"] or ""),
+        )
+    console.print(t)
+    if startup.get("flagged"):
+        console.print(
+            "[bold]The estimate and vLLM part by more than 2%[/]: re-plan with the vLLM release that ran "
+            "(`qwendeploy plan … --vllm-version X`), or trust vLLM's figures for this machine.\n"
+        )
 
 
 def _gpus(console: Console, facts: MachineFacts) -> None:

@@ -9,14 +9,19 @@ the way. See qwendeploy/data/rules.yaml for the catalog and how ranking works.
 from __future__ import annotations
 
 import functools
-import math
+import itertools
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwendeploy.core.diagnosis import evidence as evi
+from qwendeploy.core.diagnosis.evidence import MachineProcess
+from qwendeploy.core.diagnosis.fixes import derive, fill, plan_command
+from qwendeploy.core.diagnosis.gate import WordGate, trie_regex
+from qwendeploy.core.diagnosis.literals import signature_literals
 from qwendeploy.core.diagnosis.rules import (
     Catalog,
     Rule,
@@ -33,6 +38,11 @@ MAX_DIAGNOSES = 6
 """Diagnoses returned at most (most likely first)."""
 _HITS_KEPT = 16
 """Hits remembered per signature (the first one and the latest ones)."""
+_HANG_TAIL = 4
+"""Last lines of a log that may show it stopped in NCCL set-up."""
+_FACTS_KEPT = 256
+"""Launch lines, CUDA_VISIBLE_DEVICES values, TP values and unplaced hits remembered at most: memory stays bounded
+on a log of any length (the first ones carry the launch; later repeats add nothing)."""
 
 HARMFUL_NCCL_ENV: Mapping[str, str] = {
     "NCCL_P2P_DISABLE": "turns off GPU peer-to-peer (NVLink/PCIe P2P); all traffic goes through host memory",
@@ -109,11 +119,19 @@ class DiagnosisContext:
     tensor_parallel_size: int | None = None
     env: Mapping[str, str] | None = None
     """Environment the server ran with (for nccl_env_misconfig)."""
+    driver_version: str | None = None
+    """The host's NVIDIA driver ("580.65.06") from doctor's NVML check: tells a driver that is too old from a
+    container's CUDA compat library loaded in front of a new one (error 803)."""
+    gpu_processes: Sequence[MachineProcess] = ()
+    """GPU processes doctor found on this machine: whose memory the processes an OOM names are."""
+    log_age_s: float | None = None
+    """Seconds since the log was last written (doctor: now minus the file's mtime), for how long it has been silent."""
+    nccl_test: tuple[str, str, tuple[str, ...]] | None = None
+    """Doctor's NCCL test hung: (its message, the machine findings that did not pass, its last output lines)."""
 
 
 # ---------------------------------------------------------------------------------------------- compiled catalog
 
-_LEADING_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
 
 _DEVICE = r"(?:\d+|GPU-[\w-]+|MIG-[\w/-]+)"
 _VISIBLE = re.compile(rf"CUDA_VISIBLE_DEVICES(?:=|:\s*|\s+=\s*)[\"']?(?P<v>{_DEVICE}(?:,{_DEVICE})*)")
@@ -128,6 +146,7 @@ _RANKS = re.compile(
 _NCCL_SETUP = re.compile(
     r"NCCL INFO|NCCL version|Bootstrap :|NET/Plugin|cudaDriverVersion|custom_all_reduce|[Cc]ustom all-?reduce"
     r"|pynccl|Found nccl from library|vLLM is using nccl|init_distributed_environment|world_size=|Init nccl"
+    r"|nodes in the distributed environment|distributed_init_method"
     r"|\bP2P\b|shm_broadcast|Init COMPLETE|Init START"
 )
 _STALL = re.compile(r"Processed prompts:\s*0%|\b0%\|.*\b0/\d+ \[.*0\.00 ?(?:toks|tokens)/s")
@@ -143,146 +162,6 @@ _ERROR = re.compile(
 # Its teardown can then log an EngineDeadError traceback (measured on an H100): an asked-for stop, not a failure.
 _STOP_REQUESTED = re.compile(r"\[shutdown\] API server: shutdown triggered|received signal=SIG(?:TERM|INT)\b")
 _NOT_ERROR = re.compile(r"\bINFO\b|(?<!NCCL )\bWARN(?:ING)?\b|UserWarning")
-
-
-def _structure(pattern: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
-    """(index, char, group depth after it) for each character of ``pattern`` outside escapes and classes."""
-    depth, in_class, i = 0, False, start
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-            if pattern[i + 1 : i + 2] == "]":  # a literal ] first in a class does not close it
-                i += 1
-        else:
-            depth += (ch == "(") - (ch == ")")
-            yield i, ch, depth
-        i += 1
-
-
-def _split_branches(pattern: str) -> list[str]:
-    """Top-level alternatives of a regex (``a|b(c|d)`` → ``a``, ``b(c|d)``)."""
-    out: list[str] = []
-    start = 0
-    for i, ch, depth in _structure(pattern):
-        if ch == "|" and depth == 0:
-            out.append(pattern[start:i])
-            start = i + 1
-    out.append(pattern[start:])
-    return out
-
-
-def _skip_group(b: str, i: int) -> int:
-    """The index just after the group that opens at ``b[i]`` (the end of ``b`` if it never closes)."""
-    for j, ch, depth in _structure(b, i):
-        if ch == ")" and depth == 0:
-            return j + 1
-    return len(b)
-
-
-def _required_literal(branch: str) -> str:
-    """The longest run of plain characters every match of ``branch`` must contain ("" if none is certain).
-
-    Only the top level of the branch is read: groups, classes, escapes like \\d and optional characters end
-    a run. Used to skip the regexes whose literal is not in a line (most lines of a long log).
-    """
-    runs: list[str] = []
-    cur: list[str] = []
-
-    def flush() -> None:
-        if cur:
-            runs.append("".join(cur))
-            cur.clear()
-
-    i = 0
-    while i < len(branch):
-        ch = branch[i]
-        if ch == "\\":
-            nxt = branch[i + 1 : i + 2]
-            i += 2
-            if nxt and not nxt.isalnum():
-                cur.append(nxt)
-            else:
-                flush()
-            continue
-        if ch == "(":
-            flush()
-            i = _skip_group(branch, i)
-            continue
-        if ch == "[":
-            flush()
-            j = i + 1
-            if branch[j : j + 1] == "]":
-                j += 1
-            while j < len(branch) and branch[j] != "]":
-                j += 2 if branch[j] == "\\" else 1
-            i = j + 1
-            continue
-        if ch in "*?{+":
-            optional = ch in "*?" or (ch == "{" and branch[i + 1 : i + 2] == "0")
-            if optional and cur:
-                cur.pop()
-            flush()
-            if ch == "{":
-                i = branch.find("}", i) + 1 or len(branch)
-            else:
-                i += 1
-            if branch[i : i + 1] in ("?", "+"):
-                i += 1
-            continue
-        if ch in ".^$":
-            flush()
-            i += 1
-            continue
-        cur.append(ch)
-        i += 1
-    flush()
-    return max(runs, key=len, default="")
-
-
-def signature_literals(pattern: str) -> tuple[tuple[str, ...] | None, bool]:
-    """Literals one of which every match of ``pattern`` contains, and whether they compare case-insensitively.
-
-    ``None`` when some alternative has no certain literal of 3+ characters (the regex then runs on every line
-    that passes the gate).
-    """
-    icase = False
-    m = _LEADING_FLAGS.match(pattern)
-    if m:
-        icase = "i" in m.group(1)
-        pattern = pattern[m.end() :]
-    lits = []
-    for branch in _split_branches(pattern):
-        lit = _required_literal(branch)
-        if len(lit) < 3:
-            return None, icase
-        lits.append(lit.lower() if icase else lit)
-    return tuple(lits), icase
-
-
-def _trie_regex(words: Iterable[str]) -> str:
-    """One regex matching any of ``words``, shaped as a trie so a line is scanned once, not once per word."""
-    trie: dict[str, Any] = {}
-    for w in words:
-        node = trie
-        for ch in w:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def render(node: dict[str, Any]) -> str:
-        if "" in node and len(node) == 1:
-            return ""
-        alts = [re.escape(ch) + render(child) for ch, child in sorted(node.items()) if ch]
-        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        # A word ending here makes the rest optional; the gate only needs to know some word matched.
-        return "" if "" in node else body
-
-    return render(trie) or "(?!)"
 
 
 @dataclass(frozen=True)
@@ -307,6 +186,11 @@ class _Compiled:
     rank: Mapping[str, int]
     restart: frozenset[str]
     """Markers that, seen while serving, begin a new run (``Phase.restart``)."""
+    block_gate: WordGate
+    """Every word any gate looks for, lower-cased: tried on 64 lower-cased lines at a time, then on each line."""
+    serving_gate: WordGate
+    """The same without the markers of the last phase: once serving, its markers (every request line) change
+    nothing, so a serving log's lines skip the closer look."""
 
     def advance(self, current: str | None, m: re.Match[str]) -> str | None:
         """The phase after a line whose phase marker matched ``m``, given the phase so far.
@@ -345,7 +229,7 @@ def _compiled() -> _Compiled:
     if resets:
         parts.insert(0, f"(?P<{reset_group}>" + "|".join(re.escape(m) for m in resets) + ")")
     phase_re = re.compile("|".join(parts))
-    phase_gate = re.compile(_trie_regex([m for ph in cat.phases for m in (*ph.markers, *ph.reset)]))
+    phase_gate = re.compile(trie_regex([m for ph in cat.phases for m in (*ph.markers, *ph.reset)]))
     sigs: list[_Sig] = []
     words: set[str] = set()
     always = False
@@ -358,12 +242,42 @@ def _compiled() -> _Compiled:
             else:
                 words.update(w.lower() for w in lits)
     # The gate runs on the lower-cased line: a superset of the case-sensitive matches, which is all a gate needs.
-    gate = re.compile("" if always else _trie_regex(words))
+    gate = re.compile("" if always else trie_regex(words))
     rank = {ph.name: i for i, ph in enumerate(cat.phases)}
-    fact_words = (*_W_LAUNCH, *_W_TP, *_W_RANKS, *_W_ACS, *_W_ERROR, "CUDA_VISIBLE_DEVICES", "memory in use", "NCCL")
-    fact_gate = re.compile(_trie_regex((*fact_words, "nccl")))
+    fact_words = (
+        *_W_LAUNCH,
+        *_W_TP,
+        *_W_RANKS,
+        *_W_ACS,
+        *_W_ERROR,
+        *_W_EVIDENCE,
+        "CUDA_VISIBLE_DEVICES",
+        "memory in use",
+        "NCCL",
+    )
+    fact_gate = re.compile(trie_regex((*fact_words, "nccl")))
     restart = frozenset(m for ph in cat.phases for m in ph.restart)
-    return _Compiled(cat, phase_re, phase_gate, group_phase, reset_group, gate, fact_gate, tuple(sigs), rank, restart)
+    markers = [m for ph in cat.phases for m in (*ph.markers, *ph.reset)]
+    block_words = {w.lower() for w in (*words, *fact_words, *markers, "nccl", "shutdown", "signal=")}
+    last = cat.phases[-1]
+    others = {m.lower() for ph in cat.phases[:-1] for m in (*ph.markers, *ph.reset)}
+    serving_only = {m.lower() for m in last.markers} - others
+    block_gate = WordGate([""] if always else block_words)
+    serving_gate = WordGate([""] if always else block_words - serving_only)
+    return _Compiled(
+        cat,
+        phase_re,
+        phase_gate,
+        group_phase,
+        reset_group,
+        gate,
+        fact_gate,
+        tuple(sigs),
+        rank,
+        restart,
+        block_gate,
+        serving_gate,
+    )
 
 
 def phase_of_line(text: str) -> str | None:
@@ -407,7 +321,15 @@ def _clean(raw: object) -> str:
     text = raw if isinstance(raw, str) else str(raw)
     if len(text) > MAX_LINE_CHARS:
         text = text[:MAX_LINE_CHARS]
-    return text.rstrip("\r\n")
+    if text[:1] == ">":  # a log pasted as a quote (GitHub, e-mail): "> line", "> > line"
+        text = _QUOTED.sub("", text, count=1)
+    text = text.rstrip("\r\n")
+    if "\n" in text or "\r" in text:  # one item holding several lines: keep it one line
+        text = text.replace("\r", " ").replace("\n", " ")
+    return evi.normalise(text)
+
+
+_QUOTED = re.compile(r"^(?:> ?)+")
 
 
 def _quote(text: str) -> str:
@@ -462,49 +384,218 @@ class _Scan:
     nccl: bool = False
     phase: str | None = None
     stopping: bool = False  # a stop was requested (SIGTERM/SIGINT): errors of the teardown are not the failure
+    run: int = 0
+    """Runs begun so far (a reset marker starts a new one): a pid of an earlier run is an orphan of it."""
+    ts_last: float | None = None
+    ts_last_text: str = ""
+    phase_ts: float | None = None
+    """The log's own time when the current phase was reached (or the first time seen after it)."""
+    phase_ts_text: str = ""
+    phase_ts_pending: bool = False
+    """The line that reached the phase had no time: the next time written anywhere is taken."""
+    container: list[Evidence] = field(default_factory=list)
+    driver: tuple[int, str, str] | None = None
+    """Line, major version and text of the first line that names the host driver."""
+    procs: evi.Processes = field(default_factory=evi.Processes)
+    vllm_seen: bool = False
+    """A line names vLLM: the log is a vLLM start-up, not a bare NCCL or driver excerpt."""
+
+
+_BLOCK_LINES = 2048
+"""Lines scanned together: one C-level search of the joined block finds the few lines worth a closer look."""
 
 
 def _scan(lines: Iterable[object]) -> _Scan:
+    """One pass over the log in blocks (bounded memory): lines no gate word touches only feed the tail."""
     c = _compiled()
     st = _Scan()
-    for i, raw in enumerate(lines, 1):
-        text = _clean(raw)
-        if not text.strip():
-            continue
-        st.tail.append((i, text))
-        m = c.phase_re.search(text) if c.phase_gate.search(text) else None
-        if m is not None and m.lastgroup is not None:
-            st.phase = c.advance(st.phase, m)
-            if m.lastgroup == c.reset_group:
-                st.stopping = False
-            else:
-                ph = c.group_phase[m.lastgroup]
-                # Reverse-chronological logs (web consoles print newest first): a hit before any marker
-                # takes the phase of the nearest marker after it.
-                for h in st.unresolved:
-                    h.phase = ph
-                st.unresolved.clear()
-        if not st.stopping and ("shutdown" in text or "signal=" in text) and _STOP_REQUESTED.search(text):
-            st.stopping = True
-        if c.fact_gate.search(text):
-            _collect_facts(st, i, text)
-        lower = text.lower()
-        if not c.gate.search(lower):
-            continue
-        for sig in c.signatures:
-            if sig.literals is not None:
-                hay = lower if sig.icase else text
-                if not any(lit in hay for lit in sig.literals):
-                    continue
-            sm = sig.regex.search(text)
-            if sm is None:
-                continue
-            groups = {k: v for k, v in sm.groupdict().items() if v is not None}
-            hit = _Hit(i, text, groups, st.phase)
-            if st.phase is None:
-                st.unresolved.append(hit)
-            st.hits.setdefault((sig.rule.id, sig.index), _SigHits()).add(hit)
+    it = iter(lines)
+    first = 1
+    while True:
+        raws = list(itertools.islice(it, _BLOCK_LINES))
+        if not raws:
+            break
+        _scan_block(c, st, first, raws)
+        first += len(raws)
+    for _, text in reversed(st.tail):
+        ts = evi.timestamp(text)
+        if ts is not None:
+            st.ts_last, st.ts_last_text = ts
+            break
     return st
+
+
+def _plain_block(raws: list[object]) -> tuple[list[str], str] | None:
+    """The block as it is when no line needs cleaning (plain ASCII, no line ends, no quote marks, not too long),
+    which whole-block checks in C tell for nearly every block of a real log; else None."""
+    try:
+        joined = "\n".join(raws)  # type: ignore[arg-type]
+    except TypeError:  # an item that is not a str
+        return None
+    texts: list[str] = raws  # type: ignore[assignment]
+    if (
+        joined.isascii()
+        and "\r" not in joined
+        and not joined.startswith(">")
+        and "\n>" not in joined
+        and joined.count("\n") == len(texts) - 1
+        and max(map(len, texts), default=0) <= MAX_LINE_CHARS
+    ):
+        return texts, joined
+    return None
+
+
+_VLLM_WORDS = ("vllm", "enginecore", "apiserver", "parallel_state", "distributed_init_method", "worker pid=")
+"""Lower-cased words that show a vLLM process wrote the log (a bare excerpt may not say "vllm")."""
+
+
+def _offset(texts: list[str], k: int) -> int:
+    """Where line ``k`` starts in the block joined by newlines."""
+    return sum(map(len, texts[:k])) + k
+
+
+def _scan_block(c: _Compiled, st: _Scan, first: int, raws: list[object]) -> None:
+    """Scan lines ``first``… of the log: pick the few a gate word touches, look closer at those only."""
+    plain = _plain_block(raws)
+    if plain is not None:
+        texts, joined = plain
+    else:
+        texts = [_clean(raw) for raw in raws]
+        joined = "\n".join(texts)
+    lower = joined.lower()
+    if not st.vllm_seen and any(w in lower for w in _VLLM_WORDS):
+        st.vllm_seen = True
+    lows = lower.split("\n")
+    last = c.catalog.phases[-1].name
+    serving = st.phase == last
+    picked = _pick(c.serving_gate if serving else c.block_gate, lows, 0)
+    # The first line each vLLM pid appears on (a pid of an earlier run that an OOM names is an orphan). Processes
+    # start while a server starts, not while it serves: serving blocks (nearly all of a long log) are skipped.
+    # Three literal-led patterns: re finds those at memchr speed, an alternation of them it would not.
+    if not serving and len(st.procs.seen) < evi.MAX_PIDS:
+        for pattern in evi.PID_PATTERNS:
+            for pid in set(pattern.findall(joined)):
+                if pid not in st.procs.seen:
+                    where = re.search(rf"(?<!\d){pid}(?!\d)", joined)
+                    if where is not None:
+                        picked.add(joined.count("\n", 0, where.start()))
+    if st.phase_ts_pending:
+        ts_m = evi.TS.search(joined)
+        if ts_m is not None:
+            got = evi.timestamp(ts_m.group(0))
+            if got is not None:
+                st.phase_ts, st.phase_ts_text = got
+                st.phase_ts_pending = False
+    order = sorted(picked)
+    n = 0
+    while n < len(order):
+        k = order[n]
+        n += 1
+        text = texts[k]
+        if text.strip():
+            _scan_line(c, st, first + k, text, joined, _offset(texts, k))
+            if k + 1 < len(texts) and any(w in lows[k] for w in _WRAP_WORDS) and texts[k + 1].strip():
+                _unwrap(c, st, first + k, text, texts[k + 1])
+        if serving and st.phase != last:  # a restart inside the block: its later lines need the full gate
+            serving = False
+            order = sorted({*order[n:], *_pick(c.block_gate, lows, k + 1)})
+            n = 0
+    tail: list[tuple[int, str]] = []
+    for k in range(len(texts) - 1, -1, -1):
+        if texts[k].strip():
+            tail.append((first + k, texts[k]))
+            if len(tail) == st.tail.maxlen:
+                break
+    st.tail.extend(reversed(tail))
+
+
+_SUB_BLOCK = 64
+"""Lines tried together by the gate before each is tried alone."""
+
+
+def _pick(gate: WordGate, lows: list[str], start: int) -> set[int]:
+    """Indices (from ``start``) of the lower-cased lines that contain a gate word."""
+    out: set[int] = set()
+    for a in range(start, len(lows), _SUB_BLOCK):
+        part = lows[a : a + _SUB_BLOCK]
+        if gate("\n".join(part)):
+            out.update(a + j for j, low in enumerate(part) if gate(low))
+    return out
+
+
+def _scan_line(c: _Compiled, st: _Scan, i: int, text: str, block: str, offset: int) -> None:
+    m = c.phase_re.search(text) if c.phase_gate.search(text) else None
+    if m is not None and m.lastgroup is not None:
+        before = st.phase
+        st.phase = c.advance(st.phase, m)
+        if st.phase != before or m.lastgroup == c.reset_group:
+            # When the phase was reached, by the log's own clock: this line's time, else the next one written.
+            ts_m = evi.TS.search(block, offset)
+            got = evi.timestamp(ts_m.group(0)) if ts_m is not None else None
+            st.phase_ts, st.phase_ts_text = got if got is not None else (None, "")
+            st.phase_ts_pending = got is None
+        if m.lastgroup == c.reset_group:
+            st.stopping = False
+            # A new run only once the last one got past its start (the API server and its engine both
+            # print reset markers while starting).
+            if before is not None and c.rank.get(before, 0) > 0:
+                st.run += 1
+        else:
+            ph = c.group_phase[m.lastgroup]
+            # Reverse-chronological logs (web consoles print newest first): a hit before any marker
+            # takes the phase of the nearest marker after it.
+            for h in st.unresolved:
+                h.phase = ph
+            st.unresolved.clear()
+    if not st.stopping and ("shutdown" in text or "signal=" in text) and _STOP_REQUESTED.search(text):
+        st.stopping = True
+    st.procs.read(i, text, st.run)
+    if c.fact_gate.search(text):
+        _collect_facts(st, i, text)
+    for sig, groups in _matches(c, text):
+        _record(st, sig, _Hit(i, text, groups, st.phase))
+
+
+def _matches(c: _Compiled, text: str) -> list[tuple[_Sig, dict[str, str]]]:
+    """The signatures that match one line, with their named groups."""
+    lower = text.lower()
+    if not c.gate.search(lower):
+        return []
+    out: list[tuple[_Sig, dict[str, str]]] = []
+    for sig in c.signatures:
+        if sig.literals is not None:
+            hay = lower if sig.icase else text
+            if not any(lit in hay for lit in sig.literals):
+                continue
+        sm = sig.regex.search(text)
+        if sm is not None:
+            out.append((sig, {k: v for k, v in sm.groupdict().items() if v is not None}))
+    return out
+
+
+def _record(st: _Scan, sig: _Sig, hit: _Hit) -> None:
+    if st.phase is None and len(st.unresolved) < _FACTS_KEPT:
+        st.unresolved.append(hit)
+    st.hits.setdefault((sig.rule.id, sig.index), _SigHits()).add(hit)
+
+
+_WRAP_WORDS = ("error", "exception", "fail", "warn", "cannot", "unable", "must ")
+"""A line with one of these (lower-cased) may be a message that copy-paste or a terminal wrapped onto the next."""
+_WRAP_CHARS = 600
+"""Characters of each line joined when a wrapped message is looked for."""
+
+
+def _unwrap(c: _Compiled, st: _Scan, i: int, text: str, nxt: str) -> None:
+    """Signatures that match only across a line break (``… must be less than or equal to the`` / ``number of
+    visible devices (8).``): recorded on the second line, quoting both."""
+    joined = text[-_WRAP_CHARS:].rstrip() + " " + nxt[:_WRAP_CHARS].strip()
+    both = _matches(c, joined)
+    if not both:
+        return
+    alone = {id(sig) for sig, _ in (*_matches(c, text), *_matches(c, nxt))}
+    for sig, groups in both:
+        if id(sig) not in alone:
+            _record(st, sig, _Hit(i + 1, joined, groups, st.phase))
 
 
 def _count_devices(value: str) -> int:
@@ -519,6 +610,17 @@ _W_LAUNCH = ("vllm", "api_server", "LLM(")
 _W_TP = ("tensor", "-tp")
 _W_RANKS = ("NCCL INFO", "nranks", "world_size", "nproc", "VllmWorker", "RayWorker")
 _W_ACS = ("via SHM", "ACSCtl", "iommu", "IOMMU", "AMD-Vi", "DMAR")
+_W_EVIDENCE = (
+    "172.17.",
+    "docker",
+    "kubepods",
+    "shm-size",
+    "ipc",
+    "compat",
+    "river",
+    "NVRM",
+    "NVIDIA",
+)
 _W_ERROR = (
     "ERROR",
     "CRITICAL",
@@ -535,15 +637,23 @@ _W_ERROR = (
 
 def _collect_facts(st: _Scan, i: int, text: str) -> None:
     # Each pattern runs only when its key words are in the line: most lines of a long log have none.
+    if len(st.container) < 2:
+        hint = evi.container_hint(text)
+        if hint is not None:
+            st.container.append(Evidence(i, _quote(text)))
+    if st.driver is None:
+        drv = evi.host_driver(text)
+        if drv is not None:
+            st.driver = (i, drv, text)
     if not st.nccl and ("NCCL" in text or "nccl" in text):
         st.nccl = True
     launch = _has(text, _W_LAUNCH) and bool(_LAUNCH.search(text))
-    if launch:
+    if launch and len(st.launch_lines) < _FACTS_KEPT:
         st.launch_lines.append((i, text))
-    if "CUDA_VISIBLE_DEVICES" in text:
+    if "CUDA_VISIBLE_DEVICES" in text and len(st.visible) < _FACTS_KEPT:
         for m in _VISIBLE.finditer(text):
             st.visible.append((i, m.group("v"), _count_devices(m.group("v")), launch))
-    if _has(text, _W_TP):
+    if _has(text, _W_TP) and len(st.tp_values) < _FACTS_KEPT:
         for m in _TP.finditer(text):
             st.tp_values.append((i, text, int(m.group("a") or m.group("b"))))
     if len(st.multi) < 2 and _has(text, _W_RANKS):
@@ -618,14 +728,26 @@ def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
     recognised = any(
         not rule_by_id[rid].signatures[j].supporting and "hang" not in rule_by_id[rid].requires for rid, j in st.hits
     )
-    if tail and st.error_count == 0 and not recognised:
-        last_text = tail[-1][1]
-        if _STALL.search(last_text) or _NCCL_SETUP.search(last_text):
-            hang = True
-            hang_ev = [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
+    # The log ends in NCCL set-up (its last line, or one of the last few with only chatter after it: workers
+    # logging "ready; awaiting tasks", a banner) or at a first request stuck at 0%.
+    last_phase = _compiled().catalog.phases[-1].name
+    if tail and st.error_count == 0 and not recognised and st.phase != last_phase:
+        for ln, tx in reversed(tail[-_HANG_TAIL:]):
+            if _STALL.search(tx) or _NCCL_SETUP.search(tx):
+                hang = True
+                hang_ev = [Evidence(n, _quote(t)) for n, t in tail[-2:] if n != ln] + [Evidence(ln, _quote(tx))]
+                hang_ev.sort(key=lambda e: e.line)
+                break
+    elif tail and st.error_count == 0 and not recognised and _STALL.search(tail[-1][1]):
+        hang, hang_ev = True, [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
     f["hang"] = _Fact(hang, hang_ev)
     f["acs_hint"] = _Fact(bool(st.acs), list(st.acs))
-    f["several_processes_listed"] = _Fact(bool(st.several_procs), list(st.several_procs))
+    # Other processes, not this one seen under its host pid from a container, holding real memory (a CUDA
+    # context alone is ~0.25-0.5 GiB).
+    others = {p.pid: p for p in st.procs.named if not p.self_like}
+    held = sum(evi.to_bytes(p.mem) for p in others.values())
+    several = bool(st.several_procs) and len(others) >= 2 and held >= evi.OTHERS_MIN_BYTES
+    f["several_processes_listed"] = _Fact(several, list(st.several_procs) if several else [])
     f["nccl_activity"] = _Fact(st.nccl, [])
     env_ev: list[Evidence] = []
     for name, value in sorted((ctx.env or {}).items()):
@@ -634,7 +756,105 @@ def _facts(st: _Scan, ctx: DiagnosisContext) -> _Facts:
             values.setdefault("nccl_var", name)
             values.setdefault("nccl_value", value)
     f["harmful_nccl_env"] = _Fact(bool(env_ev), env_ev)
+    _stall_facts(st, ctx, f, values)
+    _machine_facts(st, ctx, f, values)
     return _Facts(f, values)
+
+
+def _stall_facts(st: _Scan, ctx: DiagnosisContext, f: dict[str, _Fact], values: dict[str, str]) -> None:
+    """``stalled``: the log ends with no error before the server was ready; where, and for how long."""
+    tail = list(st.tail)
+    last_phase = _compiled().catalog.phases[-1].name
+    rules = {r.id: r for r in _compiled().catalog.rules}
+    # Only when nothing named a failure: a rule of severity error that fired on a line of its own.
+    named = any(
+        not rules[rid].signatures[j].supporting and rules[rid].severity == "error" and not rules[rid].requires
+        for rid, j in st.hits
+    )
+    # An excerpt that is not a vLLM start-up (bare NCCL lines) is stalled only when nothing else was found in it;
+    # text that shows no start-up at all is not a start-up that stalled.
+    anything = any(not rules[rid].signatures[j].supporting for rid, j in st.hits)
+    stalled = (
+        bool(tail)
+        and st.phase != last_phase
+        and not st.stopping
+        and st.error_count == 0
+        and not named
+        and (st.vllm_seen or (st.phase is not None and not anything))
+    )
+    if not tail:
+        f["stalled"] = _Fact(False, [])
+        return
+    values["stall_phase"] = st.phase or "none"
+    values["stall_phase_label"] = phase_label(st.phase) if st.phase else "the start (no start-up phase logged yet)"
+    values["last_line"] = _quote(tail[-1][1])[:200]
+    span = ""
+    if st.ts_last is not None and st.phase_ts is not None:
+        secs = st.ts_last - st.phase_ts
+        if secs < 1:  # the year turned, lines out of order, or the phase is the last line: no span to tell
+            span = ""
+        else:
+            span = f" for {evi.duration(secs)} by the log's own clock ({st.phase_ts_text} → {st.ts_last_text})"
+    elif st.ts_last is None:
+        span = " (the log has no timestamps to say for how long)"
+    values["stall_for"] = span
+    age = ctx.log_age_s
+    if age is None:
+        values["stall_silent"] = ""
+    elif age < STILL_WRITING_S:
+        when = evi.duration(age)
+        values["stall_silent"] = f" — but the file was written {when} ago: the start-up may still be running"
+    else:
+        values["stall_silent"] = f", and nothing was written for {evi.duration(age)} since"
+    values["stall_checks"] = evi.STALL_CHECKS.get(st.phase, evi.STALL_CHECKS[None])
+    ev = [Evidence(ln, _quote(tx)) for ln, tx in tail[-2:]]
+    f["stalled"] = _Fact(stalled, ev)
+
+
+def _machine_facts(st: _Scan, ctx: DiagnosisContext, f: dict[str, _Fact], values: dict[str, str]) -> None:
+    """Container, host driver and whose-memory evidence, from the log and from doctor's machine checks."""
+    f["in_container"] = _Fact(bool(st.container), list(st.container))
+    values["container_note"] = (
+        f" The log shows a container ({_quote(st.container[0].text)[:120]!r})." if st.container else ""
+    )
+    driver_ev: list[Evidence] = []
+    major: int | None = None
+    if ctx.driver_version:
+        head = ctx.driver_version.split(".", 1)[0]
+        if head.isdigit():
+            major = int(head)
+            values["host_driver"] = ctx.driver_version
+            driver_ev.append(Evidence(0, f"doctor (NVML): host driver {ctx.driver_version}"))
+    if major is None and st.driver is not None:
+        major = int(st.driver[1])
+        values["host_driver"] = st.driver[1]
+        driver_ev.append(Evidence(st.driver[0], _quote(st.driver[2])))
+    new = major is not None and major >= evi.NEW_DRIVER_MAJOR
+    f["new_host_driver"] = _Fact(new, driver_ev if new else [])
+    f["old_host_driver"] = _Fact(major is not None and not new, driver_ev if not new else [])
+    machine = {p.pid: p for p in ctx.gpu_processes}
+    note, orphan = evi.whose_memory(st.procs, st.run, machine)
+    values["whose_note"] = note
+    orphan_ev: list[Evidence] = []
+    if orphan is not None:
+        values["orphan_pid"] = orphan
+        named = next(p for p in st.procs.named if p.pid == orphan)
+        orphan_ev.append(Evidence(named.line, f"Process {orphan} has {named.mem} memory in use"))
+        seen = st.procs.seen.get(orphan)
+        if seen is not None:
+            values.setdefault("orphan_name", f"first seen in this log as {_quote(seen[2])[:100]!r}")
+            orphan_ev.append(Evidence(seen[1], _quote(seen[2])))
+        elif int(orphan) in machine:
+            values.setdefault("orphan_name", machine[int(orphan)].name)
+            orphan_ev.append(Evidence(0, f"doctor: pid {orphan} {machine[int(orphan)].name} has lost its parent"))
+    f["orphan_named"] = _Fact(orphan is not None, orphan_ev)
+    test = ctx.nccl_test
+    f["nccl_test_hung"] = _Fact(
+        test is not None, [Evidence(0, f"doctor --nccl-test: {x}") for x in (test[2][-6:] if test else ())]
+    )
+    if test is not None:
+        values["nccl_test_message"] = test[0]
+        values["nccl_test_findings"] = test[1]
 
 
 def _line_text(st: _Scan, line: int) -> str:
@@ -645,165 +865,6 @@ def _line_text(st: _Scan, line: int) -> str:
         if v[0] == line:
             return f"CUDA_VISIBLE_DEVICES={v[1]}" if not v[3] else v[1]
     return ""
-
-
-# ---------------------------------------------------------------------------------------------- derivations
-
-
-def _num(values: Mapping[str, str], key: str) -> float | None:
-    raw = values.get(key)
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
-
-
-def _pow2_at_most(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
-def _derive(name: str, v: dict[str, str], facts: _Facts) -> None:
-    if name == "shm_size_mib":
-        size = _num(v, "shm_size")
-        if size is not None:
-            v["shm_size_mib"] = f"{size / 2**20:.1f}"
-    elif name == "tp_divisors":
-        heads, tp = _num(v, "heads"), _num(v, "tp")
-        if heads is None or tp is None or heads < 1:
-            return
-        h, t = int(heads), int(tp)
-        divisors = [d for d in range(1, h + 1) if h % d == 0]
-        # Powers of two also divide the KV heads of every Qwen model, so vLLM can build the model with them.
-        pow2 = [d for d in divisors if d & (d - 1) == 0]
-        below = max((d for d in pow2 if d <= t), default=1)
-        above = min((d for d in pow2 if d > t), default=None)
-        v["tp_valid"] = ", ".join(str(d) for d in divisors)
-        v["tp_best"] = str(below)
-        v["tp_suggest"] = f"{below} or {above}" if above is not None and above < 2 * t else str(below)
-        v["tp_use_rest"] = (
-            f" To still use all {t} GPUs, run {t // below} replicas of TP {below} (--data-parallel-size {t // below})."
-            if t // below > 1 and t % below == 0
-            else ""
-        )
-    elif name == "yarn_len":
-        d = _num(v, "derived_len")
-        if d is not None:
-            v["yarn_len"] = str(int(d) * 4)
-    elif name == "port_next":
-        p = _num(v, "port")
-        if p is not None:
-            v["port_next"] = str(int(p) + 1)
-    elif name in ("util_up", "util_down"):
-        u = _num(v, "util")
-        if u is not None and 0 < u <= 1:
-            v["util_up"] = f"{min(0.95, u + 0.2):.2f}" if u < 0.95 else "0.95"
-            v["util_down"] = f"{max(0.5, u - 0.05):.2f}"
-    elif name == "util_fit":
-        free, total = _num(v, "free_gib"), _num(v, "total_gib")
-        if free is not None and total:
-            v["util_fit"] = f"{math.floor(free / total * 100) / 100:.2f}"
-    elif name == "fit_len":
-        fit = _num(v, "est_len") or _num(v, "kv_tokens")
-        if fit is not None:
-            v["fit_len"] = str(int(fit))
-            v["fit_len_fp8"] = str(int(fit) * 2)
-    elif name == "tp_for_visible":
-        count = _num(v, "visible_count")
-        if count is not None and count > 1:
-            v["tp_for_visible"] = str(_pow2_at_most(int(count)))
-        v["tp_not_set_note"] = (
-            f" with --tensor-parallel-size unset although {v.get('visible_count')} GPUs are visible"
-            if facts.facts["tp_not_set"].true
-            else ""
-        )
-    elif name == "oom_detail":
-        tried_s, free_s, total_s = v.get("tried"), v.get("free"), v.get("total")
-        v["oom_detail"] = (
-            f" (tried to allocate {tried_s}; {free_s} of {total_s} free)" if tried_s and free_s and total_s else ""
-        )
-    elif name == "num_seqs_half":
-        n = _num(v, "num_seqs")
-        if n is not None:
-            v["num_seqs_half"] = str(max(1, _pow2_at_most(int(n) // 2) if n >= 2 else 1))
-    elif name == "timeout_s":
-        ms = _num(v, "timeout_ms")
-        if ms is not None:
-            v["timeout_s"] = f"{ms / 1000:g}"
-    elif name == "ray_note":
-        tp_s, gpus_s = v.get("tp_requested"), v.get("ray_gpus")
-        v["ray_gpus_note"] = f": TP {tp_s} needs {tp_s} GPUs, Ray has {gpus_s}" if tp_s and gpus_s else ""
-    elif name == "driver_found_cuda":
-        found = _num(v, "driver_found")
-        v["driver_detail"] = (
-            f" (this driver supports CUDA {int(found) // 1000}.{int(found) % 1000 // 10})" if found else ""
-        )
-        need = v.get("cuda_needed")
-        drivers = {"11.8": "R520", "12.0": "R525", "12.1": "R530", "12.2": "R535", "12.4": "R550", "12.6": "R560"}
-        drivers |= {"12.8": "R570", "12.9": "R575", "13.0": "R580"}
-        v["cuda_needed_note"] = (
-            f" (CUDA {need} needs {drivers[need]} or newer)" if need in drivers else (f" (CUDA {need})" if need else "")
-        )
-
-
-def _fill(template: str | None, fallback: str | None, values: Mapping[str, str]) -> str:
-    for t in (template, fallback):
-        if t is None:
-            continue
-        if template_fields(t) <= set(values):
-            try:
-                return t.format_map(values)
-            except (KeyError, ValueError, IndexError):
-                continue
-    base = template or fallback or ""
-    return base.format_map(_Missing(values))
-
-
-class _Missing(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return "?"
-
-
-# ---------------------------------------------------------------------------------------------- plan command
-
-_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "--max-model-len": ("--max-model-len", "--context"),
-    "--tensor-parallel-size": ("--tensor-parallel-size", "-tp", "--tp"),
-}
-
-
-def plan_command(profile: Profile, args: Sequence[str]) -> str:
-    """The ``qwendeploy plan`` command that rewrites ``profile`` with ``args`` changed (flags replaced)."""
-    base: list[str] = []
-    if profile.generated_by:
-        try:
-            base = shlex.split(profile.generated_by)
-        except ValueError:
-            base = []
-    if len(base) < 3 or base[:2] != ["qwendeploy", "plan"]:
-        base = ["qwendeploy", "plan", profile.model.id]
-        if profile.placement.gpus:
-            base += ["--gpus", ",".join(profile.placement.gpus)]
-    new_flags = {a for a in args if a.startswith("-")}
-    drop: set[str] = set()
-    for flag in new_flags:
-        drop.update(_ALIASES.get(flag, (flag,)))
-    out: list[str] = []
-    skip = False
-    for tok in base:
-        if skip:
-            skip = False
-            continue
-        name = tok.split("=", 1)[0]
-        if name in drop:
-            skip = "=" not in tok
-            continue
-        out.append(tok)
-    out += list(args)
-    if any(t in ("-o", "--output") or t.startswith("--output=") for t in out) and "--force" not in out:
-        out.append("--force")
-    return shlex.join(out)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -820,6 +881,8 @@ class _Candidate:
     """The rule needs a phase and the log shows none (the summary says so)."""
 
 
+STILL_WRITING_S = 120.0
+"""A log written this recently may belong to a start-up still under way (compiling, loading): said, not hidden."""
 NO_PHASE_WEIGHT = 0.6
 """Factor on the signature weights of a phase-classified rule (``when_phase``) whose lines show no start-up
 phase: a bare OOM line is a weaker sign of weights that do not fit than one under load_model."""
@@ -862,7 +925,7 @@ def _evaluate(rule: Rule, st: _Scan, facts: _Facts, ctx: DiagnosisContext) -> _C
     for h in all_hits:
         values.update(h.groups)
     for d in rule.derive:
-        _derive(d, values, facts)
+        derive(d, values, facts.facts["tp_not_set"].true)
 
     ev: list[Evidence] = []
     seen: set[int] = set()
@@ -895,11 +958,12 @@ def _fallback(rule: Rule, st: _Scan) -> _Candidate | None:
     return _Candidate(rule, 0.3, ev, {}, st.phase)
 
 
-def diagnose(lines: Sequence[str], context: DiagnosisContext | None = None) -> list[Diagnosis]:
+def diagnose(lines: Iterable[str], context: DiagnosisContext | None = None) -> list[Diagnosis]:
     """Name the likely causes of a failed or hung vLLM run from its log.
 
     Args:
-        lines: the log, one line per item (any length; trailing newlines are ignored).
+        lines: the log, one line per item (any length; trailing newlines are ignored). Read once, in order, so a
+            generator streams a log of any size in bounded memory.
         context: what else is known (profile, TP size, environment).
 
     Returns:
@@ -945,12 +1009,12 @@ def diagnose(lines: Sequence[str], context: DiagnosisContext | None = None) -> l
 def _render(cand: _Candidate, ctx: DiagnosisContext) -> Diagnosis:
     r = cand.rule
     if cand.no_phase and r.summary_no_phase:
-        summary = _fill(r.summary_no_phase, r.summary_no_phase_fallback, cand.values)
+        summary = fill(r.summary_no_phase, r.summary_no_phase_fallback, cand.values)
     else:
-        summary = _fill(r.summary, r.summary_fallback, cand.values)
+        summary = fill(r.summary, r.summary_fallback, cand.values)
         if cand.no_phase:
             summary += " (The log shows no start-up phase: when it happened is unknown.)"
-    fix = _fill(r.fix, r.fix_fallback, cand.values)
+    fix = fill(r.fix, r.fix_fallback, cand.values)
     if ctx.profile is not None and r.plan_args:
         needed = template_fields(r.plan_args)
         if needed <= set(cand.values):

@@ -71,6 +71,17 @@ FACT_VALUES: Mapping[str, str] = {
     "visible_min": "fewest GPUs any CUDA_VISIBLE_DEVICES in the log lists",
     "visible_min_value": "that CUDA_VISIBLE_DEVICES value",
     "tp_requested": "the tensor-parallel size asked for (flag, engine config or context)",
+    "stall_phase": "the start-up phase the log last reached",
+    "stall_phase_label": "that phase in words",
+    "stall_for": "how long the log kept going after reaching that phase, by its own timestamps",
+    "stall_silent": "how long nothing has been written since the last line (when the file's age is known)",
+    "stall_checks": "the checks that fit the phase the start-up stopped in",
+    "last_line": "the last line of the log",
+    "container_note": "the container evidence, in words",
+    "host_driver": "the host driver version (from the log or doctor's NVML check)",
+    "whose_note": "whose memory the processes named by a CUDA OOM are (this process, an orphan, another job)",
+    "nccl_test_message": "what doctor's NCCL test reported",
+    "nccl_test_findings": "the P2P/ACS/NCCL machine checks that did not pass",
 }
 """Values the engine extracts from the whole log; templates may use them like captured groups."""
 
@@ -83,6 +94,15 @@ FACTS: Mapping[str, str] = {
     "several_processes_listed": "a CUDA OOM message lists two or more other processes holding memory",
     "nccl_activity": "the log shows NCCL at work",
     "harmful_nccl_env": "the environment the server ran with sets NCCL tuning variables (DiagnosisContext.env)",
+    "stalled": "the log ends without an error and before the server was ready (a start-up that stopped making "
+    "progress)",
+    "in_container": "signs that the server ran in a container: a Docker bridge address (172.17.x.x), a 12-hex-digit "
+    "host name in NCCL's lines, docker/kubepods paths, or the container's CUDA compat library",
+    "new_host_driver": "the host driver is R580 or newer (nvidia-smi in the log, or doctor's NVML check)",
+    "old_host_driver": "the host driver is older than R580 (nvidia-smi in the log, or doctor's NVML check)",
+    "orphan_named": "a process an OOM names is a vLLM process of an earlier run in the same log, or one doctor "
+    "found re-parented to PID 1 on this machine",
+    "nccl_test_hung": "doctor's own NCCL all-reduce test hung (doctor --nccl-test)",
 }
 """Whole-log facts the engine computes (engine.py implements each)."""
 
@@ -102,6 +122,7 @@ DERIVATIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "num_seqs_half": (("num_seqs",), ("num_seqs_half",)),
     "timeout_s": (("timeout_ms",), ("timeout_s",)),
     "ray_note": ((), ("ray_gpus_note",)),
+    "visible_note": ((), ("visible_value_note",)),
     "driver_found_cuda": ((), ("driver_detail", "cuda_needed_note")),
 }
 """Computations that turn captured numbers into fix numbers, and the template fields each provides."""
@@ -404,14 +425,29 @@ _ALWAYS_SET: Mapping[str, tuple[str, ...]] = {
     "oom_detail": ("oom_detail",),
     "ray_note": ("ray_gpus_note",),
     "driver_found_cuda": ("driver_detail", "cuda_needed_note"),
+    "visible_note": ("visible_value_note",),
 }
 """Derived notes that are always set (to "" when their inputs are missing)."""
+
+ALWAYS_VALUES: frozenset[str] = frozenset(
+    {
+        "stall_phase",
+        "stall_phase_label",
+        "stall_for",
+        "stall_silent",
+        "stall_checks",
+        "last_line",
+        "container_note",
+        "whose_note",
+    }
+)
+"""Whole-log values the engine sets for every log with a line in it (notes are "" when there is nothing to say)."""
 
 
 def always_known(rule: Rule) -> set[str]:
     """Fields a firing rule always has: groups every non-supporting signature captures (when no fact can fire
     the rule instead), the always-set notes, and what derivations make from those."""
-    out: set[str] = set()
+    out: set[str] = set(ALWAYS_VALUES)
     firing = [s for s in rule.signatures if not s.supporting]
     if firing and not any(not f.supporting for f in rule.facts):
         common = set(firing[0].groups)
