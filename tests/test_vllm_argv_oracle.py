@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from shared_paths import SHARED
 
 from qwendeploy.adapters.profile_files import read_profile
 from qwendeploy.core.models import find_model
 from qwendeploy.core.profile import EngineSection, ModelSection, PlacementSection, Profile, ServerSection
 from qwendeploy.core.vllm_args import build_launch_specs
+from tests.shared_paths import SHARED
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = os.environ.get("QWENDEPLOY_VLLM_PYTHON")

@@ -22,7 +22,7 @@ from qwendeploy.adapters.supervisor import Event, Launch, Policy, Supervisor
 from qwendeploy.core.profile import ModelSection, Profile, ServerSection
 from qwendeploy.core.vllm_args import build_launch_specs
 from qwendeploy.errors import PreflightFailed
-from tests.fakes.serving import FAKE_VLLM, alive, free_port, wait_for
+from tests.fakes.serving import FAKE_VLLM, alive, free_port, read_until, server_pids, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,20 +134,6 @@ def _env(tmp_path: Path) -> dict[str, str]:
     )
 
 
-def _until(proc: subprocess.Popen[str], needle: str) -> str:
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if needle in line:
-            return "".join(seen)
-    raise AssertionError("never saw " + needle + ":\n" + "".join(seen))
-
-
-def _server_pids(tmp_path: Path) -> list[int]:
-    return [pid for f in tmp_path.glob("*.json") for pid in json.loads(f.read_text()).values()]
-
-
 @pytest.mark.slow
 def test_one_serve_per_profile_and_port_and_sighup_stops_cleanly(tmp_path: Path) -> None:
     prof = _profile(tmp_path)
@@ -156,7 +142,7 @@ def test_one_serve_per_profile_and_port_and_sighup_stops_cleanly(tmp_path: Path)
         _serve(tmp_path, prof), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
     )
     try:
-        _until(first, "ready after")
+        read_until(first, "ready after")
         second = subprocess.run(_serve(tmp_path, prof), env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"Another qwendeploy serve (pid {first.pid}) is already running the profile named 't'" in second.stderr
@@ -177,13 +163,13 @@ def test_one_serve_per_profile_and_port_and_sighup_stops_cleanly(tmp_path: Path)
     assert first.stdout is not None
     rest = first.stdout.read()
     assert "received SIGHUP" in rest
-    assert alive(_server_pids(tmp_path)) == []
+    assert alive(server_pids(tmp_path)) == []
     # the lock died with the process: the profile serves again
     again = subprocess.Popen(
         _serve(tmp_path, prof), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
     )
     try:
-        _until(again, "ready after")
+        read_until(again, "ready after")
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=30) == 0
     finally:
@@ -288,7 +274,7 @@ def test_printed_examples_quote_a_hostile_served_name(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     try:
-        out = _until(proc, "python:")
+        out = read_until(proc, "python:")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

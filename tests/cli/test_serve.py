@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from qwendeploy.cli import app, wiring
 from tests.fakes.fake_nvml import FakeNvml
-from tests.fakes.serving import FAKE_VLLM, alive, free_port, wait_for
+from tests.fakes.serving import FAKE_VLLM, alive, free_port, read_until, server_pids, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -196,27 +196,13 @@ def _spawn(tmp_path: Path, profile: Path, mode: str = "healthy", *extra: str, **
     return subprocess.Popen(cmd, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
-def _read_until(proc: subprocess.Popen[str], needle: str) -> str:
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if needle in line:
-            return "".join(seen)
-    raise AssertionError("never saw " + needle + ":\n" + "".join(seen))
-
-
-def _server_pids(tmp_path: Path) -> list[int]:
-    return [pid for f in tmp_path.glob("*.json") for pid in json.loads(f.read_text()).values()]
-
-
 @pytest.mark.slow
 def test_serve_runs_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     p = _profile(tmp_path, api_key_env="QK")
     proc = _spawn(tmp_path, p, QK="sk-run-secret")
-    out = _read_until(proc, "ready after")
-    assert wait_for(lambda: len(_server_pids(tmp_path)) == 2)
-    cmdlines = [" ".join(psutil.Process(pid).cmdline()) for pid in _server_pids(tmp_path)]
+    out = read_until(proc, "ready after")
+    assert wait_for(lambda: len(server_pids(tmp_path)) == 2)
+    cmdlines = [" ".join(psutil.Process(pid).cmdline()) for pid in server_pids(tmp_path)]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
     # read through the same buffered reader: communicate() would skip what its read-ahead already holds
@@ -228,7 +214,7 @@ def test_serve_runs_until_sigterm_and_exits_0(tmp_path: Path) -> None:
     assert str(log) in out
     assert "sk-run-secret" not in out
     assert "sk-run-secret" not in log.read_text()
-    assert alive(_server_pids(tmp_path)) == []
+    assert alive(server_pids(tmp_path)) == []
     # what `ps` showed: no key on the server's or its worker's command line
     assert cmdlines and all("sk-run-secret" not in c and "--api-key" not in c for c in cmdlines)
 
@@ -241,18 +227,18 @@ def test_serve_gives_up_with_diagnosis_on_oom(tmp_path: Path) -> None:
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     kinds = [e["event"] for e in events]
     assert "gave_up" in kinds and "restart" not in kinds
-    assert alive(_server_pids(tmp_path)) == []
+    assert alive(server_pids(tmp_path)) == []
 
 
 @pytest.mark.slow
 def test_supervisor_killed_server_does_not_live_on(tmp_path: Path) -> None:
     proc = _spawn(tmp_path, _profile(tmp_path), "ignore_sigterm")
-    _read_until(proc, "ready after")
-    assert wait_for(lambda: len(_server_pids(tmp_path)) == 2)
+    read_until(proc, "ready after")
+    assert wait_for(lambda: len(server_pids(tmp_path)) == 2)
     proc.kill()
     proc.communicate(timeout=10)
     # shutdown_grace_s is 2: the watchdog SIGTERMs, waits, then SIGKILLs the group
-    assert wait_for(lambda: alive(_server_pids(tmp_path)) == [], timeout=8)
+    assert wait_for(lambda: alive(server_pids(tmp_path)) == [], timeout=8)
 
 
 @pytest.mark.slow
@@ -264,13 +250,13 @@ def test_engine_death_with_exit_0_ends_serve_with_exit_1(tmp_path: Path) -> None
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [e["exit_code"] for e in events if e["event"] == "exited"] == [0]
     assert any(e["event"] == "gave_up" for e in events)
-    assert alive(_server_pids(tmp_path)) == []
+    assert alive(server_pids(tmp_path)) == []
 
 
 @pytest.mark.slow
 def test_sigint_is_reported_before_the_servers_stop(tmp_path: Path) -> None:
     proc = _spawn(tmp_path, _profile(tmp_path), "healthy", "--json")
-    _read_until(proc, '"event": "ready"')
+    read_until(proc, '"event": "ready"')
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=20)
     assert proc.stdout is not None

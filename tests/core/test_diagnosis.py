@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shared_paths import SHARED
 
 from qwendeploy.core.diagnosis.engine import (
     Diagnosis,
@@ -27,6 +26,7 @@ from qwendeploy.core.diagnosis.rules import (
     troubleshooting_markdown,
 )
 from qwendeploy.core.profile import ModelSection, Profile
+from tests.shared_paths import SHARED
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 CORPUS = sorted((FIXTURES / "doctor-corpus").glob("*.log"))

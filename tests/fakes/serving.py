@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,3 +39,19 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0, step: float = 0.02)
             return True
         time.sleep(step)
     return cond()
+
+
+def read_until(proc: subprocess.Popen[str], needle: str) -> str:
+    """What ``proc`` printed up to and including the first line holding ``needle`` (fails if it never does)."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError("never saw " + needle + ":\n" + "".join(seen))
+
+
+def server_pids(state_dir: Path) -> list[int]:
+    """Every pid the fake vLLM recorded in its state directory (FAKE_VLLM_STATE_DIR)."""
+    return [pid for f in state_dir.glob("*.json") for pid in json.loads(f.read_text()).values()]
