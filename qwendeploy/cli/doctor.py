@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import sys
 import time
@@ -104,11 +105,26 @@ def _open_log(log: str) -> _LogSource:
         raise BadInput(f"{log} is a directory, not a log file.", hint=hint)
     if not path.exists():
         raise BadInput(f"Log file {log} does not exist.", hint=hint)
+    # Opened without blocking, so a FIFO nobody writes to does not hang the open; then back to blocking reads, so
+    # a pipe with a writer (`--log <(journalctl …)`) is read to its end and one without a writer reads as empty.
+    # Devices and sockets never end (/dev/zero, /dev/urandom): refused.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        st = path.stat()
-        stream = path.open(encoding="utf-8", errors="replace", newline="")
+        fd = os.open(path, flags)
     except OSError as e:
         raise BadInput(f"Cannot read log file {log}: {e.strerror or e}.") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            raise BadInput(f"{log} is a device or socket, not a log file: it would never end.", hint=hint)
+        if stat.S_ISFIFO(st.st_mode):
+            os.set_blocking(fd, True)
+        stream = os.fdopen(fd, encoding="utf-8", errors="replace", newline="")
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):
+            raise BadInput(f"Cannot read log file {log}: {e.strerror or e}.") from None
+        raise
     age = time.time() - st.st_mtime if stat.S_ISREG(st.st_mode) else None
     return _LogSource(log, stream, max(0.0, age) if age is not None else None)
 

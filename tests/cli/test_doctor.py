@@ -200,3 +200,30 @@ def test_a_named_cause_of_category_unknown_exits_1_the_catch_all_does_not(machin
     code, d = doctor_json("--log", "-", input="ERROR something nobody has seen before\n")
     assert [(x["rule_id"], x["recognised"]) for x in d["diagnoses"]] == [("unknown-error", False)]
     assert code == 0
+
+
+def test_log_that_never_ends_is_refused_and_a_pipe_without_writer_reads_empty(tmp_path: Path) -> None:
+    """A device (/dev/zero) would be read forever: exit 2 with one message. A FIFO nobody writes to must not hang
+    the open or the read: it is an empty log (a warning), while a pipe with a writer is read to its end."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "qwendeploy", "doctor", "--log"]
+    env = dict(os.environ)
+    zero = subprocess.run([*cmd, "/dev/zero"], capture_output=True, text=True, timeout=60, env=env)
+    assert zero.returncode == 2 and "never end" in zero.stderr and "Traceback" not in zero.stderr
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    empty = subprocess.run([*cmd, str(fifo)], capture_output=True, text=True, timeout=60, env=env)
+    assert "The log is empty" in empty.stdout and "Traceback" not in empty.stderr
+    writer = subprocess.Popen(
+        ["sh", "-c", f"cat > {fifo}"], stdin=subprocess.PIPE, text=True
+    )  # holds the write end until stdin closes
+    reader = subprocess.Popen([*cmd, str(fifo), "--json"], stdout=subprocess.PIPE, text=True, env=env)
+    assert writer.stdin is not None
+    writer.stdin.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n")
+    writer.stdin.close()
+    out, _ = reader.communicate(timeout=60)
+    writer.wait(timeout=10)
+    assert json.loads(out)["diagnoses"], out
