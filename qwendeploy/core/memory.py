@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from qwendeploy.core import multimodal
 from qwendeploy.core.hardware import Gpu
+from qwendeploy.core.hybrid_attention import HybridLayout, hybrid_layout
 from qwendeploy.core.models import ModelSpec, Quantization
 from qwendeploy.core.params import LayerParams, ParamBreakdown, param_breakdown
 from qwendeploy.core.units import MiB
@@ -367,6 +369,8 @@ class WeightShard:
     layers_replicated: float
     """Elements of replicated small tensors (norms, q/k norms, routers)."""
     bytes: int
+    vision: float = 0.0
+    """Elements of the vision tower on this GPU (first pipeline stage; sharded over TP, kept 16-bit)."""
 
 
 def _layer_shard(layer: LayerParams, spec: ModelSpec, tp: int, ep: int) -> tuple[float, float]:
@@ -408,7 +412,8 @@ def weight_shard(
     vocab_rows = math.ceil(padded_vocab / tp)
     first, last = pp_rank == 0, pp_rank == pp - 1
     embedding = vocab_rows * spec.hidden_size if first else 0
-    has_head = bd.lm_head > 0 or (spec.tie_word_embeddings and pp > 1)
+    # A pooling model (embedding/reranker) has no LM head: vLLM's pooling adapters skip it.
+    has_head = (bd.lm_head > 0 or (spec.tie_word_embeddings and pp > 1)) and not spec.is_pooling
     lm_head = vocab_rows * spec.hidden_size if (last and has_head) else 0
     final_norm = bd.final_norm if last else 0
     linear = replicated = 0.0
@@ -417,8 +422,9 @@ def weight_shard(
         linear += lin
         replicated += rep
     dt = DTYPE_BYTES[dtype]
-    total = (embedding + lm_head + final_norm + replicated) * dt + linear_bytes(linear, quantization, dt)
-    return WeightShard(embedding, lm_head, final_norm, linear, replicated, int(total))
+    vision = multimodal.vision_elements_per_gpu(spec, tp=tp) if first else 0.0
+    total = (embedding + lm_head + final_norm + replicated + vision) * dt + linear_bytes(linear, quantization, dt)
+    return WeightShard(embedding, lm_head, final_norm, linear, replicated, int(total), vision)
 
 
 def model_weight_bytes(spec: ModelSpec, *, dtype: str, quantization: Quantization | None) -> int:
@@ -566,6 +572,8 @@ class MemoryEstimate:
     runner: str = "v1"
     """The vLLM model runner the estimate follows (``v1`` or ``v2``)."""
     graphs_in_budget: bool = True
+    hybrid: HybridLayout | None = None
+    """Hybrid models (Qwen3-Next): the shared page pool of the GPU with the fewest blocks (core/hybrid_attention.py)."""
 
     @property
     def fits_one_request(self) -> bool:
@@ -574,8 +582,16 @@ class MemoryEstimate:
 
     def max_len_for(self, concurrency: int) -> int:
         """Longest max_model_len with room for ``concurrency`` full-length requests."""
+        if self.hybrid is not None:
+            return self.hybrid.max_len_for(self.num_blocks, concurrency)
         usable = max(0, self.num_blocks - 1)
         return (usable // max(1, concurrency)) * self.settings.block_size
+
+    def blocks_for(self, max_model_len: int, concurrency: int) -> int:
+        """Blocks ``concurrency`` requests of ``max_model_len`` tokens need, plus vLLM's null block."""
+        if self.hybrid is not None:
+            return self.hybrid.blocks_per_request(max_model_len) * concurrency + 1
+        return math.ceil(max_model_len / self.settings.block_size) * concurrency + 1
 
     def fits(self, concurrency: int = 1) -> bool:
         return self.max_len_for(concurrency) >= self.settings.max_model_len
@@ -855,6 +871,9 @@ def estimate(
     rotary = rotary_cache_bytes(spec, max_model_len=settings.max_model_len, dtype=dtype)
     ckpt_scale = checkpoint_scale(spec, dtype=dtype, quantization=quant, breakdown=bd)
     capture = cuda_graph_capture_size(settings)
+    layouts: list[HybridLayout] = []
+    if spec.is_hybrid:
+        settings, layouts = _hybrid_settings(spec, settings, tp=tp, pp=pp, dtype=dtype)
     rows: list[tuple[Gpu, int, int, WeightShard, Explanation, Explanation, Explanation, Explanation, int, int]] = []
     for i, gpu in enumerate(gpus):
         stage = i // tp
@@ -869,8 +888,11 @@ def estimate(
             cal=cal,
             runner=runner,
             warmup_profiled=warmup_profiled,
-            last_stage=stage == pp - 1,
+            # A pooling model computes no logits and runs no sampler: its profile ends with the pooler.
+            last_stage=stage == pp - 1 and not spec.is_pooling,
         )
+        if spec.is_multimodal and stage == 0:
+            act = _with_encoder(act, spec, tp=tp, dtype=dtype, settings=settings)
         nt = non_torch_bytes(
             tp=tp, pp=pp, custom_all_reduce=settings.custom_all_reduce, cal=cal, nvlink=settings.nvlink, runner=runner
         )
@@ -883,7 +905,10 @@ def estimate(
             hidden=spec.hidden_size,
             capture_size=capture,
         )
-        kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=dtype)
+        if layouts:
+            kvt = _hybrid_kv_explanation(layouts[stage], tp=tp)
+        else:
+            kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=dtype)
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         weights = round(shard.bytes * ckpt_scale) + rotary
         graphs_taken = int(cg.value) if graphs_in else 0
@@ -898,7 +923,7 @@ def estimate(
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         per_block = int(kvt.value) * settings.block_size
         weights = round(shard.bytes * ckpt_scale) + rotary
-        last = stage == pp - 1
+        last = stage == pp - 1 and not spec.is_pooling
         work = working_bytes(
             spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner, last_stage=last
         )
@@ -1015,6 +1040,12 @@ def estimate(
     tokens = num_blocks * settings.block_size
     conc = tokens / settings.max_model_len
     fit_len = max(0, num_blocks - 1) * settings.block_size
+    layout: HybridLayout | None = None
+    if layouts:
+        layout = layouts[min(range(len(rows)), key=lambda i: rows[i][9]) // tp]
+        tokens = layout.tokens_logged(num_blocks, settings.max_model_len)
+        conc = layout.max_concurrency(num_blocks, settings.max_model_len)
+        fit_len = layout.max_len_for(num_blocks, 1)
     summary = (
         Explanation(
             "kv_cache_tokens",
@@ -1052,6 +1083,81 @@ def estimate(
         explanations=summary,
         runner=runner,
         graphs_in_budget=graphs_in,
+        hybrid=layout,
+    )
+
+
+def _with_encoder(act: Explanation, spec: ModelSpec, *, tp: int, dtype: str, settings: EngineSettings) -> Explanation:
+    """The profiling peak with the vision encoder's dummy run (first pipeline stage): the larger of the two."""
+    encoder = multimodal.encoder_profile_bytes(
+        spec, tp=tp, dtype_bytes=DTYPE_BYTES[dtype], max_num_batched_tokens=settings.max_num_batched_tokens
+    )
+    inputs = dict(act.inputs)
+    inputs.update(
+        decoder_bytes=int(act.value), encoder_bytes=encoder, max_item_patches=multimodal.max_item_patches(spec)
+    )
+    return Explanation(
+        "activation",
+        "max(decoder profile, vision encoder profile) with encoder = patches of the largest default image × "
+        "(6 × vision_hidden + mlp × vision_intermediate/tp) × dtype_bytes + cached encoder outputs; decoder: "
+        + act.formula,
+        inputs,
+        max(int(act.value), encoder),
+    )
+
+
+def _hybrid_settings(
+    spec: ModelSpec, settings: EngineSettings, *, tp: int, pp: int, dtype: str
+) -> tuple[EngineSettings, list[HybridLayout]]:
+    """Each stage's page pool and the settings with vLLM's unified attention block size (the largest of the
+    stages': vLLM sets one block size for the engine)."""
+    counts = pp_layer_counts(spec.num_hidden_layers, pp)
+    kv_elem = kv_dtype_bytes(settings.kv_cache_dtype, dtype)
+    user_block = settings.block_size if settings.block_size != DEFAULT_BLOCK_SIZE else None
+    layouts = []
+    for stage in range(pp):
+        start = sum(counts[:stage])
+        kinds = spec.layer_kinds[start : start + counts[stage]]
+        layouts.append(
+            hybrid_layout(
+                spec, tp=tp, kinds=kinds, kv_bytes=kv_elem, dtype_bytes=DTYPE_BYTES[dtype], block_size=user_block
+            )
+        )
+    block = max(layout.block_size for layout in layouts)
+    layouts = [
+        hybrid_layout(
+            spec,
+            tp=tp,
+            kinds=spec.layer_kinds[sum(counts[:i]) : sum(counts[: i + 1])],
+            kv_bytes=kv_elem,
+            dtype_bytes=DTYPE_BYTES[dtype],
+            block_size=block,
+        )
+        for i in range(pp)
+    ]
+    return replace(settings, block_size=block), layouts
+
+
+def _hybrid_kv_explanation(layout: HybridLayout, *, tp: int) -> Explanation:
+    return Explanation(
+        "kv_bytes_per_token",
+        "hybrid (full + linear attention): one block index costs group_size pages of block_size × "
+        "attention_bytes_per_token, so per token slot: group_size × 2 × ceil(kv_heads/tp) × head_dim × kv_dtype_bytes; "
+        "linear-attention layers hold conv + recurrent state per sequence in mamba pages padded to the attention page",
+        {
+            "attention_layers_on_gpu": layout.attention_layers,
+            "linear_layers_on_gpu": layout.linear_layers,
+            "tp": tp,
+            "attention_bytes_per_token_per_layer": layout.attention_bytes_per_token,
+            "conv_state_bytes": layout.conv_state_bytes,
+            "recurrent_state_bytes": layout.recurrent_state_bytes,
+            "block_size": layout.block_size,
+            "page_bytes": layout.page_bytes,
+            "mamba_padding_pct": round(layout.padding_pct, 2),
+            "group_size": layout.group_size,
+            "groups": f"{layout.attention_groups} attention + {layout.linear_groups} linear",
+        },
+        layout.group_size * layout.attention_bytes_per_token,
     )
 
 
