@@ -149,7 +149,20 @@ def plan(
     dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16.")] = "auto",
     quantization: Annotated[str | None, typer.Option(help="Quantization method (e.g. fp8 for online FP8).")] = None,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
-    vllm_version: Annotated[str, typer.Option(help="vLLM release whose memory accounting to follow.")] = "0.33",
+    vllm_version: Annotated[
+        str | None,
+        typer.Option(
+            help="vLLM release whose memory accounting to follow (default: the installed vLLM's, read from its "
+            "package metadata; without one, the newest modelled release)."
+        ),
+    ] = None,
+    allow_untrained_context: Annotated[
+        bool,
+        typer.Option(
+            "--allow-untrained-context",
+            help="Plan a dual-chunk-attention (1M) model past its trained window, though vLLM has no DCA.",
+        ),
+    ] = False,
     revision: Annotated[str | None, typer.Option(help="Hub revision of the model.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print every formula with its inputs.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (a stable contract).")] = False,
@@ -183,6 +196,7 @@ def plan(
             check_target(output, force=force)  # a bad -o fails before any planning or output
         spec = load_model(model, revision=revision)
         machine = _machine(gpus, nodes)
+        version, version_source = _release(vllm_version)
         req = PlanRequest(
             spec=spec,
             machine=machine,
@@ -199,7 +213,9 @@ def plan(
             dtype=dtype,
             quantization=quantization,
             enforce_eager=enforce_eager,
-            vllm_version=vllm_version,
+            vllm_version=version,
+            vllm_version_source=version_source,
+            allow_untrained_context=allow_untrained_context,
             network=network,
             variants=_variants(spec.id) if spec.source == "catalog" else (),
         )
@@ -231,7 +247,8 @@ def plan(
                 ("--dtype", None if dtype == "auto" else dtype),
                 ("--quantization", quantization),
                 ("--enforce-eager", enforce_eager),
-                ("--vllm-version", None if vllm_version == "0.33" else vllm_version),
+                ("--vllm-version", vllm_version),
+                ("--allow-untrained-context", allow_untrained_context),
                 ("--revision", revision),
                 ("--name", name),
                 ("--port", None if port == 8000 else port),
@@ -263,3 +280,16 @@ def _default_name(model_id: str) -> str:
     base = model_id.rstrip("/").rsplit("/", 1)[-1].lower()
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in base).strip("-.")
     return safe or "qwen"
+
+
+def _release(asked: str | None) -> tuple[str, str]:
+    """The vLLM release to plan for and why: asked, installed, or the newest modelled."""
+    from qwendeploy.adapters.vllm_release import installed_vllm_version
+    from qwendeploy.core.releases import NEWEST_MODELLED
+
+    if asked is not None:
+        return asked, "asked"
+    installed = installed_vllm_version()
+    if installed is not None:
+        return installed, "installed"
+    return NEWEST_MODELLED, ""

@@ -10,12 +10,15 @@ vLLM keeps one pool of equally sized pages for both kinds of layer (``vllm/v1/kv
   × head_dim × kv_bytes`` per layer) is at least the mamba page; the mamba page is padded up to it
   ("Setting attention block size to 544 tokens …", "Padding mamba page size by …%" in the start-up log).
 * Layers are put into KV-cache groups of equal size (``_get_kv_cache_groups_uniform_page_size``): the group size
-  is the smallest per-kind layer count (the largest when all counts are within 1.25× of each other); each kind
+  is the smallest per-kind layer count (the largest when all counts are within 1.5× of each other, 0.33); each kind
   fills ceil(count / group size) groups. The pool has ``group_size`` tensors of ``num_blocks`` pages, each shared by
   one layer of every group, so one block costs ``group_size × page`` bytes.
-* A request of L tokens takes ceil(L / block) blocks in the attention group(s) and one block in every mamba group.
-  vLLM logs ``GPU KV cache size`` as ``num_blocks // groups × block`` tokens and the maximum concurrency as
-  ``num_blocks / blocks_per_request`` (``get_max_concurrency_for_kv_cache_config``).
+* A request of L tokens takes ceil(L / block) blocks in every attention group and, in every linear-attention group,
+  one state block — two with prefix caching, which vLLM turns on for generative hybrids (``mamba_cache_mode``
+  ``align``: ``MambaSpec.max_memory_usage_bytes`` = 2 pages; ``none``: 1).
+* vLLM logs the maximum concurrency as ``num_blocks / blocks_per_request``
+  (``get_max_concurrency_for_kv_cache_config``) and ``GPU KV cache size`` as ``int(concurrency × max_model_len)``
+  in 0.33; older releases log ``num_blocks // groups × smallest block size`` (``_report_kv_cache_config``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ class HybridLayout:
     group_size: int
     attention_groups: int
     linear_groups: int
+    state_blocks: int = 2
+    """Blocks each linear-attention group holds per request: 2 with prefix caching (``align``), else 1."""
+    tokens_from_concurrency: bool = True
+    """0.33 logs the KV cache size as concurrency × max_model_len; older releases as blocks // groups × block."""
 
     @property
     def mamba_page_bytes(self) -> int:
@@ -73,11 +80,14 @@ class HybridLayout:
     def blocks_per_request(self, max_model_len: int) -> int:
         """Blocks one request of ``max_model_len`` tokens needs: its tokens in every attention group, one state
         page in every linear-attention group."""
-        return self.attention_groups * math.ceil(max_model_len / self.block_size) + self.linear_groups
+        return (
+            self.attention_groups * math.ceil(max_model_len / self.block_size) + self.linear_groups * self.state_blocks
+        )
 
     def tokens_logged(self, num_blocks: int, max_model_len: int) -> int:
-        """vLLM's "GPU KV cache size: N tokens" for a hybrid: num_blocks // groups × the smallest block size
-        (the mamba groups' block is max_model_len)."""
+        """vLLM's "GPU KV cache size: N tokens" for a hybrid."""
+        if self.tokens_from_concurrency:
+            return int(self.max_concurrency(num_blocks, max_model_len) * max_model_len)
         return num_blocks // self.groups * min(self.block_size, max_model_len)
 
     def max_concurrency(self, num_blocks: int, max_model_len: int) -> float:
@@ -86,7 +96,7 @@ class HybridLayout:
 
     def max_len_for(self, num_blocks: int, concurrency: int) -> int:
         """Longest max_model_len that leaves room for ``concurrency`` requests (one block is vLLM's null block)."""
-        usable = max(0, num_blocks - 1) // max(1, concurrency) - self.linear_groups
+        usable = max(0, num_blocks - 1) // max(1, concurrency) - self.linear_groups * self.state_blocks
         if usable <= 0 or self.attention_groups == 0:
             return 0
         return (usable // self.attention_groups) * self.block_size
@@ -110,7 +120,7 @@ def group_size(counts: list[int]) -> int:
     """vLLM's KV-cache group size for layer kinds with these layer counts (uniform page size)."""
     present = [c for c in counts if c > 0]
     smallest, largest = min(present), max(present)
-    return largest if largest < smallest * 1.25 else smallest
+    return largest if largest < smallest * 1.5 else smallest
 
 
 def hybrid_layout(
@@ -121,6 +131,8 @@ def hybrid_layout(
     kv_bytes: int,
     dtype_bytes: int,
     block_size: int | None = None,
+    prefix_caching: bool = True,
+    tokens_from_concurrency: bool = True,
 ) -> HybridLayout:
     """The page pool of one GPU holding the layers ``kinds`` (its pipeline stage's slice of ``spec.layer_kinds``).
 
@@ -131,6 +143,9 @@ def hybrid_layout(
         kv_bytes: bytes per KV element (``--kv-cache-dtype``).
         dtype_bytes: bytes per element of the model dtype (the linear-attention state).
         block_size: ``--block-size`` if given; raised when it is too small for the mamba page.
+        prefix_caching: vLLM's prefix caching is on (its default for generative hybrids): two state blocks per
+            request in each linear-attention group.
+        tokens_from_concurrency: how the release logs "GPU KV cache size" (see ``HybridLayout``).
     """
     attn = sum(1 for k in kinds if k == "full_attention")
     lin = sum(1 for k in kinds if k == "linear_attention")
@@ -154,4 +169,6 @@ def hybrid_layout(
         group_size=gs,
         attention_groups=math.ceil(attn / gs) if attn else 0,
         linear_groups=math.ceil(lin / gs) if lin else 0,
+        state_blocks=2 if prefix_caching else 1,
+        tokens_from_concurrency=tokens_from_concurrency,
     )

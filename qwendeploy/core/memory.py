@@ -186,6 +186,12 @@ class Accounting:
     sampler_warmup_profiled: bool
     """0.33: the V2 profile runs the fp32 sampler warm-up, so the budget pays for it. Before: it runs after the KV
     cache is sized and sits on top of the budget."""
+    hybrid_prefix_caching: bool = True
+    """Prefix caching on by default for hybrid (Qwen3-Next) models, ``mamba_cache_mode`` ``align``: two state blocks
+    per request per linear-attention group (read in 0.33's ``MambaModelConfig``)."""
+    hybrid_tokens_from_concurrency: bool = True
+    """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (0.33) or num_blocks // groups ×
+    block (older ``_report_kv_cache_config``)."""
 
     def runner(self, spec: ModelSpec) -> str:
         """``"v1"`` or ``"v2"``: the model runner this release uses for ``spec`` by default."""
@@ -256,6 +262,8 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         v2_runner=runner,
         v2_estimates_graphs=v >= (0, 29),
         sampler_warmup_profiled=v >= (0, 33),
+        hybrid_prefix_caching=v >= (0, 14),
+        hybrid_tokens_from_concurrency=v >= (0, 33),
     )
 
 
@@ -482,6 +490,8 @@ class EngineSettings:
     nvlink: bool = False
     """Whether the TP ranks talk over NVLink (larger all-reduce workspaces)."""
     expert_parallel: bool = False
+    enable_prefix_caching: bool = True
+    """vLLM's default; hybrid models keep two state blocks per request with it (core/hybrid_attention.py)."""
 
 
 @dataclass(frozen=True)
@@ -873,7 +883,7 @@ def estimate(
     capture = cuda_graph_capture_size(settings)
     layouts: list[HybridLayout] = []
     if spec.is_hybrid:
-        settings, layouts = _hybrid_settings(spec, settings, tp=tp, pp=pp, dtype=dtype)
+        settings, layouts = _hybrid_settings(spec, settings, tp=tp, pp=pp, dtype=dtype, acc=acc)
     rows: list[tuple[Gpu, int, int, WeightShard, Explanation, Explanation, Explanation, Explanation, int, int]] = []
     for i, gpu in enumerate(gpus):
         stage = i // tp
@@ -1107,7 +1117,7 @@ def _with_encoder(act: Explanation, spec: ModelSpec, *, tp: int, dtype: str, set
 
 
 def _hybrid_settings(
-    spec: ModelSpec, settings: EngineSettings, *, tp: int, pp: int, dtype: str
+    spec: ModelSpec, settings: EngineSettings, *, tp: int, pp: int, dtype: str, acc: Accounting
 ) -> tuple[EngineSettings, list[HybridLayout]]:
     """Each stage's page pool and the settings with vLLM's unified attention block size (the largest of the
     stages': vLLM sets one block size for the engine)."""
@@ -1132,6 +1142,8 @@ def _hybrid_settings(
             kv_bytes=kv_elem,
             dtype_bytes=DTYPE_BYTES[dtype],
             block_size=block,
+            prefix_caching=acc.hybrid_prefix_caching and settings.enable_prefix_caching,
+            tokens_from_concurrency=acc.hybrid_tokens_from_concurrency,
         )
         for i in range(pp)
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, cast
 
+from qwendeploy.core import family_rules
 from qwendeploy.core.planner import Plan
 from qwendeploy.core.profile import (
     ClusterSection,
@@ -118,6 +119,7 @@ def profile_from_plan(
             kv_cache_dtype=c.kv_cache_dtype,
             enforce_eager=req.enforce_eager,
             disable_custom_all_reduce=disable_car,
+            extra_args=family_rules.runner_args(req.spec),
         ),
         server=ServerSection(host=host, port=port, served_model_name=served_model_name),
         cluster=cluster if multi else ClusterSection(),
