@@ -183,6 +183,7 @@ def load_local_dir(folder: Path) -> ModelSpec:
     config = _read_config(config_path, str(folder))
     spec = spec_from_hf_config(config, id=str(folder), source=f"local:{folder}")
     spec = _adopt_catalog_facts(spec)
+    spec = _with_pooling_task(spec, folder / "modules.json")
     files = _safetensors_files(folder)
     if files:
         spec = _with_weights(spec, bytes_by_dtype(read_safetensors_header(f) for f in files))
@@ -192,6 +193,36 @@ def load_local_dir(folder: Path) -> ModelSpec:
 # ---------------------------------------------------------------------------------------------------------
 # Hugging Face Hub
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _with_pooling_task(spec: ModelSpec, modules_json: Path | None) -> ModelSpec:
+    """An embedding model by its sentence-transformers ``modules.json`` (a Pooling module): vLLM's pooling runner
+    detects it the same way, whatever ``architectures`` says (Qwen3-Embedding says Qwen3ForCausalLM)."""
+    if spec.task != "generate" or modules_json is None or not modules_json.is_file():
+        return spec
+    try:
+        text = modules_json.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError:
+        return spec
+    return replace(spec, task="embed") if "Pooling" in text else spec
+
+
+def _hub_modules_json(repo_id: str, revision: str | None, cache: Path, *, online: bool) -> Path | None:
+    """modules.json of a Hub repo from the cache (or the Hub when online); None when it has none."""
+    from huggingface_hub import hf_hub_download
+
+    for local_only in (True, False):
+        if not local_only and not (online and hub_reachable()):
+            return None
+        try:
+            return Path(
+                hf_hub_download(
+                    repo_id, "modules.json", revision=revision, cache_dir=cache, local_files_only=local_only
+                )
+            )
+        except Exception:
+            continue
+    return None
 
 
 def _offline() -> bool:
@@ -278,6 +309,7 @@ def load_hub(repo_id: str, *, revision: str | None = None) -> ModelSpec:
     config = _read_config(Path(config_file), repo_id)
     spec = spec_from_hf_config(config, id=repo_id, source=f"hub:{repo_id}")
     spec = _adopt_catalog_facts(spec)
+    spec = _with_pooling_task(spec, _hub_modules_json(repo_id, revision, cache, online=not offline))
     if reachable is None and not offline:
         reachable = hub_reachable()
     by_dtype = {} if offline or not reachable else _remote_safetensors_bytes(repo_id, revision)

@@ -84,6 +84,8 @@ class ArchitectureEntry:
     task: Task = "generate"
     reason: str = ""
     """For a refused architecture: what is not modelled (shown to the user)."""
+    via: str = ""
+    """``convert``: not a registry key, a name vLLM reaches by converting a *ForCausalLM."""
 
 
 @functools.cache
@@ -99,6 +101,7 @@ def architectures() -> Mapping[str, ArchitectureEntry]:
             family=raw["family"],
             task=raw.get("task", "generate"),
             reason=raw.get("reason", ""),
+            via=raw.get("via", ""),
         )
         out[entry.name] = entry
     return out

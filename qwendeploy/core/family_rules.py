@@ -41,7 +41,7 @@ def check_context(spec: ModelSpec, max_model_len: int, *, allow_untrained: bool)
         f"engine does not have (its DCA backend was removed, vllm-project/vllm PR #25351). Past the trained "
         f"{trained:,} tokens vLLM runs plain attention out of range, so quality degrades; the memory figures would "
         f"still be right.",
-        hint=f"Use --max-model-len {trained} or less, or add --allow-untrained-context to plan it anyway.",
+        hint=f"Use --context {trained} or less, or add --allow-untrained-context to plan it anyway.",
     )
 
 
@@ -58,6 +58,16 @@ def hf_overrides(spec: ModelSpec) -> dict[str, Any] | None:
     if spec.task == "classify" and spec.architecture == "Qwen3ForCausalLM":
         return dict(RERANKER_OVERRIDES)
     return None
+
+
+def without_decode_speed(why: tuple[str, ...], label: str | None) -> tuple[str, ...]:
+    """The plan's explanation for a pooling model: no line that quotes a decode speed (a pooling model decodes
+    nothing; its work is prefill)."""
+    kept = tuple(line for line in why if "tok/s" not in line and "decode step" not in line)
+    if label is None:
+        return kept
+    head = f"{label} chosen for a pooling model: no decode speed applies; each request is one prefill."
+    return (head, *kept)
 
 
 def notes(spec: ModelSpec, est: MemoryEstimate | None, *, allow_untrained: bool, max_model_len: int) -> list[str]:

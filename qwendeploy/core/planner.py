@@ -847,8 +847,8 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
         raise BadInput(str(e)) from None
     max_len = req.max_model_len or family_rules.default_context(spec)
     family_rules.check_context(spec, max_len, allow_untrained=req.allow_untrained_context)
-    overrides = yarn_override(spec, max_len) if not spec.dual_chunk_trained_length else None
-    overrides = overrides or family_rules.hf_overrides(spec)
+    yarn = yarn_override(spec, max_len) if not spec.dual_chunk_trained_length else None
+    overrides = yarn or family_rules.hf_overrides(spec)
     n, gpn, nodes = len(machine.gpus), machine.gpus_per_node, machine.nodes
     candidates: list[Candidate] = []
     for tp in _tp_options(spec, req, gpn):
@@ -888,10 +888,10 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
             "GPUs without bfloat16 (compute capability < 8.0): the profile runs the model in float16 "
             "(--dtype float16; same memory)."
         )
-    if overrides:
+    if yarn:
         notes.append(
             f"{max_len} tokens is beyond the native {spec.max_position_embeddings}: YaRN (factor "
-            f"{overrides['rope_parameters']['factor']:g}) via --hf-overrides; static YaRN may slightly affect short "
+            f"{yarn['rope_parameters']['factor']:g}) via --hf-overrides; static YaRN may slightly affect short "
             "prompts."
         )
     if (
@@ -910,6 +910,8 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
     if chosen is not None and (out := left_out(machine, chosen.gpus)):
         notes.append(f"{chosen.label} {out}.")
     why = _explain(req, ranked, chosen, max_len)
+    if spec.is_pooling:
+        why = family_rules.without_decode_speed(why, chosen.label if chosen is not None else None)
     suggestions: tuple[str, ...] = ()
     if chosen is None and suggest:
         suggestions = _suggest(req, ranked, max_len)
