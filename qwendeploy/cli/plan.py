@@ -156,6 +156,13 @@ def plan(
             "package metadata; without one, the newest modelled release)."
         ),
     ] = None,
+    disable_custom_all_reduce: Annotated[
+        bool,
+        typer.Option(
+            "--disable-custom-all-reduce",
+            help="Plan for vLLM's --disable-custom-all-reduce (no custom all-reduce buffers; written to the profile).",
+        ),
+    ] = False,
     allow_untrained_context: Annotated[
         bool,
         typer.Option(
@@ -216,6 +223,7 @@ def plan(
             vllm_version=version,
             vllm_version_source=version_source,
             allow_untrained_context=allow_untrained_context,
+            disable_custom_all_reduce=disable_custom_all_reduce,
             network=network,
             variants=_variants(spec.id) if spec.source == "catalog" else (),
         )
@@ -249,6 +257,7 @@ def plan(
                 ("--enforce-eager", enforce_eager),
                 ("--vllm-version", vllm_version),
                 ("--allow-untrained-context", allow_untrained_context),
+                ("--disable-custom-all-reduce", disable_custom_all_reduce),
                 ("--revision", revision),
                 ("--name", name),
                 ("--port", None if port == 8000 else port),

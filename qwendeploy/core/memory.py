@@ -776,15 +776,15 @@ def non_torch_bytes(
     """Non-torch growth during profiling: cuBLAS workspaces, NCCL and custom all-reduce buffers."""
     nccl = cal.nccl_base_bytes + cal.nccl_per_peer_bytes * (tp - 1) if tp * pp > 1 else 0
     car = 0
-    if tp > 1 and nvlink:
-        car = cal.nvlink_all_reduce_bytes
-    elif tp > 1 and custom_all_reduce:
-        car = cal.custom_all_reduce_bytes
+    # vLLM allocates these only where custom all-reduce is enabled: P2P between the ranks, one node, not
+    # --disable-custom-all-reduce (CustomAllreduce.__init__ returns early otherwise).
+    if tp > 1 and custom_all_reduce:
+        car = cal.nvlink_all_reduce_bytes if nvlink else cal.custom_all_reduce_bytes
     base = cal.v2_non_torch_bytes if runner == "v2" else cal.non_torch_bytes
     return Explanation(
         "non_torch",
-        "base + (tp×pp > 1: nccl_base + nccl_per_peer × (tp − 1)) + (tp > 1: NVLink all-reduce workspaces, or "
-        "custom all-reduce buffers over PCIe P2P)",
+        "base + (tp×pp > 1: nccl_base + nccl_per_peer × (tp − 1)) + (tp > 1 and custom all-reduce enabled: NVLink "
+        "all-reduce workspaces, or custom all-reduce buffers over PCIe P2P)",
         {
             "base": base,
             "nccl_base": cal.nccl_base_bytes,

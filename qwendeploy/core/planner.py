@@ -118,6 +118,8 @@ class PlanRequest:
     """Quantized variants of the model (from the catalog), tried when nothing fits."""
     network: str = "100gbe"
     """Link between nodes (core.cluster.NETWORKS): its bandwidth and latency price PP hops across nodes."""
+    disable_custom_all_reduce: bool = False
+    """``--disable-custom-all-reduce``: vLLM allocates no custom all-reduce buffers."""
     allow_untrained_context: bool = False
     """Plan a dual-chunk-attention (1M) model past its trained window although vLLM has no DCA."""
     vllm_version_source: str = ""
@@ -320,8 +322,10 @@ def link_class(machine: Machine, group: Sequence[Gpu]) -> LinkClass:
         for b in group[i + 1 :]:
             link = machine.link(a.index, b.index)
             if link is not None:
-                if link.kind == "nvlink":
+                if link.kind == "nvlink" and link.p2p is not False:
                     cls: LinkClass = "nvlink"
+                elif link.kind == "nvlink":
+                    cls = "pcie-no-p2p"  # NVLink bridged but CUDA peer access denied (e.g. between containers)
                 else:
                     p2p = link.p2p if link.p2p is not None else not (_is_geforce(a) or _is_geforce(b))
                     cls = "pcie-p2p" if p2p else "pcie-no-p2p"
@@ -583,7 +587,7 @@ def _evaluate(
             dtype=req.dtype,
             quantization=req.quantization,
             enforce_eager=req.enforce_eager,
-            custom_all_reduce=_custom_all_reduce(link, tp),
+            custom_all_reduce=_custom_all_reduce(link, tp) and not req.disable_custom_all_reduce,
             nvlink=link == "nvlink",
         )
         est = estimate(spec, replica, tp=tp, pp=pp, settings=settings, accounting=acc, calibration=cal)

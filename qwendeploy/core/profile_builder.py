@@ -56,6 +56,7 @@ def profile_from_plan(
         # GeForce cards without P2P: NCCL must not try peer-to-peer, and vLLM's custom all-reduce needs it.
         env["NCCL_P2P_DISABLE"] = "1"
         disable_car = True
+    disable_car = disable_car or req.disable_custom_all_reduce
     nodes = len({g.node for g in c.gpus}) or 1
     # Multi-node (Ray): a replica spanning nodes runs on Ray's executor; replicas that each fit one node run
     # as vLLM data parallelism placed by Ray. Ray owns GPU placement there, so no per-host GPU list.

@@ -299,3 +299,29 @@ def test_catalog_weights_of_the_new_families_are_in_range() -> None:
         spec = find_model(model_id)
         assert spec is not None
         assert model_weight_bytes(spec, dtype="bfloat16", quantization=None) / GiB == pytest.approx(gib, rel=0.01)
+
+
+# ------------------------------------------------------------------------------------ custom all-reduce
+
+
+def test_custom_all_reduce_buffers_only_where_vllm_enables_it() -> None:
+    spec = find_model("Qwen/Qwen3-8B")
+    assert spec is not None
+    machine = h100(2)
+    on = plan(PlanRequest(spec=spec, machine=machine, max_model_len=32768, tp=2))
+    off = plan(PlanRequest(spec=spec, machine=machine, max_model_len=32768, tp=2, disable_custom_all_reduce=True))
+    assert on.chosen is not None and on.chosen.estimate is not None
+    assert off.chosen is not None and off.chosen.estimate is not None
+    nt_on, nt_off = on.chosen.estimate.per_gpu[0].non_torch_bytes, off.chosen.estimate.per_gpu[0].non_torch_bytes
+    assert nt_on - nt_off == 1568 * 1024 * 1024  # the NVLink workspaces
+    assert off.chosen.estimate.kv_cache_tokens > on.chosen.estimate.kv_cache_tokens
+    from qwendeploy.core.profile_builder import profile_from_plan
+
+    assert profile_from_plan(off).engine.disable_custom_all_reduce
+    # NVLink bridged but no CUDA peer access (containers): no custom all-reduce either.
+    from qwendeploy.core.hardware import Link
+
+    no_p2p = replace(machine, links=(Link(0, 1, "nvlink", nvlinks=18, p2p=False),))
+    denied = plan(PlanRequest(spec=spec, machine=no_p2p, max_model_len=32768, tp=2))
+    assert denied.chosen is not None and denied.chosen.estimate is not None
+    assert denied.chosen.estimate.per_gpu[0].non_torch_bytes == nt_off
