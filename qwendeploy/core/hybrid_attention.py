@@ -18,7 +18,10 @@ vLLM keeps one pool of equally sized pages for both kinds of layer (``vllm/v1/kv
   ``align``: ``MambaSpec.max_memory_usage_bytes`` = 2 pages; ``none``: 1).
 * vLLM logs the maximum concurrency as ``num_blocks / blocks_per_request``
   (``get_max_concurrency_for_kv_cache_config``) and ``GPU KV cache size`` as ``int(concurrency × max_model_len)``
-  in 0.33; older releases log ``num_blocks // groups × smallest block size`` (``_report_kv_cache_config``).
+  (read in 0.26 and 0.33); an older ``_report_kv_cache_config`` logged ``num_blocks // groups × smallest block``.
+
+Read in vLLM 0.26.0 (the wheel the real-GPU runs use: ``platforms/interface.py`` ``_align_hybrid_block_size``,
+``model_executor/models/config.py`` ``MambaModelConfig``, ``v1/core/kv_cache_utils.py``) and 0.33.
 """
 
 from __future__ import annotations
@@ -155,7 +158,10 @@ def hybrid_layout(
     mamba_page = conv + rec if lin else 0
     block = block_size or KERNEL_BLOCK_ALIGNMENT
     if mamba_page:
-        needed = KERNEL_BLOCK_ALIGNMENT * math.ceil(mamba_page / (KERNEL_BLOCK_ALIGNMENT * per_token))
+        # 0.26 (platforms/interface.py _align_hybrid_block_size): the alignment is the larger of the backend's
+        # smallest kernel block (16) and the block size already set (--block-size).
+        align = max(KERNEL_BLOCK_ALIGNMENT, block)
+        needed = align * math.ceil(mamba_page / (align * per_token))
         if block < needed:
             block = needed
     gs = group_size([attn, lin])

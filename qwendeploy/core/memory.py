@@ -186,18 +186,27 @@ class Accounting:
     sampler_warmup_profiled: bool
     """0.33: the V2 profile runs the fp32 sampler warm-up, so the budget pays for it. Before: it runs after the KV
     cache is sized and sits on top of the budget."""
+    v2_profiles_encoder: bool = True
+    """The V2 runner's profile runs the vision encoder on dummy images: not in 0.26 (``profile_run`` is a decoder
+    dummy run and the sampler), yes in 0.33 (``profile_encoder_cache``); the V1 runner always does. Where it does not,
+    the encoder's peak comes on top of the budget at the first image request."""
     hybrid_prefix_caching: bool = True
-    """Prefix caching on by default for hybrid (Qwen3-Next) models, ``mamba_cache_mode`` ``align``: two state blocks
-    per request per linear-attention group (read in 0.33's ``MambaModelConfig``)."""
+    """Prefix caching on by default for hybrid (Qwen3-Next) models, ``mamba_cache_mode`` ``align`` (Qwen3-Next does not
+    declare SupportsMambaPrefixCaching): two state blocks per request per linear-attention group (read in 0.26's and
+    0.33's ``MambaModelConfig``; assumed from 0.14)."""
     hybrid_tokens_from_concurrency: bool = True
-    """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (0.33) or num_blocks // groups ×
-    block (older ``_report_kv_cache_config``)."""
+    """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (read in 0.26 and 0.33) or
+    num_blocks // groups × block (an older ``_report_kv_cache_config``; the release that changed it was not located)."""
 
     def runner(self, spec: ModelSpec) -> str:
         """``"v1"`` or ``"v2"``: the model runner this release uses for ``spec`` by default."""
         arch = spec.architecture
         if self.v2_runner == "all":
             return "v2"
+        if spec.is_pooling or spec.is_hybrid:
+            # 0.26 (config/vllm.py _is_default_v2_model_runner_model): V2 by default only for the generate runner
+            # and never for hybrid models; assumed for the earlier V2 releases too.
+            return "v1"
         if self.v2_runner == "dense":
             return "v2" if spec.moe is None or arch in V2_MOE_ARCHITECTURES else "v1"
         if self.v2_runner == "listed":
@@ -262,8 +271,9 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         v2_runner=runner,
         v2_estimates_graphs=v >= (0, 29),
         sampler_warmup_profiled=v >= (0, 33),
+        v2_profiles_encoder=v >= (0, 33),
         hybrid_prefix_caching=v >= (0, 14),
-        hybrid_tokens_from_concurrency=v >= (0, 33),
+        hybrid_tokens_from_concurrency=v >= (0, 26),
     )
 
 
@@ -901,7 +911,7 @@ def estimate(
             # A pooling model computes no logits and runs no sampler: its profile ends with the pooler.
             last_stage=stage == pp - 1 and not spec.is_pooling,
         )
-        if spec.is_multimodal and stage == 0:
+        if spec.is_multimodal and stage == 0 and (runner == "v1" or acc.v2_profiles_encoder):
             act = _with_encoder(act, spec, tp=tp, dtype=dtype, settings=settings)
         nt = non_torch_bytes(
             tp=tp, pp=pp, custom_all_reduce=settings.custom_all_reduce, cal=cal, nvlink=settings.nvlink, runner=runner
@@ -937,6 +947,9 @@ def estimate(
         work = working_bytes(
             spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner, last_stage=last
         )
+        if spec.is_multimodal and stage == 0:
+            # The first image request runs the encoder while serving, whether or not the profile did.
+            work = _with_encoder(work, spec, tp=tp, dtype=dtype, settings=settings)
         weights_exp = Explanation(
             "weights",
             "embedding (first stage) + lm_head (last stage) rows × hidden × dtype_bytes, vocab padded to 64 and "
@@ -1098,7 +1111,8 @@ def estimate(
 
 
 def _with_encoder(act: Explanation, spec: ModelSpec, *, tp: int, dtype: str, settings: EngineSettings) -> Explanation:
-    """The profiling peak with the vision encoder's dummy run (first pipeline stage): the larger of the two."""
+    """A peak (the profile's activation, or the working memory while serving) with the vision encoder's run on the
+    largest default item (first pipeline stage): the larger of the two."""
     encoder = multimodal.encoder_profile_bytes(
         spec, tp=tp, dtype_bytes=DTYPE_BYTES[dtype], max_num_batched_tokens=settings.max_num_batched_tokens
     )
@@ -1107,8 +1121,8 @@ def _with_encoder(act: Explanation, spec: ModelSpec, *, tp: int, dtype: str, set
         decoder_bytes=int(act.value), encoder_bytes=encoder, max_item_patches=multimodal.max_item_patches(spec)
     )
     return Explanation(
-        "activation",
-        "max(decoder profile, vision encoder profile) with encoder = patches of the largest default image × "
+        act.name,
+        "max(decoder peak, vision encoder peak) with encoder = patches of the largest default image × "
         "(6 × vision_hidden + mlp × vision_intermediate/tp) × dtype_bytes + cached encoder outputs; decoder: "
         + act.formula,
         inputs,
