@@ -320,7 +320,7 @@ def load_hub(repo_id: str, *, revision: str | None = None) -> ModelSpec:
     return _with_weights(spec, by_dtype)
 
 
-PROBE_TIMEOUT_S = 1.5
+PROBE_TIMEOUT_S = 0.75
 """How long the Hub may take to accept a TCP connection before it counts as unreachable."""
 
 

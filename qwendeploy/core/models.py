@@ -615,6 +615,11 @@ def suggest_models(ref: str, n: int = 3) -> list[str]:
     for name, spec in index.items():
         names.setdefault(_name_part(name), spec.id)
     found: list[str] = []
+    # A name the reference starts (qwen3-vl-8b → qwen3-vl-8b-instruct) is the likeliest meaning: shortest first.
+    if key_name:
+        for name in sorted((m for m in names if m.startswith(key_name) and m != key_name), key=len):
+            if names[name] not in found:
+                found.append(names[name])
     for candidate in difflib.get_close_matches(key_name, list(names), n=n * 3, cutoff=0.6):
         if names[candidate] not in found:
             found.append(names[candidate])
