@@ -195,8 +195,9 @@ class Accounting:
     declare SupportsMambaPrefixCaching): two state blocks per request per linear-attention group (read in 0.26's and
     0.33's ``MambaModelConfig``; assumed from 0.14)."""
     hybrid_tokens_from_concurrency: bool = True
-    """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (read in 0.26 and 0.33) or
-    num_blocks // groups × block (an older ``_report_kv_cache_config``; the release that changed it was not located)."""
+    """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (read in 0.26 and 0.33; a 0.24 log
+    shows 567,978 tokens = 4.33 × 131,072) or num_blocks // groups × block (0.19, vllm-project/vllm#40691; 0.20–0.23
+    not seen, assumed old)."""
 
     def runner(self, spec: ModelSpec) -> str:
         """``"v1"`` or ``"v2"``: the model runner this release uses for ``spec`` by default."""
@@ -273,7 +274,7 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         sampler_warmup_profiled=v >= (0, 33),
         v2_profiles_encoder=v >= (0, 33),
         hybrid_prefix_caching=v >= (0, 14),
-        hybrid_tokens_from_concurrency=v >= (0, 26),
+        hybrid_tokens_from_concurrency=v >= (0, 24),
     )
 
 
