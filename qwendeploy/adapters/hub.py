@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import struct
+import threading
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -218,6 +221,7 @@ def load_local_dir(folder: Path) -> ModelSpec:
     config = _read_config(config_path, str(folder))
     spec = spec_from_hf_config(config, id=str(folder), source=f"local:{folder}")
     spec = _adopt_catalog_facts(spec)
+    spec = _with_pooling_task(spec, folder / "modules.json")
     files = _safetensors_files(folder)
     if files:
         spec = _with_weights(spec, bytes_by_dtype(read_safetensors_header(f) for f in files))
@@ -227,6 +231,36 @@ def load_local_dir(folder: Path) -> ModelSpec:
 # ---------------------------------------------------------------------------------------------------------
 # Hugging Face Hub
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _with_pooling_task(spec: ModelSpec, modules_json: Path | None) -> ModelSpec:
+    """An embedding model by its sentence-transformers ``modules.json`` (a Pooling module): vLLM's pooling runner
+    detects it the same way, whatever ``architectures`` says (Qwen3-Embedding says Qwen3ForCausalLM)."""
+    if spec.task != "generate" or modules_json is None or not modules_json.is_file():
+        return spec
+    try:
+        text = modules_json.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError:
+        return spec
+    return replace(spec, task="embed") if "Pooling" in text else spec
+
+
+def _hub_modules_json(repo_id: str, revision: str | None, cache: Path, *, online: bool) -> Path | None:
+    """modules.json of a Hub repo from the cache (or the Hub when online); None when it has none."""
+    from huggingface_hub import hf_hub_download
+
+    for local_only in (True, False):
+        if not local_only and not (online and hub_reachable()):
+            return None
+        try:
+            return Path(
+                hf_hub_download(
+                    repo_id, "modules.json", revision=revision, cache_dir=cache, local_files_only=local_only
+                )
+            )
+        except Exception:
+            continue
+    return None
 
 
 def _offline() -> bool:
@@ -285,6 +319,17 @@ def load_hub(repo_id: str, *, revision: str | None = None) -> ModelSpec:
     except Exception as e:
         if _hub_error_kind(e) not in ("LocalEntryNotFoundError", "EntryNotFoundError", "OfflineModeIsEnabled"):
             raise _hub_failure(repo_id, revision, e) from e
+    reachable: bool | None = None
+    if config_file is None and not offline:
+        reachable = hub_reachable()
+        if not reachable:
+            raise _not_found(
+                repo_id,
+                f"{repo_id} is not in the local Hugging Face cache ({cache}) and the Hub "
+                f"({_hub_host()[0]}) cannot be reached (no answer within {PROBE_TIMEOUT_S:g} s).",
+                hint="Check the network, set HF_HUB_OFFLINE=1 to use only the local cache, or pass a local model "
+                "directory.",
+            )
     if config_file is None:
         if offline:
             raise _not_found(
@@ -302,12 +347,48 @@ def load_hub(repo_id: str, *, revision: str | None = None) -> ModelSpec:
     config = _read_config(Path(config_file), repo_id)
     spec = spec_from_hf_config(config, id=repo_id, source=f"hub:{repo_id}")
     spec = _adopt_catalog_facts(spec)
-    by_dtype = {} if offline else _remote_safetensors_bytes(repo_id, revision)
+    spec = _with_pooling_task(spec, _hub_modules_json(repo_id, revision, cache, online=not offline))
+    if reachable is None and not offline:
+        reachable = hub_reachable()
+    by_dtype = {} if offline or not reachable else _remote_safetensors_bytes(repo_id, revision)
     if not by_dtype:
         files = _safetensors_files(Path(config_file).parent)
         if files:
             by_dtype = bytes_by_dtype(read_safetensors_header(f) for f in files)
     return _with_weights(spec, by_dtype)
+
+
+PROBE_TIMEOUT_S = 0.75
+"""How long the Hub may take to accept a TCP connection before it counts as unreachable."""
+
+
+def _hub_host() -> tuple[str, int]:
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co"
+    parsed = urllib.parse.urlsplit(endpoint)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    return parsed.hostname or "huggingface.co", port
+
+
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hub's host accepts a TCP connection within ``timeout`` seconds (name lookup included).
+
+    huggingface_hub retries an unreachable Hub for tens of seconds before it gives up; this probe lets a model
+    that is not cached fail in under two seconds offline.
+    """
+    host, port = _hub_host()
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
 
 
 def _remote_safetensors_bytes(repo_id: str, revision: str | None) -> dict[str, int]:

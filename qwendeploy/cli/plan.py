@@ -149,7 +149,27 @@ def plan(
     dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16.")] = "auto",
     quantization: Annotated[str | None, typer.Option(help="Quantization method (e.g. fp8 for online FP8).")] = None,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", help="No CUDA graphs.")] = False,
-    vllm_version: Annotated[str, typer.Option(help="vLLM release whose memory accounting to follow.")] = "0.33",
+    vllm_version: Annotated[
+        str | None,
+        typer.Option(
+            help="vLLM release whose memory accounting to follow (default: the installed vLLM's, read from its "
+            "package metadata; without one, the newest modelled release)."
+        ),
+    ] = None,
+    disable_custom_all_reduce: Annotated[
+        bool,
+        typer.Option(
+            "--disable-custom-all-reduce",
+            help="Plan for vLLM's --disable-custom-all-reduce (no custom all-reduce buffers; written to the profile).",
+        ),
+    ] = False,
+    allow_untrained_context: Annotated[
+        bool,
+        typer.Option(
+            "--allow-untrained-context",
+            help="Plan a dual-chunk-attention (1M) model past its trained window, though vLLM has no DCA.",
+        ),
+    ] = False,
     revision: Annotated[str | None, typer.Option(help="Hub revision of the model.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print every formula with its inputs.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON (a stable contract).")] = False,
@@ -205,6 +225,7 @@ def plan(
         spec = load_model(model, revision=revision)
         machine = _machine(gpus, nodes)
         _check_machine_size(len(machine.gpus), nodes)
+        version, version_source = _release(vllm_version)
         req = PlanRequest(
             spec=spec,
             machine=machine,
@@ -221,7 +242,10 @@ def plan(
             dtype=dtype,
             quantization=quantization,
             enforce_eager=enforce_eager,
-            vllm_version=vllm_version,
+            vllm_version=version,
+            vllm_version_source=version_source,
+            allow_untrained_context=allow_untrained_context,
+            disable_custom_all_reduce=disable_custom_all_reduce,
             network=network,
             variants=_variants(spec.id) if spec.source == "catalog" else (),
         )
@@ -258,7 +282,9 @@ def plan(
                 ("--dtype", None if dtype == "auto" else dtype),
                 ("--quantization", quantization),
                 ("--enforce-eager", enforce_eager),
-                ("--vllm-version", None if vllm_version == "0.33" else vllm_version),
+                ("--vllm-version", vllm_version),
+                ("--allow-untrained-context", allow_untrained_context),
+                ("--disable-custom-all-reduce", disable_custom_all_reduce),
                 ("--revision", revision),
                 ("--name", name),
                 ("--port", None if port == 8000 else port),
@@ -342,3 +368,16 @@ def _default_name(model_id: str) -> str:
     base = model_id.rstrip("/").rsplit("/", 1)[-1].lower()
     safe = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "-" for c in base)
     return safe[:64].strip("-._") or "qwen"  # a valid profile name (limits.NAME_RE, at most 64 characters)
+
+
+def _release(asked: str | None) -> tuple[str, str]:
+    """The vLLM release to plan for and why: asked, installed, or the newest modelled."""
+    from qwendeploy.adapters.vllm_release import installed_vllm_version
+    from qwendeploy.core.releases import NEWEST_MODELLED
+
+    if asked is not None:
+        return asked, "asked"
+    installed = installed_vllm_version()
+    if installed is not None:
+        return installed, "installed"
+    return NEWEST_MODELLED, ""

@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from qwendeploy.core import multimodal
 from qwendeploy.core.hardware import Gpu
+from qwendeploy.core.hybrid_attention import HybridLayout, hybrid_layout
 from qwendeploy.core.models import ModelSpec, Quantization
 from qwendeploy.core.params import LayerParams, ParamBreakdown, param_breakdown
 from qwendeploy.core.units import MiB
@@ -184,12 +186,28 @@ class Accounting:
     sampler_warmup_profiled: bool
     """0.33: the V2 profile runs the fp32 sampler warm-up, so the budget pays for it. Before: it runs after the KV
     cache is sized and sits on top of the budget."""
+    v2_profiles_encoder: bool = True
+    """The V2 runner's profile runs the vision encoder on dummy images: not in 0.26 (``profile_run`` is a decoder
+    dummy run and the sampler), yes in 0.33 (``profile_encoder_cache``); the V1 runner always does. Where it does not,
+    the encoder's peak comes on top of the budget at the first image request."""
+    hybrid_prefix_caching: bool = True
+    """Prefix caching on by default for hybrid (Qwen3-Next) models, ``mamba_cache_mode`` ``align`` (Qwen3-Next does not
+    declare SupportsMambaPrefixCaching): two state blocks per request per linear-attention group (read in 0.26's and
+    0.33's ``MambaModelConfig``; assumed from 0.14)."""
+    hybrid_tokens_from_concurrency: bool = True
+    """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (read in 0.26 and 0.33; a 0.24 log
+    shows 567,978 tokens = 4.33 × 131,072) or num_blocks // groups × block (0.19, vllm-project/vllm#40691; 0.20–0.23
+    not seen, assumed old)."""
 
     def runner(self, spec: ModelSpec) -> str:
         """``"v1"`` or ``"v2"``: the model runner this release uses for ``spec`` by default."""
         arch = spec.architecture
         if self.v2_runner == "all":
             return "v2"
+        if spec.is_pooling or spec.is_hybrid:
+            # 0.26 (config/vllm.py _is_default_v2_model_runner_model): V2 by default only for the generate runner
+            # and never for hybrid models; assumed for the earlier V2 releases too.
+            return "v1"
         if self.v2_runner == "dense":
             return "v2" if spec.moe is None or arch in V2_MOE_ARCHITECTURES else "v1"
         if self.v2_runner == "listed":
@@ -254,6 +272,9 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         v2_runner=runner,
         v2_estimates_graphs=v >= (0, 29),
         sampler_warmup_profiled=v >= (0, 33),
+        v2_profiles_encoder=v >= (0, 33),
+        hybrid_prefix_caching=v >= (0, 14),
+        hybrid_tokens_from_concurrency=v >= (0, 24),
     )
 
 
@@ -367,6 +388,8 @@ class WeightShard:
     layers_replicated: float
     """Elements of replicated small tensors (norms, q/k norms, routers)."""
     bytes: int
+    vision: float = 0.0
+    """Elements of the vision tower on this GPU (first pipeline stage; sharded over TP, kept 16-bit)."""
 
 
 def _layer_shard(layer: LayerParams, spec: ModelSpec, tp: int, ep: int) -> tuple[float, float]:
@@ -408,7 +431,8 @@ def weight_shard(
     vocab_rows = math.ceil(padded_vocab / tp)
     first, last = pp_rank == 0, pp_rank == pp - 1
     embedding = vocab_rows * spec.hidden_size if first else 0
-    has_head = bd.lm_head > 0 or (spec.tie_word_embeddings and pp > 1)
+    # A pooling model (embedding/reranker) has no LM head: vLLM's pooling adapters skip it.
+    has_head = (bd.lm_head > 0 or (spec.tie_word_embeddings and pp > 1)) and not spec.is_pooling
     lm_head = vocab_rows * spec.hidden_size if (last and has_head) else 0
     final_norm = bd.final_norm if last else 0
     linear = replicated = 0.0
@@ -417,8 +441,9 @@ def weight_shard(
         linear += lin
         replicated += rep
     dt = DTYPE_BYTES[dtype]
-    total = (embedding + lm_head + final_norm + replicated) * dt + linear_bytes(linear, quantization, dt)
-    return WeightShard(embedding, lm_head, final_norm, linear, replicated, int(total))
+    vision = multimodal.vision_elements_per_gpu(spec, tp=tp) if first else 0.0
+    total = (embedding + lm_head + final_norm + replicated + vision) * dt + linear_bytes(linear, quantization, dt)
+    return WeightShard(embedding, lm_head, final_norm, linear, replicated, int(total), vision)
 
 
 def model_weight_bytes(spec: ModelSpec, *, dtype: str, quantization: Quantization | None) -> int:
@@ -476,6 +501,8 @@ class EngineSettings:
     nvlink: bool = False
     """Whether the TP ranks talk over NVLink (larger all-reduce workspaces)."""
     expert_parallel: bool = False
+    enable_prefix_caching: bool = True
+    """vLLM's default; hybrid models keep two state blocks per request with it (core/hybrid_attention.py)."""
 
 
 @dataclass(frozen=True)
@@ -566,6 +593,8 @@ class MemoryEstimate:
     runner: str = "v1"
     """The vLLM model runner the estimate follows (``v1`` or ``v2``)."""
     graphs_in_budget: bool = True
+    hybrid: HybridLayout | None = None
+    """Hybrid models (Qwen3-Next): the shared page pool of the GPU with the fewest blocks (core/hybrid_attention.py)."""
 
     @property
     def fits_one_request(self) -> bool:
@@ -574,8 +603,16 @@ class MemoryEstimate:
 
     def max_len_for(self, concurrency: int) -> int:
         """Longest max_model_len with room for ``concurrency`` full-length requests."""
+        if self.hybrid is not None:
+            return self.hybrid.max_len_for(self.num_blocks, concurrency)
         usable = max(0, self.num_blocks - 1)
         return (usable // max(1, concurrency)) * self.settings.block_size
+
+    def blocks_for(self, max_model_len: int, concurrency: int) -> int:
+        """Blocks ``concurrency`` requests of ``max_model_len`` tokens need, plus vLLM's null block."""
+        if self.hybrid is not None:
+            return self.hybrid.blocks_per_request(max_model_len) * concurrency + 1
+        return math.ceil(max_model_len / self.settings.block_size) * concurrency + 1
 
     def fits(self, concurrency: int = 1) -> bool:
         return self.max_len_for(concurrency) >= self.settings.max_model_len
@@ -750,15 +787,15 @@ def non_torch_bytes(
     """Non-torch growth during profiling: cuBLAS workspaces, NCCL and custom all-reduce buffers."""
     nccl = cal.nccl_base_bytes + cal.nccl_per_peer_bytes * (tp - 1) if tp * pp > 1 else 0
     car = 0
-    if tp > 1 and nvlink:
-        car = cal.nvlink_all_reduce_bytes
-    elif tp > 1 and custom_all_reduce:
-        car = cal.custom_all_reduce_bytes
+    # vLLM allocates these only where custom all-reduce is enabled: P2P between the ranks, one node, not
+    # --disable-custom-all-reduce (CustomAllreduce.__init__ returns early otherwise).
+    if tp > 1 and custom_all_reduce:
+        car = cal.nvlink_all_reduce_bytes if nvlink else cal.custom_all_reduce_bytes
     base = cal.v2_non_torch_bytes if runner == "v2" else cal.non_torch_bytes
     return Explanation(
         "non_torch",
-        "base + (tp×pp > 1: nccl_base + nccl_per_peer × (tp − 1)) + (tp > 1: NVLink all-reduce workspaces, or "
-        "custom all-reduce buffers over PCIe P2P)",
+        "base + (tp×pp > 1: nccl_base + nccl_per_peer × (tp − 1)) + (tp > 1 and custom all-reduce enabled: NVLink "
+        "all-reduce workspaces, or custom all-reduce buffers over PCIe P2P)",
         {
             "base": base,
             "nccl_base": cal.nccl_base_bytes,
@@ -855,6 +892,9 @@ def estimate(
     rotary = rotary_cache_bytes(spec, max_model_len=settings.max_model_len, dtype=dtype)
     ckpt_scale = checkpoint_scale(spec, dtype=dtype, quantization=quant, breakdown=bd)
     capture = cuda_graph_capture_size(settings)
+    layouts: list[HybridLayout] = []
+    if spec.is_hybrid:
+        settings, layouts = _hybrid_settings(spec, settings, tp=tp, pp=pp, dtype=dtype, acc=acc)
     rows: list[tuple[Gpu, int, int, WeightShard, Explanation, Explanation, Explanation, Explanation, int, int]] = []
     for i, gpu in enumerate(gpus):
         stage = i // tp
@@ -869,8 +909,11 @@ def estimate(
             cal=cal,
             runner=runner,
             warmup_profiled=warmup_profiled,
-            last_stage=stage == pp - 1,
+            # A pooling model computes no logits and runs no sampler: its profile ends with the pooler.
+            last_stage=stage == pp - 1 and not spec.is_pooling,
         )
+        if spec.is_multimodal and stage == 0 and (runner == "v1" or acc.v2_profiles_encoder):
+            act = _with_encoder(act, spec, tp=tp, dtype=dtype, settings=settings)
         nt = non_torch_bytes(
             tp=tp, pp=pp, custom_all_reduce=settings.custom_all_reduce, cal=cal, nvlink=settings.nvlink, runner=runner
         )
@@ -883,7 +926,10 @@ def estimate(
             hidden=spec.hidden_size,
             capture_size=capture,
         )
-        kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=dtype)
+        if layouts:
+            kvt = _hybrid_kv_explanation(layouts[stage], tp=tp)
+        else:
+            kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=dtype)
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         weights = round(shard.bytes * ckpt_scale) + rotary
         graphs_taken = int(cg.value) if graphs_in else 0
@@ -898,10 +944,13 @@ def estimate(
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         per_block = int(kvt.value) * settings.block_size
         weights = round(shard.bytes * ckpt_scale) + rotary
-        last = stage == pp - 1
+        last = stage == pp - 1 and not spec.is_pooling
         work = working_bytes(
             spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner, last_stage=last
         )
+        if spec.is_multimodal and stage == 0:
+            # The first image request runs the encoder while serving, whether or not the profile did.
+            work = _with_encoder(work, spec, tp=tp, dtype=dtype, settings=settings)
         weights_exp = Explanation(
             "weights",
             "embedding (first stage) + lm_head (last stage) rows × hidden × dtype_bytes, vocab padded to 64 and "
@@ -1015,6 +1064,12 @@ def estimate(
     tokens = num_blocks * settings.block_size
     conc = tokens / settings.max_model_len
     fit_len = max(0, num_blocks - 1) * settings.block_size
+    layout: HybridLayout | None = None
+    if layouts:
+        layout = layouts[min(range(len(rows)), key=lambda i: rows[i][9]) // tp]
+        tokens = layout.tokens_logged(num_blocks, settings.max_model_len)
+        conc = layout.max_concurrency(num_blocks, settings.max_model_len)
+        fit_len = layout.max_len_for(num_blocks, 1)
     summary = (
         Explanation(
             "kv_cache_tokens",
@@ -1052,6 +1107,84 @@ def estimate(
         explanations=summary,
         runner=runner,
         graphs_in_budget=graphs_in,
+        hybrid=layout,
+    )
+
+
+def _with_encoder(act: Explanation, spec: ModelSpec, *, tp: int, dtype: str, settings: EngineSettings) -> Explanation:
+    """A peak (the profile's activation, or the working memory while serving) with the vision encoder's run on the
+    largest default item (first pipeline stage): the larger of the two."""
+    encoder = multimodal.encoder_profile_bytes(
+        spec, tp=tp, dtype_bytes=DTYPE_BYTES[dtype], max_num_batched_tokens=settings.max_num_batched_tokens
+    )
+    inputs = dict(act.inputs)
+    inputs.update(
+        decoder_bytes=int(act.value), encoder_bytes=encoder, max_item_patches=multimodal.max_item_patches(spec)
+    )
+    return Explanation(
+        act.name,
+        "max(decoder peak, vision encoder peak) with encoder = patches of the largest default image × "
+        "(6 × vision_hidden + mlp × vision_intermediate/tp) × dtype_bytes + cached encoder outputs; decoder: "
+        + act.formula,
+        inputs,
+        max(int(act.value), encoder),
+    )
+
+
+def _hybrid_settings(
+    spec: ModelSpec, settings: EngineSettings, *, tp: int, pp: int, dtype: str, acc: Accounting
+) -> tuple[EngineSettings, list[HybridLayout]]:
+    """Each stage's page pool and the settings with vLLM's unified attention block size (the largest of the
+    stages': vLLM sets one block size for the engine)."""
+    counts = pp_layer_counts(spec.num_hidden_layers, pp)
+    kv_elem = kv_dtype_bytes(settings.kv_cache_dtype, dtype)
+    user_block = settings.block_size if settings.block_size != DEFAULT_BLOCK_SIZE else None
+    layouts = []
+    for stage in range(pp):
+        start = sum(counts[:stage])
+        kinds = spec.layer_kinds[start : start + counts[stage]]
+        layouts.append(
+            hybrid_layout(
+                spec, tp=tp, kinds=kinds, kv_bytes=kv_elem, dtype_bytes=DTYPE_BYTES[dtype], block_size=user_block
+            )
+        )
+    block = max(layout.block_size for layout in layouts)
+    layouts = [
+        hybrid_layout(
+            spec,
+            tp=tp,
+            kinds=spec.layer_kinds[sum(counts[:i]) : sum(counts[: i + 1])],
+            kv_bytes=kv_elem,
+            dtype_bytes=DTYPE_BYTES[dtype],
+            block_size=block,
+            prefix_caching=acc.hybrid_prefix_caching and settings.enable_prefix_caching,
+            tokens_from_concurrency=acc.hybrid_tokens_from_concurrency,
+        )
+        for i in range(pp)
+    ]
+    return replace(settings, block_size=block), layouts
+
+
+def _hybrid_kv_explanation(layout: HybridLayout, *, tp: int) -> Explanation:
+    return Explanation(
+        "kv_bytes_per_token",
+        "hybrid (full + linear attention): one block index costs group_size pages of block_size × "
+        "attention_bytes_per_token, so per token slot: group_size × 2 × ceil(kv_heads/tp) × head_dim × kv_dtype_bytes; "
+        "linear-attention layers hold conv + recurrent state per sequence in mamba pages padded to the attention page",
+        {
+            "attention_layers_on_gpu": layout.attention_layers,
+            "linear_layers_on_gpu": layout.linear_layers,
+            "tp": tp,
+            "attention_bytes_per_token_per_layer": layout.attention_bytes_per_token,
+            "conv_state_bytes": layout.conv_state_bytes,
+            "recurrent_state_bytes": layout.recurrent_state_bytes,
+            "block_size": layout.block_size,
+            "page_bytes": layout.page_bytes,
+            "mamba_padding_pct": round(layout.padding_pct, 2),
+            "group_size": layout.group_size,
+            "groups": f"{layout.attention_groups} attention + {layout.linear_groups} linear",
+        },
+        layout.group_size * layout.attention_bytes_per_token,
     )
 
 

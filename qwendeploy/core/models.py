@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
-from qwendeploy.core import safe_yaml
+from qwendeploy.core import families, safe_yaml
+from qwendeploy.core.families import LinearAttention, Task, VisionTower
 from qwendeploy.errors import BadInput
 
 
@@ -96,6 +97,41 @@ class ModelSpec:
     base_model: str | None = None
     """For a quantized checkpoint in the catalog: the unquantized catalog entry it was made from."""
     rms_norm_eps: float = 1e-6
+    layer_kinds: tuple[str, ...] = ()
+    """Per decoder layer ``full_attention`` / ``linear_attention`` for a hybrid (Qwen3-Next); empty: all full."""
+    linear_attention: LinearAttention | None = None
+    """Gated DeltaNet shape of the linear-attention layers (hybrids only)."""
+    attention_output_gate: bool = False
+    """Qwen3-Next's gated attention: q_proj also produces the output gate (twice the query width)."""
+    vision: VisionTower | None = None
+    """The vision tower of a vision-language checkpoint."""
+    task: Task = "generate"
+    """``generate`` (chat) or a pooling task vLLM runs with ``--runner pooling`` (embed, classify, reward)."""
+    dual_chunk_trained_length: int | None = None
+    """Dual-chunk-attention (Qwen2.5-*-1M) configs: the trained window; vLLM's V1 engine has no DCA."""
+    mtp_layers: int = 0
+    """Multi-token-prediction layers shipped in the checkpoint (loaded only for MTP speculative decoding)."""
+    unmodelled_keys: tuple[str, ...] = ()
+    """Memory-relevant config keys the estimate does not model (the plan notes them)."""
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Some layers are linear attention (a per-sequence state, no KV cache)."""
+        return "linear_attention" in self.layer_kinds
+
+    @property
+    def full_attention_layers(self) -> int:
+        if not self.is_hybrid:
+            return self.num_hidden_layers
+        return sum(1 for k in self.layer_kinds if k == "full_attention")
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.vision is not None
+
+    @property
+    def is_pooling(self) -> bool:
+        return self.task != "generate"
 
     @property
     def max_context_with_yarn(self) -> int:
@@ -139,14 +175,17 @@ _ARCH_BY_MODEL_TYPE = {
     "qwen2_moe": "Qwen2MoeForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
+    "qwen3_next": "Qwen3NextForCausalLM",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
 }
 
 # Qwen2 and Qwen2-MoE hard-code bias on q/k/v (there is no config key for it); Qwen3 reads ``attention_bias``.
-_QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe"})
+_QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text"})
 # Qwen3 normalises q and k per head (q_norm/k_norm of size head_dim).
-_QK_NORM_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe"})
+_QK_NORM_MODEL_TYPES = frozenset(
+    {"qwen3", "qwen3_moe", "qwen3_next", "qwen3_vl", "qwen3_vl_text", "qwen3_vl_moe", "qwen3_vl_moe_text"}
+)
 
 # Keys that live at the top level of a multimodal config but describe the whole checkpoint, so they are kept when
 # the text tower is read from ``text_config``.
@@ -427,6 +466,7 @@ def spec_from_hf_config(
     qk_norm = model_type in _QK_NORM_MODEL_TYPES or (not model_type and architecture.startswith("Qwen3"))
     eps_raw = cfg.get("rms_norm_eps", 1e-6)
     eps = _as_float(eps_raw, "rms_norm_eps", id)
+    family = _family_fields(config, cfg, architecture, layers, id)
 
     return ModelSpec(
         id=id,
@@ -452,7 +492,38 @@ def spec_from_hf_config(
         source=source,
         model_type=model_type,
         rms_norm_eps=eps,
+        **family,
     )
+
+
+def _family_fields(
+    config: Mapping[str, Any], cfg: Mapping[str, Any], architecture: str, layers: int, source_id: str
+) -> dict[str, Any]:
+    """Hybrid / vision / pooling / DCA fields of a config (core/families.py); refuses unmodelled architectures."""
+    families.check_architecture(architecture, source_id)
+    kinds = families.layer_kinds(cfg, layers, source_id)
+    hybrid = bool(kinds) and set(kinds) <= {"full_attention", "linear_attention"} and "linear_attention" in kinds
+    if kinds and not hybrid:
+        kinds = ()  # e.g. sliding_attention layers: not modelled, reported through unmodelled_keys
+    vision = families.vision_tower(config, architecture, source_id)
+    dca = families.dual_chunk_trained_length(cfg)
+    sliding_off = not cfg.get("use_sliding_window", False)
+    return {
+        "layer_kinds": kinds,
+        "linear_attention": families.linear_attention(cfg, source_id) if hybrid else None,
+        "attention_output_gate": bool(cfg.get("attn_output_gate", hybrid)),
+        "vision": vision,
+        "task": families.task_of(architecture, cfg),
+        "dual_chunk_trained_length": dca,
+        "mtp_layers": families.mtp_layers(cfg),
+        "unmodelled_keys": families.unmodelled_keys(
+            {**config, **cfg},
+            hybrid=hybrid,
+            vision=vision is not None,
+            dca=dca is not None,
+            sliding_window_off=sliding_off,
+        ),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -506,6 +577,7 @@ def _load_catalog_yaml(text: str) -> tuple[ModelSpec, ...]:
             yarn_original_max_position_embeddings=merged.get("yarn_original_max_position_embeddings"),
             aliases=tuple(dict.fromkeys(aliases)),
             base_model=(parent_id if "quantization_config" in merged["config"] else None),
+            task=merged.get("task", spec.task),
         )
         specs.append(spec)
     return tuple(specs)
@@ -543,6 +615,11 @@ def suggest_models(ref: str, n: int = 3) -> list[str]:
     for name, spec in index.items():
         names.setdefault(_name_part(name), spec.id)
     found: list[str] = []
+    # A name the reference starts (qwen3-vl-8b → qwen3-vl-8b-instruct) is the likeliest meaning: shortest first.
+    if key_name:
+        for name in sorted((m for m in names if m.startswith(key_name) and m != key_name), key=len):
+            if names[name] not in found:
+                found.append(names[name])
     for candidate in difflib.get_close_matches(key_name, list(names), n=n * 3, cutoff=0.6):
         if names[candidate] not in found:
             found.append(names[candidate])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qwendeploy.core.families import vision_params
 from qwendeploy.core.models import ModelSpec
 
 
@@ -78,9 +79,13 @@ class ParamBreakdown:
     layers: tuple[LayerParams, ...]
     experts_per_tok: int = 0
     num_experts: int = 0
+    vision: int = 0
+    """The vision tower of a vision-language checkpoint (core/families.vision_params)."""
 
     def total(self) -> int:
-        return self.embedding + self.lm_head + self.final_norm + sum(layer.total() for layer in self.layers)
+        return (
+            self.embedding + self.lm_head + self.final_norm + sum(layer.total() for layer in self.layers) + self.vision
+        )
 
     def active(self) -> int:
         """Parameters used per token (all of them for a dense model; top-k experts for MoE)."""
@@ -89,6 +94,7 @@ class ParamBreakdown:
             + self.lm_head
             + self.final_norm
             + sum(layer.active(self.experts_per_tok, self.num_experts) for layer in self.layers)
+            + self.vision
         )
 
 
@@ -128,9 +134,26 @@ def param_breakdown(spec: ModelSpec) -> ParamBreakdown:
         else:
             experts_gate_up = experts_down = router = shared_gate_up = shared_down = shared_expert_gate = 0
             mlp_gate_up, mlp_down = 2 * h * spec.intermediate_size, spec.intermediate_size * h
+        if spec.is_hybrid and spec.layer_kinds[i] == "linear_attention":
+            layers.append(
+                _linear_attention_layer(
+                    spec,
+                    mlp_gate_up=mlp_gate_up,
+                    mlp_down=mlp_down,
+                    experts_gate_up=experts_gate_up,
+                    experts_down=experts_down,
+                    router=router,
+                    shared_gate_up=shared_gate_up,
+                    shared_down=shared_down,
+                    shared_expert_gate=shared_expert_gate,
+                )
+            )
+            continue
+        # Qwen3-Next's gated attention: q_proj also yields the output gate (twice the query width).
+        q_width = 2 * q_out if spec.attention_output_gate else q_out
         layers.append(
             LayerParams(
-                q=h * q_out + (q_out if bias else 0),
+                q=h * q_width + (q_width if bias else 0),
                 k=h * kv_out + (kv_out if bias else 0),
                 v=h * kv_out + (kv_out if bias else 0),
                 o=q_out * h,
@@ -149,9 +172,31 @@ def param_breakdown(spec: ModelSpec) -> ParamBreakdown:
     embedding = spec.vocab_size * h
     return ParamBreakdown(
         embedding=embedding,
-        lm_head=0 if spec.tie_word_embeddings else embedding,
+        # Pooling checkpoints (embedding/reranker) carry no LM head.
+        lm_head=0 if spec.tie_word_embeddings or spec.is_pooling else embedding,
         final_norm=h,
         layers=tuple(layers),
         experts_per_tok=spec.moe.num_experts_per_tok if spec.moe else 0,
         num_experts=spec.moe.num_experts if spec.moe else 0,
+        vision=vision_params(spec.vision) if spec.vision else 0,
+    )
+
+
+def _linear_attention_layer(spec: ModelSpec, **mlp: int) -> LayerParams:
+    """A Gated DeltaNet layer (Qwen3-Next): in_proj_qkvz + in_proj_ba + conv1d counted as ``q`` (column-parallel),
+    out_proj as ``o`` (row-parallel); dt_bias, A_log and the gated norm with the replicated norms."""
+    la = spec.linear_attention
+    assert la is not None
+    h = spec.hidden_size
+    in_proj = h * (2 * la.key_dim + 2 * la.value_dim) + h * 2 * la.num_value_heads
+    conv = la.conv_dim * la.conv_kernel
+    small = 2 * la.num_value_heads + la.value_head_dim
+    return LayerParams(
+        q=in_proj + conv,
+        k=0,
+        v=0,
+        o=la.value_dim * h,
+        qk_norm=0,
+        norms=2 * h + small,
+        **mlp,
     )

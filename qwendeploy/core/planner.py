@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from qwendeploy.core import family_rules
 from qwendeploy.core.cluster import NETWORKS, SLOW_HOP_FRACTION, SLOW_PREFILL_HOP_S, find_network
 from qwendeploy.core.hardware import Gpu, Machine
 from qwendeploy.core.memory import (
@@ -43,11 +44,11 @@ from qwendeploy.core.memory import (
     accounting_for,
     effective_quantization,
     estimate,
-    parse_version,
     resolve_dtype,
 )
 from qwendeploy.core.models import ModelSpec, catalog
 from qwendeploy.core.params import param_breakdown
+from qwendeploy.core.releases import release_note
 from qwendeploy.core.units import GiB, human_size
 from qwendeploy.errors import BadInput, PlanInfeasible
 
@@ -124,6 +125,12 @@ class PlanRequest:
     """Quantized variants of the model (from the catalog), tried when nothing fits."""
     network: str = "100gbe"
     """Link between nodes (core.cluster.NETWORKS): its bandwidth and latency price PP hops across nodes."""
+    disable_custom_all_reduce: bool = False
+    """``--disable-custom-all-reduce``: vLLM allocates no custom all-reduce buffers."""
+    allow_untrained_context: bool = False
+    """Plan a dual-chunk-attention (1M) model past its trained window although vLLM has no DCA."""
+    vllm_version_source: str = ""
+    """Why this release: ``installed`` (package metadata), ``asked`` (--vllm-version) or empty (the newest modelled)."""
 
 
 @dataclass(frozen=True)
@@ -322,8 +329,10 @@ def link_class(machine: Machine, group: Sequence[Gpu]) -> LinkClass:
         for b in group[i + 1 :]:
             link = machine.link(a.index, b.index)
             if link is not None:
-                if link.kind == "nvlink":
+                if link.kind == "nvlink" and link.p2p is not False:
                     cls: LinkClass = "nvlink"
+                elif link.kind == "nvlink":
+                    cls = "pcie-no-p2p"  # NVLink bridged but CUDA peer access denied (e.g. between containers)
                 else:
                     p2p = link.p2p if link.p2p is not None else not (_is_geforce(a) or _is_geforce(b))
                     cls = "pcie-p2p" if p2p else "pcie-no-p2p"
@@ -613,7 +622,7 @@ def _evaluate(
             dtype=req.dtype,
             quantization=req.quantization,
             enforce_eager=req.enforce_eager,
-            custom_all_reduce=_custom_all_reduce(link, tp),
+            custom_all_reduce=_custom_all_reduce(link, tp) and not req.disable_custom_all_reduce,
             nvlink=link == "nvlink",
         )
         est = estimate(spec, replica, tp=tp, pp=pp, settings=settings, accounting=acc, calibration=cal)
@@ -623,7 +632,7 @@ def _evaluate(
     est, replica, util = worst
     used = tuple(g for r in replicas for g in r)
     block = est.settings.block_size
-    target_blocks = math.ceil(max_len / block) * req.concurrency + 1
+    target_blocks = est.blocks_for(max_len, req.concurrency)
     per_gpu_fixed = max(
         m.capacity_bytes - m.kv_budget_bytes + target_blocks * m.kv_bytes_per_token * block for m in est.per_gpu
     )
@@ -664,9 +673,10 @@ def _evaluate(
     skipped = f"; {left_out(machine, used)}" if _skips_busy_gpu(machine, used) else ""
     if est.fits(req.concurrency):
         cost = decode_cost(req, machine, est, replica, dp, max_len)
+        speed = "" if spec.is_pooling else f", ~{cost.tokens_per_s:,.0f} tok/s"
         reason = (
             f"fits {max_len} tokens{conc}: KV cache {est.kv_cache_tokens:,} tokens per replica "
-            f"({est.max_concurrency:.2f}× concurrency), ~{cost.tokens_per_s:,.0f} tok/s"
+            f"({est.max_concurrency:.2f}× concurrency){speed}"
         )
         reason += skipped
         return Candidate(
@@ -874,8 +884,10 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
         acc = accounting_for(req.vllm_version)
     except ValueError as e:
         raise BadInput(str(e)) from None
-    max_len = req.max_model_len or spec.max_position_embeddings
-    overrides = yarn_override(spec, max_len)
+    max_len = req.max_model_len or family_rules.default_context(spec)
+    family_rules.check_context(spec, max_len, allow_untrained=req.allow_untrained_context)
+    yarn = yarn_override(spec, max_len) if not spec.dual_chunk_trained_length else None
+    overrides = yarn or family_rules.hf_overrides(spec)
     n, gpn, nodes = len(machine.gpus), machine.gpus_per_node, machine.nodes
     candidates: list[Candidate] = []
     for tp in _tp_options(spec, req, gpn):
@@ -903,22 +915,22 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
     base_settings = (chosen.estimate.settings if chosen and chosen.estimate else None) or EngineSettings(
         max_model_len=max_len, dtype=dtype, kv_cache_dtype=req.kv_cache_dtype or "auto"
     )
-    notes: list[str] = []
-    version = parse_version(req.vllm_version)
-    if not (0, 19) <= version <= parse_version(CURRENT_VLLM):
-        notes.append(
-            f"vLLM {req.vllm_version}: the memory accounting was read in releases 0.19–{CURRENT_VLLM}; "
-            f"this one is estimated like the nearest of them, unchecked."
-        )
+    notes: list[str] = family_rules.notes(
+        spec,
+        chosen.estimate if chosen is not None else None,
+        allow_untrained=req.allow_untrained_context,
+        max_model_len=max_len,
+    )
+    notes.insert(0, release_note(req.vllm_version, req.vllm_version_source))
     if any(not g.bf16 for g in machine.gpus) and dtype == "bfloat16":
         notes.append(
             "GPUs without bfloat16 (compute capability < 8.0): the profile runs the model in float16 "
             "(--dtype float16; same memory)."
         )
-    if overrides:
+    if yarn:
         notes.append(
             f"{max_len} tokens is beyond the native {spec.max_position_embeddings}: YaRN (factor "
-            f"{overrides['rope_parameters']['factor']:g}) via --hf-overrides; static YaRN may slightly affect short "
+            f"{yarn['rope_parameters']['factor']:g}) via --hf-overrides; static YaRN may slightly affect short "
             "prompts."
         )
     if (
@@ -937,6 +949,8 @@ def plan(req: PlanRequest, *, suggest: bool = True) -> Plan:
     if chosen is not None and (out := left_out(machine, chosen.gpus)):
         notes.append(f"{chosen.label} {out}.")
     why = _explain(req, ranked, chosen, max_len)
+    if spec.is_pooling:
+        why = family_rules.without_decode_speed(why, chosen.label if chosen is not None else None)
     suggestions: tuple[str, ...] = ()
     if chosen is None and suggest:
         suggestions = _suggest(req, ranked, max_len)

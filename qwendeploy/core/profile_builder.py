@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, cast
 
+from qwendeploy.core import family_rules
 from qwendeploy.core.planner import Plan
 from qwendeploy.core.profile import (
     ClusterSection,
@@ -56,6 +57,7 @@ def profile_from_plan(
         # GeForce cards without P2P: NCCL must not try peer-to-peer, and vLLM's custom all-reduce needs it.
         env["NCCL_P2P_DISABLE"] = "1"
         disable_car = True
+    disable_car = disable_car or req.disable_custom_all_reduce
     nodes = len({g.node for g in c.gpus}) or 1
     # Multi-node (Ray): a replica spanning nodes runs on Ray's executor; replicas that each fit one node run
     # as vLLM data parallelism placed by Ray. Ray owns GPU placement there, so no per-host GPU list.
@@ -122,6 +124,7 @@ def profile_from_plan(
             kv_cache_dtype=c.kv_cache_dtype,
             enforce_eager=req.enforce_eager,
             disable_custom_all_reduce=disable_car,
+            extra_args=family_rules.runner_args(req.spec),
         ),
         server=ServerSection(host=host, port=port, served_model_name=served_model_name),
         cluster=cluster if multi else ClusterSection(),

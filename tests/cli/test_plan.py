@@ -273,8 +273,13 @@ def test_cards_without_bf16_get_an_explicit_float16(tmp_path: Path) -> None:
 def test_a_release_outside_the_read_ones_is_flagged() -> None:
     base = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xL4", "--json"]
     old = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.10"]).stdout)
-    assert any("0.19–0.33" in n for n in old["notes"])
-    assert not any("0.19–0.33" in n for n in json.loads(runner.invoke(app, base).stdout)["notes"])
+    assert any("older than the oldest modelled release (0.19)" in n for n in old["notes"])
+    new = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.40.1"]).stdout)
+    assert any("newer than the newest modelled release (0.33)" in n for n in new["notes"])
+    assert new["vllm_version"] == "0.40"
+    plain = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.26"]).stdout)
+    assert not any("modelled release" in n for n in plain["notes"])
+    assert any("vLLM 0.26, from --vllm-version" in n for n in plain["notes"])
 
 
 def test_an_fp8_checkpoint_on_an_old_card_suggests_its_16_bit_base() -> None:

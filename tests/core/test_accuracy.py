@@ -177,3 +177,25 @@ def test_kv_tokens_within_5_percent(entry: dict[str, Any]) -> None:
     if entry["id"] in KV_KNOWN_MISSES and abs(row.tokens_err) > 5.0:
         pytest.xfail(KV_KNOWN_MISSES[entry["id"]])
     assert abs(row.tokens_err) <= 5.0, row
+
+
+def test_median_and_worst_kv_error_with_their_own_release() -> None:
+    """Every comparable published start-up planned with the release that produced it (the excluded ones too, except
+    the V0 engine): the median and worst KV-token error, against issue 14's targets of 5% and 12%. The 0.15 log
+    (sampler profiled with a 5.64 GiB peak) is the known worst; it stays in the figure so that it is not hidden."""
+    import statistics
+
+    data: list[dict[str, Any]] = yaml.safe_load(LOGS.read_text(encoding="utf-8"))
+    errors: dict[str, float] = {}
+    for entry in data:
+        if entry["id"] in EXCLUDED and "V0" in EXCLUDED[entry["id"]]:
+            continue
+        if not usable({**entry, "id": "_"}):
+            continue
+        _, row = predict(entry)
+        errors[entry["id"]] = abs(row.tokens_err)
+    median, worst = statistics.median(errors.values()), max(errors.values())
+    print(f"published start-ups: {len(errors)}, KV-token error median {median:.2f}%, worst {worst:.2f}%")
+    assert len(errors) >= 20
+    assert median <= 5.0
+    assert worst <= 12.0, max(errors, key=lambda k: errors[k])
