@@ -191,9 +191,13 @@ class Accounting:
     dummy run and the sampler), yes in 0.33 (``profile_encoder_cache``); the V1 runner always does. Where it does not,
     the encoder's peak comes on top of the budget at the first image request."""
     hybrid_prefix_caching: bool = True
-    """Prefix caching on by default for hybrid (Qwen3-Next) models, ``mamba_cache_mode`` ``align`` (Qwen3-Next does not
-    declare SupportsMambaPrefixCaching): two state blocks per request per linear-attention group (read in 0.26's and
-    0.33's ``MambaModelConfig``; assumed from 0.14)."""
+    """Prefix caching on by default for hybrid (Qwen3-Next) models, then ``mamba_cache_mode`` ``align`` (Qwen3-Next does
+    not declare SupportsMambaPrefixCaching): two state blocks per request per linear-attention group. Off by default
+    through 0.26: its ``EngineArgs`` sets ``default_prefix_caching = is_prefix_caching_supported and not is_hybrid``
+    (read in the 0.26.0 wheel; the real H200 start-up of Qwen3-Next logs ``enable_prefix_caching=False`` and a maximum
+    concurrency of 727.69× = 46,572 blocks / 64, i.e. 61 attention blocks + 1 state block for each of 3 linear
+    groups), so ``mamba_cache_mode`` is ``none`` and one state block is held. On in 0.33 (``default_prefix_caching =
+    is_prefix_caching_supported``); 0.27–0.32 not read, taken as 0.33."""
     hybrid_tokens_from_concurrency: bool = True
     """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (read in 0.26 and 0.33; a 0.24 log
     shows 567,978 tokens = 4.33 × 131,072) or num_blocks // groups × block (0.19, vllm-project/vllm#40691; 0.20–0.23
@@ -273,7 +277,7 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         v2_estimates_graphs=v >= (0, 29),
         sampler_warmup_profiled=v >= (0, 33),
         v2_profiles_encoder=v >= (0, 33),
-        hybrid_prefix_caching=v >= (0, 14),
+        hybrid_prefix_caching=v >= (0, 27),
         hybrid_tokens_from_concurrency=v >= (0, 24),
     )
 
@@ -622,9 +626,15 @@ def rotary_cache_bytes(spec: ModelSpec, *, max_model_len: int, dtype: str) -> in
     """The rotary cos/sin cache every GPU keeps with the weights: positions × head_dim in the activation dtype.
 
     Positions are the model's window, or the YaRN-extended one when ``max_model_len`` is beyond it (vLLM 0.26 loads
-    14.29 GiB of Qwen2.5-7B at 32K and 14.32 GiB with the 128K YaRN override).
+    14.29 GiB of Qwen2.5-7B at 32K and 14.32 GiB with the 128K YaRN override). The vision-language families rotate
+    with M-RoPE, whose cache vLLM makes four times the window ("we enlarge max_position_embeddings to 4 times",
+    ``MRotaryEmbedding`` in ``rotary_embedding/mrope.py``, 0.26 and 0.33): 0.12 GiB for Qwen2.5-VL-7B's 128,000
+    positions, part of the 0.22 GiB by which its real H200 load (15.67 GiB) exceeds the 15.45 GiB checkpoint.
     """
-    return max(spec.max_position_embeddings, max_model_len) * spec.head_dim * DTYPE_BYTES[dtype]
+    positions = max(spec.max_position_embeddings, max_model_len)
+    if spec.is_multimodal:
+        positions *= 4
+    return positions * spec.head_dim * DTYPE_BYTES[dtype]
 
 
 def sampler_warmup_bytes(spec: ModelSpec, *, rows: int, cal: Calibration) -> int:

@@ -10,7 +10,7 @@ import pytest
 from qwendeploy.adapters.supervisor import Event, Launch, Policy, Supervisor
 from qwendeploy.core.profile import EngineSection, ModelSection, Profile, ServerSection
 from qwendeploy.core.vllm_args import build_launch_specs
-from tests.fakes.serving import FAKE_VLLM, alive, free_port
+from tests.fakes.serving import FAKE_VLLM, alive, free_port, server_pids
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +67,7 @@ def _kinds(events: list[Event]) -> list[str]:
 
 
 def _all_pids(tmp_path: Path) -> list[int]:
-    import json
-
-    return [pid for f in tmp_path.glob("*.json") for pid in json.loads(f.read_text()).values()]
+    return server_pids(tmp_path)
 
 
 def test_ready_then_clean_stop(tmp_path: Path) -> None:

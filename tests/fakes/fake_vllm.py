@@ -363,7 +363,10 @@ def main() -> int:
         os._exit(0)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     if state_dir:
-        (Path(state_dir) / f"{os.getpid()}.json").write_text(json.dumps({"server": os.getpid(), "worker": worker}))
+        # Written whole then renamed: a test polling for the file never reads it half-written.
+        tmp = Path(state_dir) / f".{os.getpid()}.json.tmp"
+        tmp.write_text(json.dumps({"server": os.getpid(), "worker": worker}))
+        tmp.replace(Path(state_dir) / f"{os.getpid()}.json")
 
     httpd = ThreadingHTTPServer(
         (args.host or "127.0.0.1", args.port), make_handler(args, served), bind_and_activate=False
