@@ -14,8 +14,9 @@ vLLM keeps one pool of equally sized pages for both kinds of layer (``vllm/v1/kv
   fills ceil(count / group size) groups. The pool has ``group_size`` tensors of ``num_blocks`` pages, each shared by
   one layer of every group, so one block costs ``group_size × page`` bytes.
 * A request of L tokens takes ceil(L / block) blocks in every attention group and, in every linear-attention group,
-  one state block — two with prefix caching, which vLLM turns on for generative hybrids (``mamba_cache_mode``
-  ``align``: ``MambaSpec.max_memory_usage_bytes`` = 2 pages; ``none``: 1).
+  one state block — two with prefix caching (``mamba_cache_mode`` ``align``: ``MambaSpec.max_memory_usage_bytes`` =
+  2 pages; ``none``: 1), which vLLM turns on for hybrids by default from 0.33 but not in 0.26
+  (``Accounting.hybrid_prefix_caching`` in core/memory.py says which release does what).
 * vLLM logs the maximum concurrency as ``num_blocks / blocks_per_request``
   (``get_max_concurrency_for_kv_cache_config``) and ``GPU KV cache size`` as ``int(concurrency × max_model_len)``
   (read in 0.26 and 0.33); an older ``_report_kv_cache_config`` logged ``num_blocks // groups × smallest block``.
@@ -146,8 +147,8 @@ def hybrid_layout(
         kv_bytes: bytes per KV element (``--kv-cache-dtype``).
         dtype_bytes: bytes per element of the model dtype (the linear-attention state).
         block_size: ``--block-size`` if given; raised when it is too small for the mamba page.
-        prefix_caching: vLLM's prefix caching is on (its default for generative hybrids): two state blocks per
-            request in each linear-attention group.
+        prefix_caching: vLLM's prefix caching is on (a release's default for hybrids, or asked for): two state
+            blocks per request in each linear-attention group.
         tokens_from_concurrency: how the release logs "GPU KV cache size" (see ``HybridLayout``).
     """
     attn = sum(1 for k in kinds if k == "full_attention")
