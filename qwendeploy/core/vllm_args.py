@@ -33,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwendeploy.core.launch_env import cluster_env
+from qwendeploy.core.launch_env import vllm_env_switches as vllm_env_switches  # public here since before the split
 from qwendeploy.core.profile import Profile
 from qwendeploy.errors import BadInput
 
@@ -114,8 +116,6 @@ API_KEY_VAR = "VLLM_API_KEY"
 
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 """Environment variable names whose values are never printed."""
-
-_YARN_TYPES = frozenset({"yarn", "deepseek_yarn"})
 
 
 @dataclass(frozen=True)
@@ -249,28 +249,6 @@ def check_extra_args(extra: Sequence[str]) -> None:
             )
 
 
-def vllm_env_switches(profile: Profile) -> dict[str, str]:
-    """``VLLM_*`` variables the plan needs.
-
-    YaRN long context: vLLM releases before the transformers-5 ``rope_parameters`` scheme derive
-    max_model_len from ``max_position_embeddings`` only and refuse a longer ``--max-model-len`` unless
-    ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``. We set it only when the overrides carry a YaRN rope whose
-    ``factor × original_max_position_embeddings`` covers max_model_len, so it never unlocks a length the
-    rope cannot serve.
-    """
-    ov = profile.model.hf_overrides or {}
-    rope = ov.get("rope_parameters") or ov.get("rope_scaling")
-    if not isinstance(rope, dict):
-        return {}
-    kind = rope.get("rope_type", rope.get("type"))
-    factor, original = rope.get("factor"), rope.get("original_max_position_embeddings")
-    if kind not in _YARN_TYPES or not isinstance(factor, int | float) or not isinstance(original, int):
-        return {}
-    if original < profile.model.max_model_len <= factor * original:
-        return {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
-    return {}
-
-
 def _split(gpus: tuple[str, ...], parts: int) -> list[tuple[str, ...]]:
     size = len(gpus) // parts
     return [gpus[i * size : (i + 1) * size] for i in range(parts)]
@@ -348,8 +326,6 @@ def build_launch_specs(
         argv += ["--host", the_host, "--port", str(p), "--served-model-name", served]
         argv += list(profile.engine.extra_args)
         if multi:
-            from qwendeploy.core.cluster import cluster_env
-
             # The same variables every node's `ray start` got (qwendeploy cluster head/join).
             env_set = cluster_env(profile)
             if ray_address:
