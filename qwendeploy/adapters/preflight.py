@@ -83,29 +83,16 @@ def check_ports(specs: Sequence[LaunchSpec]) -> list[Check]:
 
 
 def check_shm(profile: Profile, *, shm_path: str = "/dev/shm") -> list[Check]:
-    pl = profile.placement
-    if pl.gpus_per_replica <= 1 and not (pl.data_parallel_mode == "vllm" and pl.data_parallel_size > 1):
+    """Read /dev/shm's size and free space; ``core.checks.shm`` judges them (the doctor's rule)."""
+    from qwendeploy.core.checks.shm import serve_shm, shm_ranks
+
+    if shm_ranks(profile) <= 1:
         return []
     try:
         st = os.statvfs(shm_path)
     except OSError:
         return [Check("shm", "warn", f"{shm_path} cannot be read; NCCL needs shared memory with TP > 1")]
-    from qwendeploy.core.machine_checks import SHM_PER_RANK_BYTES  # the doctor's rule, shared
-
-    ranks = max(pl.gpus_per_replica, 2)
-    need = SHM_PER_RANK_BYTES * ranks
-    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-    if free < need:
-        return [
-            Check(
-                "shm",
-                "fail",
-                f"{shm_path} has {human_size(free)} free (of {human_size(total)}); tensor parallelism needs at "
-                f"least {human_size(need)} for NCCL and vLLM's shared-memory queues ({ranks} ranks).",
-                fix="In Docker: --ipc=host or --shm-size=16g; on a host: mount -o remount,size=16G /dev/shm.",
-            )
-        ]
-    return [Check("shm", "ok", f"{shm_path}: {human_size(free)} free")]
+    return serve_shm(profile, shm_path, st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
 
 def _kill_command(pids: Sequence[int]) -> str:

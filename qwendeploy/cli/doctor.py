@@ -23,10 +23,10 @@ from qwendeploy.adapters.log_reader import stream_lines
 from qwendeploy.cli import wiring
 from qwendeploy.cli.errors import user_errors
 from qwendeploy.core.checks import Check
+from qwendeploy.core.checks.machine import run_checks
 from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
 from qwendeploy.core.diagnosis.evidence import MachineProcess
 from qwendeploy.core.diagnosis.startup import StartupReport, compare
-from qwendeploy.core.machine_checks import run_checks
 from qwendeploy.core.machine_facts import MachineFacts, NvmlReport
 from qwendeploy.core.profile import Profile
 from qwendeploy.errors import BadInput, ProbeError
@@ -248,7 +248,7 @@ def _multi_node(profile: Profile) -> list[Check]:
 
     from qwendeploy.adapters import ray_cluster, system
     from qwendeploy.core import cluster as core
-    from qwendeploy.core.machine_checks import multi_node_checks
+    from qwendeploy.core.checks.multi_node import multi_node_checks
 
     net = system.host_network()
     address = ray_cluster.default_address(os.environ, profile.cluster.ray_port)
