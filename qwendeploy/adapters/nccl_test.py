@@ -9,7 +9,6 @@ JSON lines and kills the whole group when the deadline passes (a hang is the res
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from qwendeploy.adapters.system import torch_available as torch_available  # the one probe, shared with doctor
 
 DEFAULT_SIZES = tuple(1 << p for p in range(20, 31, 2))
 """1 MiB, 4 MiB, 16 MiB, 64 MiB, 256 MiB, 1 GiB."""
@@ -95,13 +96,6 @@ def parse_worker_output(lines: Sequence[str], world_size: int) -> list[NcclResul
             NcclResult(bytes=size, time_ms=secs * 1e3, algbw_gbps=algbw, busbw_gbps=bus_bandwidth(algbw, world_size))
         )
     return results
-
-
-def torch_available() -> bool:
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def free_port() -> int:

@@ -102,9 +102,15 @@ def _kill_command(pids: Sequence[int]) -> str:
 
 def check_orphans() -> list[Check]:
     """vLLM processes whose server is gone (they hold GPU memory even without NVML seeing them)."""
-    from qwendeploy.adapters.process import is_orphan, vllm_processes
+    from qwendeploy.adapters.nvml import psutil_lookup
+    from qwendeploy.adapters.process import vllm_processes
+    from qwendeploy.core.checks.processes import is_orphan, vllm_role
 
-    orphans = [p for p in vllm_processes() if is_orphan(p)]
+    orphans = []
+    for p in vllm_processes():
+        info = psutil_lookup(p.pid)
+        if info is not None and is_orphan(vllm_role(info.name, info.cmdline), info):
+            orphans.append(p)
     if not orphans:
         return []
     desc = ", ".join(f"{p.pid} ({p.info.get('name') or '?'})" for p in orphans)
