@@ -144,7 +144,7 @@ def check_gpus(
                 fix="--strict makes this an error." if not strict else (e.hint or ""),
             )
         ]
-    from qwendeploy.adapters.nvml import cuda_total_bytes
+    from qwendeploy.core.checks.profile_fit import memory_need
 
     out: list[Check] = []
     by_key: dict[str, Any] = {}
@@ -153,7 +153,6 @@ def check_gpus(
         if g.uuid:
             by_key[g.uuid] = g
     util = profile.engine.gpu_memory_utilization
-    estimates = profile.estimate.per_gpu
     for s in specs:
         for pos, gid in enumerate(s.gpus):
             g = by_key.get(gid)
@@ -168,10 +167,8 @@ def check_gpus(
                     )
                 )
                 continue
-            total = cuda_total_bytes(g)
-            need = int(util * total)
-            if pos < len(estimates) and estimates[pos].total_bytes:
-                need = max(need, estimates[pos].footprint_bytes or estimates[pos].total_bytes)
+            m = memory_need(profile, g, pos)
+            total, need = m.cuda_total, m.need
             free = g.memory_free
             if free is None:
                 out.append(Check("gpu memory", "warn", f"GPU {gid}: NVML does not report free memory"))

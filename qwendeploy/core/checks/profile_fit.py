@@ -3,11 +3,12 @@ its ports are free (``doctor --profile``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qwendeploy.core.checks import Check
 from qwendeploy.core.checks.shm import profile_shm
-from qwendeploy.core.machine_facts import MachineFacts, NvmlGpu, NvmlReport, SystemFacts
+from qwendeploy.core.machine_facts import MachineFacts, NvmlGpu, NvmlReport, SystemFacts, cuda_total_bytes
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.units import human_size
 
@@ -79,29 +80,47 @@ def profile_checks(facts: MachineFacts, profile: Profile) -> list[Check]:
     return out
 
 
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What vLLM will take on one GPU: ``requested`` = gpu_memory_utilization × the memory CUDA sees (vLLM refuses
+    to start when less is free), ``need`` = that or the plan's footprint estimate for the GPU, whichever is more."""
+
+    requested: int
+    need: int
+    cuda_total: int
+
+
+def memory_need(profile: Profile, g: NvmlGpu, position: int) -> MemoryNeed:
+    """The one free-memory rule doctor (``profile.memory``) and serve's preflight (``gpu memory``) share:
+    ``position`` is the GPU's place in the replica (the estimate's ``per_gpu`` order)."""
+    total = cuda_total_bytes(g)
+    requested = int(profile.engine.gpu_memory_utilization * total)
+    per_gpu = profile.estimate.per_gpu
+    est = per_gpu[position] if position < len(per_gpu) else None
+    estimate = (est.footprint_bytes or est.total_bytes) if est is not None and est.total_bytes else 0
+    return MemoryNeed(requested=requested, need=max(requested, estimate), cuda_total=total)
+
+
 def _profile_memory(chosen: list[NvmlGpu], profile: Profile) -> Check:
     util = profile.engine.gpu_memory_utilization
-    per_gpu = profile.estimate.per_gpu
-    need_est = max((e.footprint_bytes or e.total_bytes for e in per_gpu), default=0)
     short: list[str] = []
     lines: list[str] = []
-    for g in chosen:
+    for pos, g in enumerate(chosen):
         if g.memory_total is None or g.memory_free is None:
             continue
-        total = g.memory_total - (g.memory_reserved or 0)
-        requested = int(util * total)
-        lines.append(f"GPU {g.index}: free {human_size(g.memory_free)}, vLLM asks {human_size(requested)}")
-        if g.memory_free < requested:
+        m = memory_need(profile, g, pos)
+        lines.append(f"GPU {g.index}: free {human_size(g.memory_free)}, vLLM asks {human_size(m.requested)}")
+        if g.memory_free < m.requested:
             short.append(
                 f"GPU {g.index}: free {human_size(g.memory_free)} < gpu_memory_utilization {util} × "
-                f"{human_size(total)} = {human_size(requested)}"
+                f"{human_size(m.cuda_total)} = {human_size(m.requested)}"
             )
-        elif need_est and g.memory_free < need_est:
-            short.append(f"GPU {g.index}: free {human_size(g.memory_free)} < estimate {human_size(need_est)}")
+        elif g.memory_free < m.need:
+            short.append(f"GPU {g.index}: free {human_size(g.memory_free)} < estimate {human_size(m.need)}")
     if not lines:
         return Check("profile.memory", "skip", "NVML does not report free memory for the profile's GPUs.")
     if short:
-        best = min((g.memory_free or 0) / max(1, (g.memory_total or 0) - (g.memory_reserved or 0)) for g in chosen)
+        best = min((g.memory_free or 0) / max(1, cuda_total_bytes(g)) for g in chosen)
         return Check(
             "profile.memory",
             "fail",
