@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from qwendeploy.core.checks import Check
+from qwendeploy.core.checks.versions import VERSION_PACKAGES as VERSION_PACKAGES
+from qwendeploy.core.checks.versions import check_node_versions
 from qwendeploy.core.hardware import Gpu, Link, Machine
 
 # Re-exported: callers reach networks and the shared environment as core.cluster.X since before the split.
@@ -183,10 +185,6 @@ class RayCluster:
         return int(sum(n.gpus for n in self.alive))
 
 
-VERSION_PACKAGES = ("vllm", "torch", "ray")
-"""Packages whose versions must match on every node (a mismatch breaks Ray's pickling or vLLM's workers)."""
-
-
 def _short(node: RayNode) -> str:
     return f"{node.address} ({node.node_id[:8]})" + (" head" if node.is_head else "")
 
@@ -239,7 +237,7 @@ def check_cluster(profile: Profile, cluster: RayCluster) -> list[Check]:
             )
         )
     out += _check_env(profile, alive)
-    out += check_versions(alive)
+    out += check_node_versions({_short(n): n.versions for n in alive if n.versions})
     return out
 
 
@@ -273,35 +271,6 @@ def _check_env(profile: Profile, alive: Sequence[RayNode]) -> list[Check]:
     if not any(c.status == "fail" for c in out):
         keys = ", ".join(sorted(want)) or "none"
         out.append(Check("node env", "ok", f"{len(probed)} node(s) share the profile's environment ({keys})."))
-    return out
-
-
-def check_versions(alive: Sequence[RayNode]) -> list[Check]:
-    """The same vLLM/torch/ray on every node where Ray could tell."""
-    out: list[Check] = []
-    known = [n for n in alive if n.versions]
-    if not known:
-        return [Check("versions", "skip", "Package versions per node are unknown (no task could run).")]
-    for pkg in VERSION_PACKAGES:
-        seen: dict[str | None, list[RayNode]] = {}
-        for n in known:
-            seen.setdefault(n.versions.get(pkg), []).append(n)
-        if len(seen) > 1:
-            parts = "; ".join(f"{v or 'not installed'} on {', '.join(_short(n) for n in ns)}" for v, ns in seen.items())
-            out.append(
-                Check(
-                    "versions",
-                    "fail",
-                    f"{pkg} differs between nodes: {parts}.",
-                    fix=f"Install the same {pkg} on every node (the same container image is simplest).",
-                )
-            )
-        elif None in seen and pkg == "vllm":
-            out.append(Check("versions", "warn", "vLLM is not importable on any node's Ray workers."))
-    if not any(c.status == "fail" for c in out):
-        v = known[0].versions
-        desc = ", ".join(f"{p} {v.get(p) or '-'}" for p in VERSION_PACKAGES)
-        out.append(Check("versions", "ok", f"Same versions on {len(known)} node(s): {desc}."))
     return out
 
 

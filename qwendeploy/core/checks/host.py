@@ -208,14 +208,3 @@ def check_memlock(sysf: SystemFacts) -> Check:
             "Raise it: docker run --ulimit memlock=-1, or `* - memlock unlimited` in /etc/security/limits.conf.",
         )
     return Check("memlock", "ok", f"memlock limit: {text} (unlimited is recommended only with InfiniBand).")
-
-
-def check_versions(sysf: SystemFacts) -> Check:
-    v = sysf.versions
-    nccl = v.get("nvidia-nccl-cu13") or v.get("nvidia-nccl-cu12")
-    parts = [
-        f"vLLM {v.get('vllm') or 'not installed'}",
-        f"torch {v.get('torch') or 'not installed'}" + (f" (CUDA {sysf.torch_cuda})" if sysf.torch_cuda else ""),
-        f"NCCL {nccl or 'not installed (pip)'}",
-    ]
-    return Check("versions", "ok", ", ".join(parts) + ".")

@@ -20,11 +20,11 @@ from qwendeploy.core.checks.host import (
     check_infiniband,
     check_memlock,
     check_nccl_env,
-    check_versions,
 )
 from qwendeploy.core.checks.interconnect import check_nvlink, check_p2p, check_pcie, check_topology
 from qwendeploy.core.checks.profile_fit import profile_checks
 from qwendeploy.core.checks.shm import check_shm, ranks_on_this_node
+from qwendeploy.core.checks.versions import check_versions
 from qwendeploy.core.machine_facts import MachineFacts
 from qwendeploy.core.profile import Profile
 
