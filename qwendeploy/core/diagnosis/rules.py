@@ -216,6 +216,10 @@ class Catalog:
     version: int
     phases: tuple[Phase, ...]
     rules: tuple[Rule, ...]
+    deterministic: frozenset[str] = frozenset()
+    """Categories that, before the server was ever ready, will happen again on a restart (``restart:``)."""
+    transient: frozenset[str] = frozenset()
+    """Top categories that make an out-of-memory start-up worth a retry (``restart:``)."""
 
     @property
     def phase_names(self) -> tuple[str, ...]:
@@ -512,7 +516,20 @@ def parse_catalog(text: str) -> Catalog:
         raise CatalogError(f"rules.yaml: no rule for categories {missing}")
     if sum(1 for r in rules if r.fallback) != 1:
         raise CatalogError("rules.yaml: exactly one rule must be the fallback")
-    return Catalog(version=1, phases=tuple(phases), rules=rules)
+    restart = data.get("restart") or {}
+    if not isinstance(restart, dict) or set(restart) - {"deterministic", "transient"}:
+        raise CatalogError("rules.yaml: 'restart' holds only the lists 'deterministic' and 'transient'")
+    policy = {k: frozenset(_tuple_of_str(restart.get(k), f"restart.{k}")) for k in ("deterministic", "transient")}
+    unknown = sorted((policy["deterministic"] | policy["transient"]) - set(CATEGORIES))
+    if unknown:
+        raise CatalogError(f"rules.yaml: restart names unknown categories {unknown}")
+    return Catalog(
+        version=1,
+        phases=tuple(phases),
+        rules=rules,
+        deterministic=policy["deterministic"],
+        transient=policy["transient"],
+    )
 
 
 @functools.lru_cache(maxsize=1)
