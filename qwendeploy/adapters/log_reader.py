@@ -8,10 +8,17 @@ an editor's), and every line is cut to the characters the diagnosis engine exami
 from __future__ import annotations
 
 import codecs
+import io
+import stat
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from qwendeploy.core.diagnosis.engine import MAX_LINE_CHARS
+from qwendeploy.errors import BadInput
 
 CHUNK_CHARS = 1 << 20
 """Characters read at a time."""
@@ -51,3 +58,50 @@ def stream_lines(stream: IO[str] | IO[bytes], max_chars: int = MAX_LINE_CHARS) -
         yield from parts
     if pending:
         yield pending
+
+
+@dataclass
+class LogFile:
+    """The log to diagnose, opened but not read: ``lines()`` streams it once (bounded memory for any size)."""
+
+    name: str
+    stream: IO[str]
+    age_s: float | None = None
+    """Seconds since the file was last written (None for stdin)."""
+
+    def lines(self) -> Iterator[str]:
+        try:
+            yield from stream_lines(self.stream)
+        except OSError as e:
+            raise BadInput(f"Cannot read the log {self.name}: {e.strerror or e}.") from None
+        finally:
+            if self.stream is not sys.stdin:
+                self.stream.close()
+
+
+def open_log(log: str) -> LogFile:
+    """``doctor --log``: a file, or ``-`` for stdin. Raises BadInput (exit 2) for a missing or unreadable log."""
+    hint = "Pass a vLLM log file, or --log - to read stdin."
+    if log == "-":
+        stdin = sys.stdin
+        if stdin is None or stdin.closed:
+            raise BadInput("--log - reads the log from stdin, but stdin is closed.", hint=hint)
+        try:
+            stdin.fileno()
+        except io.UnsupportedOperation:
+            pass  # an in-memory stand-in (tests, embedding): readable, no descriptor
+        except (OSError, ValueError):
+            raise BadInput("--log - reads the log from stdin, but stdin is closed.", hint=hint) from None
+        return LogFile("stdin", stdin)
+    path = Path(log)
+    if path.is_dir():
+        raise BadInput(f"{log} is a directory, not a log file.", hint=hint)
+    if not path.exists():
+        raise BadInput(f"Log file {log} does not exist.", hint=hint)
+    try:
+        st = path.stat()
+        stream = path.open(encoding="utf-8", errors="replace", newline="")
+    except OSError as e:
+        raise BadInput(f"Cannot read log file {log}: {e.strerror or e}.") from None
+    age = time.time() - st.st_mtime if stat.S_ISREG(st.st_mode) else None
+    return LogFile(log, stream, max(0.0, age) if age is not None else None)
