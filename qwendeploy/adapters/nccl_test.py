@@ -104,6 +104,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# long: one subprocess lifecycle (spawn every rank, watch the deadline, reap, read rank 0) reads best in one piece;
+# the pure parts (parse_worker_output, bus_bandwidth) are already out.
 def run(
     gpus: Sequence[str],
     *,

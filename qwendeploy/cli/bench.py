@@ -121,6 +121,7 @@ def bench(
         raise typer.Exit(code)
 
 
+# long: the bench command's orchestration (target, load levels, rendering) — moves to an app/ use case in phase B.
 def _bench(
     target: str,
     levels: list[int],

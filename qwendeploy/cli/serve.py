@@ -83,6 +83,8 @@ def serve(
     raise typer.Exit(code)
 
 
+# long: picks runtime, binaries, Ray address and log directory — the serve use case (app/serve.py) takes these
+# over in phase B.
 def _serve(
     profile_path: Path,
     dry_run: bool,

@@ -267,6 +267,8 @@ def _api_key(profile: Profile, base_env: Mapping[str, str]) -> str | None:
     return key
 
 
+# long: one launch per data-parallel server group, each with its argv, environment and secrets; splitting it would
+# scatter the per-replica decisions that must agree.
 def build_launch_specs(
     profile: Profile,
     *,

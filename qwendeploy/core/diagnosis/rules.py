@@ -319,6 +319,7 @@ _RULE_KEYS = {
 }
 
 
+# long: the hand-written rule validator the pydantic catalog model replaces in phase B.
 def _rule(raw: Any, index: int, phase_names: Sequence[str]) -> Rule:
     if not isinstance(raw, dict):
         raise CatalogError(f"rules[{index}]: must be a mapping")
