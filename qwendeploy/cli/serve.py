@@ -24,8 +24,9 @@ if TYPE_CHECKING:  # deferred at run time: `serve --help` must not import rich, 
 
     from qwendeploy.adapters.supervisor import Event, Launch
     from qwendeploy.core.checks import Check
+    from qwendeploy.core.docker_args import DockerSpec
     from qwendeploy.core.profile import Profile
-    from qwendeploy.core.vllm_args import DockerSpec, LaunchSpec
+    from qwendeploy.core.vllm_args import LaunchSpec
 
 
 class Runtime(str, Enum):
@@ -110,7 +111,7 @@ def _serve(
 ) -> int:
     from qwendeploy.adapters.profile_files import read_profile
     from qwendeploy.adapters.supervisor import Launch
-    from qwendeploy.core import vllm_args
+    from qwendeploy.core import docker_args, vllm_args
 
     if port is not None and not 1 <= port <= 65535:
         raise BadInput(f"--port {port} is not a TCP port (1-65535).")
@@ -135,16 +136,16 @@ def _serve(
         if shutil.which("docker", path=env.get("PATH")) is None and not dry_run:
             raise BadInput("--runtime docker: no `docker` executable on PATH.")
         hf_cache = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
-        dspecs = vllm_args.build_docker_specs(
+        dspecs = docker_args.build_docker_specs(
             prof,
             base_env=env,
             host=host,
             port=port,
-            image=image or vllm_args.docker_image(prof.estimate.vllm_version),
+            image=image or docker_args.docker_image(prof.estimate.vllm_version),
             hf_cache=str(hf_cache),
         )
         for d in dspecs:
-            r = vllm_args.render_docker(d)
+            r = docker_args.render_docker(d)
             rendered.append(r)
             launches.append(
                 Launch(
