@@ -12,6 +12,7 @@ from qwendeploy.app.ports import ClusterProbe, LogSource, MachineProbe, NcclOutc
 from qwendeploy.core.checks import Check
 from qwendeploy.core.checks.machine import run_checks
 from qwendeploy.core.checks.multi_node import multi_node_checks
+from qwendeploy.core.checks.profile_fit import served_ports
 from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
 from qwendeploy.core.diagnosis.evidence import MachineProcess
 from qwendeploy.core.diagnosis.startup import StartupReport, compare
@@ -45,14 +46,6 @@ class DoctorResult:
         failed = any(c.status == "fail" for c in self.checks)
         found = any(d.get("recognised") for d in self.diagnoses)
         return 1 if failed or found else 0
-
-
-def served_ports(profile: Profile | None) -> list[int]:
-    """The ports the profile's server(s) would bind (one per replica in ``servers`` data-parallel mode)."""
-    if profile is None:
-        return []
-    n = profile.placement.data_parallel_size if profile.placement.data_parallel_mode == "servers" else 1
-    return [profile.server.port + i for i in range(n)]
 
 
 def gather_facts(machine: MachineProbe, shm_path: Path, profile: Profile | None) -> MachineFacts:

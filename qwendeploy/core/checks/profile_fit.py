@@ -152,10 +152,18 @@ def _profile_heads(profile: Profile) -> Check:
     return Check("profile.tp_heads", "ok", f"TP {tp} divides {spec.num_attention_heads} attention heads.")
 
 
-def _profile_ports(sysf: SystemFacts, profile: Profile) -> Check:
+def served_ports(profile: Profile | None) -> list[int]:
+    """The ports doctor checks for the profile's server(s): one per replica in ``servers`` data-parallel mode,
+    counting up from ``server.port``, else one."""
+    if profile is None:
+        return []
     pl = profile.placement
     n = pl.data_parallel_size if pl.data_parallel_mode == "servers" else 1
-    ports = [profile.server.port + i for i in range(n)]
+    return [profile.server.port + i for i in range(n)]
+
+
+def _profile_ports(sysf: SystemFacts, profile: Profile) -> Check:
+    ports = served_ports(profile)
     known = {p: sysf.ports_free[p] for p in ports if p in sysf.ports_free}
     if not known:
         return Check("profile.port", "skip", "Ports not checked.")
