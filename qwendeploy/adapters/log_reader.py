@@ -8,10 +8,18 @@ an editor's), and every line is cut to the characters the diagnosis engine exami
 from __future__ import annotations
 
 import codecs
+import io
+import os
+import stat
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from qwendeploy.core.diagnosis.engine import MAX_LINE_CHARS
+from qwendeploy.errors import BadInput
 
 CHUNK_CHARS = 1 << 20
 """Characters read at a time."""
@@ -51,3 +59,65 @@ def stream_lines(stream: IO[str] | IO[bytes], max_chars: int = MAX_LINE_CHARS) -
         yield from parts
     if pending:
         yield pending
+
+
+@dataclass
+class LogFile:
+    """The log to diagnose, opened but not read: ``lines()`` streams it once (bounded memory for any size)."""
+
+    name: str
+    stream: IO[str]
+    age_s: float | None = None
+    """Seconds since the file was last written (None for stdin)."""
+
+    def lines(self) -> Iterator[str]:
+        try:
+            yield from stream_lines(self.stream)
+        except OSError as e:
+            raise BadInput(f"Cannot read the log {self.name}: {e.strerror or e}.") from None
+        finally:
+            if self.stream is not sys.stdin:
+                self.stream.close()
+
+
+def open_log(log: str) -> LogFile:
+    """``doctor --log``: a file, or ``-`` for stdin. Raises BadInput (exit 2) for a missing or unreadable log."""
+    hint = "Pass a vLLM log file, or --log - to read stdin."
+    if log == "-":
+        stdin = sys.stdin
+        if stdin is None or stdin.closed:
+            raise BadInput("--log - reads the log from stdin, but stdin is closed.", hint=hint)
+        try:
+            stdin.fileno()
+        except io.UnsupportedOperation:
+            pass  # an in-memory stand-in (tests, embedding): readable, no descriptor
+        except (OSError, ValueError):
+            raise BadInput("--log - reads the log from stdin, but stdin is closed.", hint=hint) from None
+        return LogFile("stdin", stdin)
+    path = Path(log)
+    if path.is_dir():
+        raise BadInput(f"{log} is a directory, not a log file.", hint=hint)
+    if not path.exists():
+        raise BadInput(f"Log file {log} does not exist.", hint=hint)
+    # Opened without blocking, so a FIFO nobody writes to does not hang the open; then back to blocking reads, so
+    # a pipe with a writer (`--log <(journalctl …)`) is read to its end and one without a writer reads as empty.
+    # Devices and sockets never end (/dev/zero, /dev/urandom): refused.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise BadInput(f"Cannot read log file {log}: {e.strerror or e}.") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            raise BadInput(f"{log} is a device or socket, not a log file: it would never end.", hint=hint)
+        if stat.S_ISFIFO(st.st_mode):
+            os.set_blocking(fd, True)
+        stream = os.fdopen(fd, encoding="utf-8", errors="replace", newline="")
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):
+            raise BadInput(f"Cannot read log file {log}: {e.strerror or e}.") from None
+        raise
+    age = time.time() - st.st_mtime if stat.S_ISREG(st.st_mode) else None
+    return LogFile(log, stream, max(0.0, age) if age is not None else None)

@@ -9,7 +9,6 @@ JSON lines and kills the whole group when the deadline passes (a hang is the res
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from qwendeploy.adapters.system import torch_available as torch_available  # the one probe, shared with doctor
 
 DEFAULT_SIZES = tuple(1 << p for p in range(20, 31, 2))
 """1 MiB, 4 MiB, 16 MiB, 64 MiB, 256 MiB, 1 GiB."""
@@ -97,19 +98,14 @@ def parse_worker_output(lines: Sequence[str], world_size: int) -> list[NcclResul
     return results
 
 
-def torch_available() -> bool:
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+# long: one subprocess lifecycle (spawn every rank, watch the deadline, reap, read rank 0) reads best in one piece;
+# the pure parts (parse_worker_output, bus_bandwidth) are already out.
 def run(
     gpus: Sequence[str],
     *,

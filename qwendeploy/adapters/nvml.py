@@ -39,6 +39,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from qwendeploy.core.checks.processes import is_orphan, vllm_role
 from qwendeploy.core.hardware import Machine
 from qwendeploy.core.machine_facts import (
     NO_NVML_HINT,
@@ -50,8 +51,6 @@ from qwendeploy.core.machine_facts import (
     NvmlReport,
     ProcessInfo,
     cuda_total_bytes,
-    is_orphan,
-    vllm_role,
 )
 from qwendeploy.errors import ProbeError
 

@@ -83,29 +83,16 @@ def check_ports(specs: Sequence[LaunchSpec]) -> list[Check]:
 
 
 def check_shm(profile: Profile, *, shm_path: str = "/dev/shm") -> list[Check]:
-    pl = profile.placement
-    if pl.gpus_per_replica <= 1 and not (pl.data_parallel_mode == "vllm" and pl.data_parallel_size > 1):
+    """Read /dev/shm's size and free space; ``core.checks.shm`` judges them (the doctor's rule)."""
+    from qwendeploy.core.checks.shm import serve_shm, shm_ranks
+
+    if shm_ranks(profile) <= 1:
         return []
     try:
         st = os.statvfs(shm_path)
     except OSError:
         return [Check("shm", "warn", f"{shm_path} cannot be read; NCCL needs shared memory with TP > 1")]
-    from qwendeploy.core.machine_checks import SHM_PER_RANK_BYTES  # the doctor's rule, shared
-
-    ranks = max(pl.gpus_per_replica, 2)
-    need = SHM_PER_RANK_BYTES * ranks
-    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-    if free < need:
-        return [
-            Check(
-                "shm",
-                "fail",
-                f"{shm_path} has {human_size(free)} free (of {human_size(total)}); tensor parallelism needs at "
-                f"least {human_size(need)} for NCCL and vLLM's shared-memory queues ({ranks} ranks).",
-                fix="In Docker: --ipc=host or --shm-size=16g; on a host: mount -o remount,size=16G /dev/shm.",
-            )
-        ]
-    return [Check("shm", "ok", f"{shm_path}: {human_size(free)} free")]
+    return serve_shm(profile, shm_path, st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
 
 def _kill_command(pids: Sequence[int]) -> str:
@@ -115,9 +102,15 @@ def _kill_command(pids: Sequence[int]) -> str:
 
 def check_orphans() -> list[Check]:
     """vLLM processes whose server is gone (they hold GPU memory even without NVML seeing them)."""
-    from qwendeploy.adapters.process import is_orphan, vllm_processes
+    from qwendeploy.adapters.nvml import psutil_lookup
+    from qwendeploy.adapters.process import vllm_processes
+    from qwendeploy.core.checks.processes import is_orphan, vllm_role
 
-    orphans = [p for p in vllm_processes() if is_orphan(p)]
+    orphans = []
+    for p in vllm_processes():
+        info = psutil_lookup(p.pid)
+        if info is not None and is_orphan(vllm_role(info.name, info.cmdline), info):
+            orphans.append(p)
     if not orphans:
         return []
     desc = ", ".join(f"{p.pid} ({p.info.get('name') or '?'})" for p in orphans)
@@ -151,7 +144,7 @@ def check_gpus(
                 fix="--strict makes this an error." if not strict else (e.hint or ""),
             )
         ]
-    from qwendeploy.adapters.nvml import cuda_total_bytes
+    from qwendeploy.core.checks.profile_fit import memory_need
 
     out: list[Check] = []
     by_key: dict[str, Any] = {}
@@ -160,7 +153,6 @@ def check_gpus(
         if g.uuid:
             by_key[g.uuid] = g
     util = profile.engine.gpu_memory_utilization
-    estimates = profile.estimate.per_gpu
     for s in specs:
         for pos, gid in enumerate(s.gpus):
             g = by_key.get(gid)
@@ -175,10 +167,8 @@ def check_gpus(
                     )
                 )
                 continue
-            total = cuda_total_bytes(g)
-            need = int(util * total)
-            if pos < len(estimates) and estimates[pos].total_bytes:
-                need = max(need, estimates[pos].footprint_bytes or estimates[pos].total_bytes)
+            m = memory_need(profile, g, pos)
+            total, need = m.cuda_total, m.need
             free = g.memory_free
             if free is None:
                 out.append(Check("gpu memory", "warn", f"GPU {gid}: NVML does not report free memory"))

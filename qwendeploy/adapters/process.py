@@ -355,34 +355,13 @@ def stop(sp: ServerProcess, grace_s: float, *, poll_s: float = 0.05) -> StopResu
 
 
 def vllm_processes() -> list[psutil.Process]:
-    """Processes that look like vLLM on this machine: ``VLLM::EngineCore``/``VLLM::Worker*`` titles or a
-    ``vllm serve`` / ``vllm.entrypoints`` command line."""
+    """Processes on this machine that ``core.checks.processes.vllm_role`` calls vLLM's (zombies left out)."""
+    from qwendeploy.core.checks.processes import vllm_role
+
     found: list[psutil.Process] = []
     for p in psutil.process_iter(["name", "cmdline", "status"]):
         if p.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        name = p.info["name"] or ""
-        cmd = p.info["cmdline"] or []
-        first = cmd[0] if cmd else ""
-        joined = " ".join(cmd[:4])
-        if (
-            name.startswith("VLLM::")
-            or first.startswith("VLLM::")
-            or "vllm.entrypoints" in joined
-            or (len(cmd) >= 2 and os.path.basename(first) == "vllm" and cmd[1] == "serve")
-        ):
+        if vllm_role(p.info["name"] or "", " ".join(p.info["cmdline"] or [])) is not None:
             found.append(p)
     return found
-
-
-def is_orphan(p: psutil.Process) -> bool:
-    """A vLLM process whose server is gone: re-parented to init (or a subreaper) or its parent isn't vLLM."""
-    try:
-        parent = p.parent()
-        if parent is None or parent.pid == 1:
-            return True
-        pname = parent.name()
-        pcmd = " ".join(parent.cmdline()[:4])
-        return not (pname.startswith("VLLM::") or "vllm" in pcmd or "python" in pname)
-    except psutil.Error:
-        return False

@@ -35,6 +35,7 @@ import psutil
 from qwendeploy.adapters import process, serve_guard
 from qwendeploy.adapters.health import HttpHealth, base_url
 from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_of_line, shown_name
+from qwendeploy.core.diagnosis.rules import load_catalog
 from qwendeploy.core.diagnosis.startup import StartupReport, compare
 from qwendeploy.core.diagnosis.startup import summary as startup_summary
 from qwendeploy.core.profile import Profile
@@ -43,24 +44,12 @@ from qwendeploy.errors import LaunchFailed
 
 EXIT_OK, EXIT_GAVE_UP = 0, 1
 
-DETERMINISTIC_CATEGORIES = frozenset(
-    {
-        "weights_oom_tp_not_set",
-        "tp_heads_not_divisible",
-        "kv_cache_no_blocks",
-        "max_model_len_exceeds_kv_cache",
-        "cudagraph_capture_oom",
-        "sampler_warmup_oom",
-        "driver_cuda_mismatch",
-        "cuda_visible_devices_mismatch",
-    }
-)
-"""Diagnosis categories (data/rules.yaml) that, before the server was ever ready, will happen again on a
-restart. (Argparse rejections need no category: they exit 2.)"""
+DETERMINISTIC_CATEGORIES = load_catalog().deterministic
+"""Diagnosis categories that, before the server was ever ready, will happen again on a restart (the rule
+catalog's ``restart.deterministic``, data/rules.yaml)."""
 
-TRANSIENT_CATEGORIES = frozenset({"gpu_memory_held_by_other_process", "orphaned_gpu_process"})
-"""Top diagnoses that make an out-of-memory start-up worth a retry: the memory belongs to someone else (e.g.
-the workers of the crashed server, still releasing it)."""
+TRANSIENT_CATEGORIES = load_catalog().transient
+"""Top diagnoses that make an out-of-memory start-up worth a retry (``restart.transient``)."""
 
 _FALLBACK_DETERMINISTIC = re.compile(
     r"unrecognized arguments|CUDA out of memory|OutOfMemoryError|must be divisible by tensor parallel size"

@@ -39,6 +39,7 @@ def _planned(prof: Profile) -> tuple[PlanRequest, Candidate] | str:
     """The plan the profile came from, re-made from its own fields; a reason string when it cannot be."""
     from qwendeploy.adapters.hub import load_model
     from qwendeploy.core.gpus import parse_inventory
+    from qwendeploy.core.memory import CURRENT_VLLM
     from qwendeploy.core.planner import PlanRequest, plan
     from qwendeploy.errors import QwendeployError
 
@@ -62,7 +63,7 @@ def _planned(prof: Profile) -> tuple[PlanRequest, Candidate] | str:
             kv_cache_dtype=eng.kv_cache_dtype,
             quantization=prof.model.quantization,
             enforce_eager=eng.enforce_eager,
-            vllm_version=prof.estimate.vllm_version or "0.33",
+            vllm_version=prof.estimate.vllm_version or CURRENT_VLLM,
         )
         p = plan(req, suggest=False)
     except QwendeployError as e:
@@ -120,6 +121,7 @@ def bench(
         raise typer.Exit(code)
 
 
+# long: the bench command's orchestration (target, load levels, rendering) — moves to an app/ use case in phase B.
 def _bench(
     target: str,
     levels: list[int],

@@ -11,12 +11,16 @@ import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from qwendeploy.cli.errors import user_errors
 from qwendeploy.errors import BadInput, LaunchFailed
+
+if TYPE_CHECKING:  # deferred at run time, to keep `--help` light
+    from qwendeploy.core.cluster import RayStartOptions
+    from qwendeploy.core.profile import Profile
 
 app = typer.Typer(
     name="cluster",
@@ -29,7 +33,7 @@ app = typer.Typer(
 _Opt = typer.Option
 
 
-def _load(profile_path: Path, ifname: str | None) -> Any:
+def _load(profile_path: Path, ifname: str | None) -> Profile:
     from qwendeploy.adapters.profile_files import read_profile
 
     prof = read_profile(profile_path)
@@ -38,7 +42,7 @@ def _load(profile_path: Path, ifname: str | None) -> Any:
     return prof
 
 
-def _node_ip(prof: Any, node_ip: str | None) -> str | None:
+def _node_ip(prof: Profile, node_ip: str | None) -> str | None:
     if node_ip:
         return node_ip
     ifname = prof.cluster.socket_ifname
@@ -56,7 +60,7 @@ def _node_ip(prof: Any, node_ip: str | None) -> str | None:
     return ip
 
 
-def _check_node_flags(head_address: str | None, ifname: str | None, opts: Any) -> None:
+def _check_node_flags(head_address: str | None, ifname: str | None, opts: RayStartOptions) -> None:
     """The flags that reach ``ray start`` and the printed commands, checked like the profile's fields."""
     from qwendeploy.core import limits
     from qwendeploy.core.profile import check_host, check_ifname
@@ -87,7 +91,7 @@ def _start(
     profile_path: Path,
     head_address: str | None,
     ifname: str | None,
-    opts: Any,
+    opts: RayStartOptions,
     *,
     dry_run: bool,
     json_out: bool,

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from qwendeploy.core.checks import Check
-from qwendeploy.core.machine_checks import topology_matrix
+from qwendeploy.core.checks.interconnect import topology_matrix
 from qwendeploy.core.machine_facts import MachineFacts
 from qwendeploy.core.units import human_size
 

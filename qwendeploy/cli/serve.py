@@ -8,14 +8,25 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from qwendeploy.cli.errors import user_errors
 from qwendeploy.errors import BadInput, PreflightFailed
+
+if TYPE_CHECKING:  # deferred at run time: `serve --help` must not import rich, psutil or the supervisor
+    from rich.console import Console
+    from rich.status import Status
+
+    from qwendeploy.adapters.supervisor import Event, Launch
+    from qwendeploy.core.checks import Check
+    from qwendeploy.core.docker_args import DockerSpec
+    from qwendeploy.core.profile import Profile
+    from qwendeploy.core.vllm_args import LaunchSpec
 
 
 class Runtime(str, Enum):
@@ -83,6 +94,8 @@ def serve(
     raise typer.Exit(code)
 
 
+# long: picks runtime, binaries, Ray address and log directory — the serve use case (app/serve.py) takes these
+# over in phase B.
 def _serve(
     profile_path: Path,
     dry_run: bool,
@@ -98,7 +111,7 @@ def _serve(
 ) -> int:
     from qwendeploy.adapters.profile_files import read_profile
     from qwendeploy.adapters.supervisor import Launch
-    from qwendeploy.core import vllm_args
+    from qwendeploy.core import docker_args, vllm_args
 
     if port is not None and not 1 <= port <= 65535:
         raise BadInput(f"--port {port} is not a TCP port (1-65535).")
@@ -123,16 +136,16 @@ def _serve(
         if shutil.which("docker", path=env.get("PATH")) is None and not dry_run:
             raise BadInput("--runtime docker: no `docker` executable on PATH.")
         hf_cache = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
-        dspecs = vllm_args.build_docker_specs(
+        dspecs = docker_args.build_docker_specs(
             prof,
             base_env=env,
             host=host,
             port=port,
-            image=image or vllm_args.docker_image(prof.estimate.vllm_version),
+            image=image or docker_args.docker_image(prof.estimate.vllm_version),
             hf_cache=str(hf_cache),
         )
         for d in dspecs:
-            r = vllm_args.render_docker(d)
+            r = docker_args.render_docker(d)
             rendered.append(r)
             launches.append(
                 Launch(
@@ -189,7 +202,7 @@ def _serve(
         locks.release()
 
 
-def _docker_rm(d: Any) -> Any:
+def _docker_rm(d: DockerSpec) -> Callable[[], None]:
     def rm() -> None:
         subprocess.run(
             [d.argv[0], "rm", "-f", d.container_name],
@@ -203,7 +216,7 @@ def _docker_rm(d: Any) -> Any:
 
 
 def _print_dry_run(
-    prof: Any, path: Path, runtime: Runtime, bin_shown: str, rendered: list[dict[str, Any]], json_out: bool
+    prof: Profile, path: Path, runtime: Runtime, bin_shown: str, rendered: list[dict[str, Any]], json_out: bool
 ) -> None:
     if json_out:
         doc = {
@@ -227,7 +240,7 @@ def _print_dry_run(
         typer.echo(f"# clients: {_clients(prof, rendered)}")
 
 
-def _clients(prof: Any, rendered: list[dict[str, Any]]) -> str:
+def _clients(prof: Profile, rendered: list[dict[str, Any]]) -> str:
     """How clients reach the replicas (one endpoint with vLLM's data-parallel mode, else N of them)."""
     urls = [f"http://{'127.0.0.1' if r['host'] in ('0.0.0.0', '::') else r['host']}:{r['port']}/v1" for r in rendered]
     dp = prof.placement.data_parallel_size
@@ -239,8 +252,15 @@ def _clients(prof: Any, rendered: list[dict[str, Any]]) -> str:
 
 
 def _preflight(
-    prof: Any, specs: Any, env: dict[str, str], *, strict: bool, insecure: bool, runtime: Runtime, log_dir: Path
-) -> Any:
+    prof: Profile,
+    specs: Sequence[LaunchSpec],
+    env: dict[str, str],
+    *,
+    strict: bool,
+    insecure: bool,
+    runtime: Runtime,
+    log_dir: Path,
+) -> list[Check]:
     from qwendeploy.adapters import preflight
     from qwendeploy.cli import wiring
 
@@ -255,7 +275,7 @@ def _preflight(
 _MARK = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "skip": "[yellow]-[/]", "fail": "[red]✗[/]"}
 
 
-def _print_checks(console: Any, checks: Any, json_out: bool) -> None:
+def _print_checks(console: Console, checks: Sequence[Check], json_out: bool) -> None:
     from rich.markup import escape
 
     for c in checks:
@@ -275,9 +295,9 @@ def _gpu_holders(pids: set[int]) -> list[tuple[int, int | None]]:
 
 
 def _run(
-    prof: Any,
-    launches: Any,
-    console: Any,
+    prof: Profile,
+    launches: Sequence[Launch],
+    console: Console,
     json_out: bool,
     directory: Path,
     *,
@@ -309,10 +329,10 @@ class _Renderer:
 
     _LOUD = ("WARNING", "ERROR", "CRITICAL", "Traceback", "Error:", "error:")
 
-    def __init__(self, console: Any, json_out: bool) -> None:
+    def __init__(self, console: Console, json_out: bool) -> None:
         self.console = console
         self.json_out = json_out
-        self.status: Any = None
+        self.status: Status | None = None
         self.phase: dict[str, str] = {}
         if console.is_terminal and not json_out:
             self.status = console.status("starting vLLM…")
@@ -323,7 +343,7 @@ class _Renderer:
             self.status.stop()
             self.status = None
 
-    def __call__(self, e: Any) -> None:
+    def __call__(self, e: Event) -> None:
         if self.json_out:
             if e.kind != "line":
                 sys.stdout.write(
@@ -363,12 +383,13 @@ class _Renderer:
             code = e.data.get("exit_code")
             self.console.print(f"[dim]qwendeploy serve exits {code}: {msg}[/]")
         elif e.kind == "gpu_check":
-            color = {True: "green", False: "red"}.get(e.data.get("ok"), "yellow")
+            ok = e.data.get("ok")
+            color = "green" if ok is True else "red" if ok is False else "yellow"
             self.console.print(f"[{color}]{msg}[/]")
         else:
             self.console.print(f"{who}{msg}")
 
-    def _examples(self, e: Any) -> None:
+    def _examples(self, e: Event) -> None:
         from rich.markup import escape
 
         url = e.data["url"]

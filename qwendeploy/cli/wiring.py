@@ -1,6 +1,7 @@
 """Where the CLI gets its hardware adapters — and the one seam tests replace.
 
-Commands never import pynvml themselves; they call :func:`probe_report` / :func:`probe_machine` here.
+Commands never import pynvml themselves; they call :func:`probe_report` / :func:`probe_machine` here, and the
+use cases of :mod:`qwendeploy.app` get their adapters from the builders below (:func:`doctor_ports`).
 
 Test seam (documented, not an environment variable): tests assign
 
@@ -17,8 +18,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from qwendeploy.adapters.log_reader import LogFile
+    from qwendeploy.adapters.nccl_test import NcclTestOutcome
     from qwendeploy.adapters.nvml import NvmlReport, ProcessInfo
+    from qwendeploy.app.doctor import DoctorPorts
+    from qwendeploy.core.cluster import HostNetFacts, RayCluster
     from qwendeploy.core.hardware import Machine
+    from qwendeploy.core.machine_facts import MachineFacts
+    from qwendeploy.core.profile import Profile
 
 BACKEND_FACTORY: Callable[[], Any] | None = None
 """None: the real ``pynvml`` module (imported lazily inside the NVML adapter)."""
@@ -47,3 +57,66 @@ def probe_machine(selection: str = "auto") -> Machine:
         BadInput: ``selection`` names a GPU that is not here.
     """
     return probe_report().to_machine(selection)
+
+
+def read_profile(path: Path) -> Profile:
+    """A profile file, validated (ProfileInvalid / BadInput on a bad one)."""
+    from qwendeploy.adapters.profile_files import read_profile as read
+
+    return read(path)
+
+
+def open_log(log: str) -> LogFile:
+    """``doctor --log``: a file or ``-`` (stdin), opened but not read."""
+    from qwendeploy.adapters.log_reader import open_log as open_
+
+    return open_(log)
+
+
+def gather_machine_facts(shm_path: Path, ports: Sequence[int]) -> MachineFacts:
+    """NVML (through this module's seam) and the host's facts; never raises for a missing driver."""
+    from qwendeploy.adapters import system
+    from qwendeploy.core.machine_facts import MachineFacts
+    from qwendeploy.errors import ProbeError
+
+    facts = MachineFacts()
+    try:
+        facts.nvml = probe_report()
+    except ProbeError as e:
+        facts.nvml_error, facts.nvml_hint = e.message, e.hint
+    except Exception as e:  # a broken driver stack must not stop doctor from diagnosing a log
+        facts.nvml_error = f"NVML query failed: {type(e).__name__}: {e}"
+    facts.system = system.collect(shm_path=shm_path, ports=list(ports))
+    return facts
+
+
+class RayClusterProbe:
+    """``app.ports.ClusterProbe`` over the real host and Ray."""
+
+    def host_network(self) -> HostNetFacts:
+        from qwendeploy.adapters import system
+
+        return system.host_network()
+
+    def ray_cluster(self, ray_port: int, env_keys: Sequence[str]) -> RayCluster:
+        import os
+
+        from qwendeploy.adapters import ray_cluster
+
+        return ray_cluster.probe(ray_cluster.default_address(os.environ, ray_port), env_keys=env_keys)
+
+
+def run_nccl_test(gpus: Sequence[str], timeout_s: float) -> NcclTestOutcome:
+    """``app.ports.NcclTester``: the all-reduce test, or a skipped outcome when no GPU is visible."""
+    from qwendeploy.adapters import nccl_test
+
+    if not gpus:
+        return nccl_test.NcclTestOutcome("skipped", 0, message="No GPU visible: nothing to test.")
+    return nccl_test.run(list(gpus), timeout_s=timeout_s)
+
+
+def doctor_ports() -> DoctorPorts:
+    """The real adapters doctor uses."""
+    from qwendeploy.app.doctor import DoctorPorts
+
+    return DoctorPorts(machine=gather_machine_facts, cluster=RayClusterProbe(), nccl=run_nccl_test)

@@ -11,70 +11,32 @@ node actually has (read by a Ray task on the node) with it.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from qwendeploy.core.checks import Check
+from qwendeploy.core.checks.versions import VERSION_PACKAGES as VERSION_PACKAGES
+from qwendeploy.core.checks.versions import check_node_versions
 from qwendeploy.core.hardware import Gpu, Link, Machine
+
+# Re-exported: callers reach networks and the shared environment as core.cluster.X since before the split.
+from qwendeploy.core.launch_env import ENV_LABEL as ENV_LABEL
+from qwendeploy.core.launch_env import HOST_IP_VAR as HOST_IP_VAR
+from qwendeploy.core.launch_env import IFNAME_VARS as IFNAME_VARS
+from qwendeploy.core.launch_env import PROFILE_LABEL as PROFILE_LABEL
+from qwendeploy.core.launch_env import cluster_env as cluster_env
+from qwendeploy.core.launch_env import env_hash as env_hash
+from qwendeploy.core.launch_env import is_multi_node as is_multi_node
+from qwendeploy.core.launch_env import node_env as node_env
+from qwendeploy.core.networks import DEFAULT_NETWORK as DEFAULT_NETWORK
+from qwendeploy.core.networks import NETWORKS as NETWORKS
+from qwendeploy.core.networks import SLOW_HOP_FRACTION as SLOW_HOP_FRACTION
+from qwendeploy.core.networks import SLOW_PREFILL_HOP_S as SLOW_PREFILL_HOP_S
+from qwendeploy.core.networks import Network as Network
+from qwendeploy.core.networks import find_network as find_network
 from qwendeploy.core.profile import Profile
-from qwendeploy.core.vllm_args import vllm_env_switches
 from qwendeploy.errors import BadInput
-
-# ----------------------------------------------------------------------------------------------------------
-# Networks between nodes
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Network:
-    """An inter-node link as NCCL sees it: effective bandwidth of one node's traffic and per-message latency."""
-
-    id: str
-    name: str
-    gbit_s: float
-    """Line rate per node, Gbit/s."""
-    bandwidth: float
-    """Effective bytes/s NCCL reaches (sockets over Ethernet ~80% of line rate, RDMA ~90%)."""
-    latency_s: float
-    """Fixed cost of one send/recv or all-reduce step between nodes (NCCL over TCP sockets: tens of µs;
-    RDMA/InfiniBand: a few µs)."""
-    transport: str
-
-
-NETWORKS: tuple[Network, ...] = (
-    Network("25gbe", "25 Gbit Ethernet (TCP sockets)", 25, 2.5e9, 60e-6, "sockets"),
-    Network("100gbe", "100 Gbit Ethernet (TCP sockets)", 100, 10e9, 50e-6, "sockets"),
-    Network("400gbe", "400 Gbit Ethernet (RoCE)", 400, 45e9, 10e-6, "rdma"),
-    Network("ib-hdr", "InfiniBand HDR 200 Gbit", 200, 22e9, 5e-6, "rdma"),
-    Network("ib-ndr", "InfiniBand NDR 400 Gbit", 400, 45e9, 4e-6, "rdma"),
-)
-"""The one table of inter-node figures the planner's cost model uses (``plan --network``). 100gbe is the
-default and matches the planner's generic ``network`` link class."""
-
-DEFAULT_NETWORK = "100gbe"
-
-SLOW_HOP_FRACTION = 0.10
-"""PP across nodes "hurts" when the per-step hop over the network costs more than this share of a decode step,
-or a prefill chunk's activations take longer to cross than SLOW_PREFILL_HOP_S."""
-SLOW_PREFILL_HOP_S = 0.020
-
-
-def find_network(name: str) -> Network:
-    """The network called ``name`` (case-insensitive; ``ib_ndr``/``IB-NDR`` alike).
-
-    Raises:
-        BadInput: not in ``NETWORKS`` (the message lists them).
-    """
-    key = name.strip().lower().replace("_", "-")
-    for n in NETWORKS:
-        if n.id == key:
-            return n
-    raise BadInput(
-        f"Unknown --network {name!r}.",
-        hint="Use one of: " + ", ".join(f"{n.id} ({n.name})" for n in NETWORKS) + ".",
-    )
 
 
 def replicate_nodes(machine: Machine, nodes: int) -> Machine:
@@ -108,42 +70,6 @@ def replicate_nodes(machine: Machine, nodes: int) -> Machine:
 # ----------------------------------------------------------------------------------------------------------
 # The environment every node shares, and the ray start command lines
 # ----------------------------------------------------------------------------------------------------------
-
-IFNAME_VARS = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
-HOST_IP_VAR = "VLLM_HOST_IP"
-ENV_LABEL = "qwendeploy-env"
-"""Ray node label holding a hash of the shared environment the node was started with."""
-PROFILE_LABEL = "qwendeploy-profile"
-
-
-def is_multi_node(profile: Profile) -> bool:
-    return profile.placement.nodes > 1
-
-
-def cluster_env(profile: Profile) -> dict[str, str]:
-    """The variables every node exports before ``ray start`` (the same on each node; VLLM_HOST_IP, which
-    differs per node, is added by ``node_env``)."""
-    env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    env.update(vllm_env_switches(profile))
-    ifname = profile.cluster.socket_ifname
-    if ifname:
-        env.update(dict.fromkeys(IFNAME_VARS, ifname))
-    env.update(profile.env)  # the profile's explicit NCCL_*/VLLM_* choices win
-    return env
-
-
-def env_hash(env: Mapping[str, str]) -> str:
-    """Short stable hash of the shared environment (VLLM_HOST_IP excluded: it differs per node)."""
-    text = "\n".join(f"{k}={v}" for k, v in sorted(env.items()) if k != HOST_IP_VAR)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def node_env(profile: Profile, node_ip: str | None) -> dict[str, str]:
-    """``cluster_env`` plus this node's VLLM_HOST_IP (when ``cluster.set_host_ip`` and the address is known)."""
-    env = cluster_env(profile)
-    if profile.cluster.set_host_ip and node_ip and HOST_IP_VAR not in profile.env:
-        env[HOST_IP_VAR] = node_ip
-    return env
 
 
 @dataclass(frozen=True)
@@ -259,10 +185,6 @@ class RayCluster:
         return int(sum(n.gpus for n in self.alive))
 
 
-VERSION_PACKAGES = ("vllm", "torch", "ray")
-"""Packages whose versions must match on every node (a mismatch breaks Ray's pickling or vLLM's workers)."""
-
-
 def _short(node: RayNode) -> str:
     return f"{node.address} ({node.node_id[:8]})" + (" head" if node.is_head else "")
 
@@ -315,7 +237,7 @@ def check_cluster(profile: Profile, cluster: RayCluster) -> list[Check]:
             )
         )
     out += _check_env(profile, alive)
-    out += check_versions(alive)
+    out += check_node_versions({_short(n): n.versions for n in alive if n.versions})
     return out
 
 
@@ -349,35 +271,6 @@ def _check_env(profile: Profile, alive: Sequence[RayNode]) -> list[Check]:
     if not any(c.status == "fail" for c in out):
         keys = ", ".join(sorted(want)) or "none"
         out.append(Check("node env", "ok", f"{len(probed)} node(s) share the profile's environment ({keys})."))
-    return out
-
-
-def check_versions(alive: Sequence[RayNode]) -> list[Check]:
-    """The same vLLM/torch/ray on every node where Ray could tell."""
-    out: list[Check] = []
-    known = [n for n in alive if n.versions]
-    if not known:
-        return [Check("versions", "skip", "Package versions per node are unknown (no task could run).")]
-    for pkg in VERSION_PACKAGES:
-        seen: dict[str | None, list[RayNode]] = {}
-        for n in known:
-            seen.setdefault(n.versions.get(pkg), []).append(n)
-        if len(seen) > 1:
-            parts = "; ".join(f"{v or 'not installed'} on {', '.join(_short(n) for n in ns)}" for v, ns in seen.items())
-            out.append(
-                Check(
-                    "versions",
-                    "fail",
-                    f"{pkg} differs between nodes: {parts}.",
-                    fix=f"Install the same {pkg} on every node (the same container image is simplest).",
-                )
-            )
-        elif None in seen and pkg == "vllm":
-            out.append(Check("versions", "warn", "vLLM is not importable on any node's Ray workers."))
-    if not any(c.status == "fail" for c in out):
-        v = known[0].versions
-        desc = ", ".join(f"{p} {v.get(p) or '-'}" for p in VERSION_PACKAGES)
-        out.append(Check("versions", "ok", f"Same versions on {len(known)} node(s): {desc}."))
     return out
 
 

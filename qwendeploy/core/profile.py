@@ -27,6 +27,7 @@ from qwendeploy.core.limits import (
     MAX_SECONDS,
     MAX_STRING,
 )
+from qwendeploy.core.networks import DEFAULT_NETWORK
 from qwendeploy.errors import BadInput, ProfileInvalid
 
 PROFILE_VERSION = 1
@@ -241,7 +242,7 @@ class ClusterSection(_Section):
     --node-ip), so vLLM and Ray agree on it. Each node gets its own value, so it is not stored here."""
     gpus_per_node: int | None = Field(default=None, ge=0, le=MAX_PARALLEL)
     """GPUs each node declares to Ray → ``ray start --num-gpus``. None: Ray counts the node's GPUs."""
-    network: str = "100gbe"
+    network: str = DEFAULT_NETWORK
     """Inter-node link the plan assumed (``plan --network``: 25gbe, 100gbe, 400gbe, ib-hdr, ib-ndr)."""
 
     @field_validator("head_address")

@@ -33,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwendeploy.core.launch_env import cluster_env
+from qwendeploy.core.launch_env import vllm_env_switches as vllm_env_switches  # public here since before the split
 from qwendeploy.core.profile import Profile
 from qwendeploy.errors import BadInput
 
@@ -115,8 +117,6 @@ API_KEY_VAR = "VLLM_API_KEY"
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 """Environment variable names whose values are never printed."""
 
-_YARN_TYPES = frozenset({"yarn", "deepseek_yarn"})
-
 
 @dataclass(frozen=True)
 class LaunchSpec:
@@ -150,27 +150,14 @@ DP_ONE_ENDPOINT_SINCE = (0, 12)
 dense models (docs.vllm.ai/en/v0.12.0/serving/data_parallel_deployment)."""
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release_tuple(version: str) -> tuple[int, ...]:
     parts = re.findall(r"\d+", version)
     return tuple(int(x) for x in parts[:3])
 
 
 def one_endpoint_dp(vllm_version: str) -> bool:
     """Whether vLLM ``vllm_version`` serves N data-parallel replicas behind one endpoint."""
-    return _release(vllm_version) >= DP_ONE_ENDPOINT_SINCE
-
-
-def docker_image(vllm_version: str | None) -> str:
-    """The ``vllm/vllm-openai`` image of the release a plan followed (``0.33`` → ``v0.33.0``): the accounting
-    the plan used is that release's, ``latest`` may be another. No version known: ``latest``."""
-    if not vllm_version:
-        return DOCKER_IMAGE
-    parts = [str(x) for x in _release(vllm_version)]
-    if not parts:
-        return DOCKER_IMAGE
-    while len(parts) < 3:
-        parts.append("0")
-    return f"vllm/vllm-openai:v{'.'.join(parts)}"
+    return release_tuple(vllm_version) >= DP_ONE_ENDPOINT_SINCE
 
 
 def gpu_ids(profile: Profile) -> tuple[str, ...]:
@@ -249,28 +236,6 @@ def check_extra_args(extra: Sequence[str]) -> None:
             )
 
 
-def vllm_env_switches(profile: Profile) -> dict[str, str]:
-    """``VLLM_*`` variables the plan needs.
-
-    YaRN long context: vLLM releases before the transformers-5 ``rope_parameters`` scheme derive
-    max_model_len from ``max_position_embeddings`` only and refuse a longer ``--max-model-len`` unless
-    ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``. We set it only when the overrides carry a YaRN rope whose
-    ``factor × original_max_position_embeddings`` covers max_model_len, so it never unlocks a length the
-    rope cannot serve.
-    """
-    ov = profile.model.hf_overrides or {}
-    rope = ov.get("rope_parameters") or ov.get("rope_scaling")
-    if not isinstance(rope, dict):
-        return {}
-    kind = rope.get("rope_type", rope.get("type"))
-    factor, original = rope.get("factor"), rope.get("original_max_position_embeddings")
-    if kind not in _YARN_TYPES or not isinstance(factor, int | float) or not isinstance(original, int):
-        return {}
-    if original < profile.model.max_model_len <= factor * original:
-        return {"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
-    return {}
-
-
 def _split(gpus: tuple[str, ...], parts: int) -> list[tuple[str, ...]]:
     size = len(gpus) // parts
     return [gpus[i * size : (i + 1) * size] for i in range(parts)]
@@ -289,6 +254,8 @@ def _api_key(profile: Profile, base_env: Mapping[str, str]) -> str | None:
     return key
 
 
+# long: one launch per data-parallel server group, each with its argv, environment and secrets; splitting it would
+# scatter the per-replica decisions that must agree.
 def build_launch_specs(
     profile: Profile,
     *,
@@ -348,8 +315,6 @@ def build_launch_specs(
         argv += ["--host", the_host, "--port", str(p), "--served-model-name", served]
         argv += list(profile.engine.extra_args)
         if multi:
-            from qwendeploy.core.cluster import cluster_env
-
             # The same variables every node's `ray start` got (qwendeploy cluster head/join).
             env_set = cluster_env(profile)
             if ray_address:
@@ -444,14 +409,14 @@ def shell_command(
 _POSIX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _key_refs(spec: LaunchSpec) -> dict[str, str]:
+def key_refs(spec: LaunchSpec) -> dict[str, str]:
     return {API_KEY_VAR: spec.api_key_env} if spec.api_key is not None and spec.api_key_env else {}
 
 
 def display_command(spec: LaunchSpec) -> str:
     """The spec as one shell line with every secret hidden (the key as ``VLLM_API_KEY="$NAME"``)."""
     return shell_command(
-        redact_argv(spec.argv), redact_env(spec.env_set, secret_names=_secret_names(spec)), refs=_key_refs(spec)
+        redact_argv(spec.argv), redact_env(spec.env_set, secret_names=_secret_names(spec)), refs=key_refs(spec)
     )
 
 
@@ -472,112 +437,4 @@ def render_spec(spec: LaunchSpec) -> dict[str, Any]:
         "gpus": list(spec.gpus),
         "api_key_env": spec.api_key_env,
         "command": display_command(spec),
-    }
-
-
-# ---------------------------------------------------------------------------------------------- docker
-
-DOCKER_IMAGE = "vllm/vllm-openai:latest"
-"""The official OpenAI-compatible image; its entrypoint is ``vllm serve``, so arguments start at MODEL."""
-
-DOCKER_API_KEY_ENV = API_KEY_VAR
-"""vLLM reads this variable when --api-key is absent; docker copies it in by name (``-e VLLM_API_KEY``)."""
-
-
-@dataclass(frozen=True)
-class DockerSpec:
-    """A ``docker run`` line for one replica. ``env`` is the docker client's own environment."""
-
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    env_set: dict[str, str]
-    """Variables the client needs set and copies in by name (the API key under VLLM_API_KEY, secret-looking
-    profile variables such as HF_TOKEN); values are secret."""
-    container_name: str
-    launch: LaunchSpec
-
-
-def build_docker_specs(
-    profile: Profile,
-    *,
-    base_env: Mapping[str, str],
-    host: str | None = None,
-    port: int | None = None,
-    image: str = DOCKER_IMAGE,
-    docker_bin: str = "docker",
-    hf_cache: str = "~/.cache/huggingface",
-) -> list[DockerSpec]:
-    """The ``docker run`` equivalent of ``build_launch_specs`` for each replica.
-
-    Inside the container vLLM binds 0.0.0.0 (else the port mapping cannot reach it); the address on the host
-    is chosen by ``-p HOST:PORT:PORT``, so a loopback profile stays loopback. Docker renumbers the devices it
-    passes (``--gpus '"device=2,3"'`` appears as 0,1 inside), so CUDA_VISIBLE_DEVICES is not passed. No
-    secret is on the command line: the API key (as VLLM_API_KEY) and every secret-looking variable
-    (``SECRET_NAME``, e.g. HF_TOKEN) go in the docker client's environment and are copied in by name
-    (``-e NAME``); other variables are written ``-e NAME=VALUE``.
-    """
-    specs = build_launch_specs(profile, vllm_bin="vllm", base_env=base_env, host=host, port=port)
-    out: list[DockerSpec] = []
-    for s in specs:
-        inner = list(s.argv[2:])  # MODEL and flags; the image's entrypoint is `vllm serve`
-        inner = _drop_flag(inner, "--api-key")
-        i = inner.index("--host")
-        inner[i + 1] = "0.0.0.0"
-        cname = f"qwendeploy-{s.name}"
-        argv = [docker_bin, "run", "--rm", "--name", cname, "--gpus", f'"device={",".join(s.gpus)}"', "--ipc=host"]
-        argv += ["-p", f"{s.host}:{s.port}:{s.port}" if ":" not in s.host else f"[{s.host}]:{s.port}:{s.port}"]
-        argv += ["-v", f"{hf_cache}:/root/.cache/huggingface"]
-        client_env: dict[str, str] = {}
-        for k, v in s.env_set.items():
-            if k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
-                continue
-            if k == DOCKER_API_KEY_ENV or SECRET_NAME.search(k):
-                argv += ["-e", k]  # by name: docker copies the value from its own environment
-                client_env[k] = v
-            else:
-                argv += ["-e", f"{k}={v}"]
-        argv += [image, *inner]
-        out.append(
-            DockerSpec(
-                argv=tuple(argv),
-                env={**base_env, **client_env},
-                env_set=client_env,
-                container_name=cname,
-                launch=s,
-            )
-        )
-    return out
-
-
-def _drop_flag(args: list[str], flag: str) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a == flag:
-            skip = True
-            continue
-        out.append(a)
-    return out
-
-
-def render_docker(spec: DockerSpec) -> dict[str, Any]:
-    """JSON-ready description of a docker spec; the key is shown as ``VLLM_API_KEY="$NAME"``, other secret
-    variables the client copies in as ``NAME=***`` (set them in the environment, not the profile)."""
-    refs = _key_refs(spec.launch)
-    prefix = shell_command([], redact_env(spec.env_set, secret_names=list(spec.env_set)), refs=refs)
-    prefix = prefix + " " if prefix else ""
-    return {
-        "name": spec.launch.name,
-        "replica": spec.launch.replica,
-        "argv": list(spec.argv),
-        "env": {k: REDACTED for k in spec.env_set},
-        "container_name": spec.container_name,
-        "host": spec.launch.host,
-        "port": spec.launch.port,
-        "served_model_name": spec.launch.served_model_name,
-        "gpus": list(spec.launch.gpus),
-        "command": prefix + shell_command(spec.argv),
     }

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from qwendeploy.adapters import nvml
 from qwendeploy.cli import app, wiring
-from qwendeploy.core.machine_checks import run_checks
+from qwendeploy.core.checks.machine import run_checks
 from qwendeploy.core.machine_facts import MachineFacts, SystemFacts
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from qwendeploy.adapters import nvml
 from qwendeploy.adapters.preflight import check_gpus
 from qwendeploy.cli import app
-from qwendeploy.core.machine_checks import run_checks
+from qwendeploy.core.checks.machine import run_checks
 from qwendeploy.core.machine_facts import MachineFacts, SystemFacts
 from qwendeploy.core.profile import EngineSection, EstimateSection, GpuEstimate, ModelSection, PlacementSection, Profile
 from qwendeploy.core.units import GiB

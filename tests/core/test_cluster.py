@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from qwendeploy.core.checks import Check
+from qwendeploy.core.checks.multi_node import multi_node_checks
 from qwendeploy.core.cluster import (
     NETWORKS,
     HostNetFacts,
@@ -24,7 +25,6 @@ from qwendeploy.core.cluster import (
     split_address,
 )
 from qwendeploy.core.gpus import parse_inventory
-from qwendeploy.core.machine_checks import multi_node_checks
 from qwendeploy.core.models import find_model
 from qwendeploy.core.planner import PlanRequest, plan
 from qwendeploy.core.profile import ClusterSection, ModelSection, PlacementSection, Profile

@@ -351,6 +351,13 @@ def test_parse_catalog_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     for old, new in bad.items():
         with pytest.raises(CatalogError):
             parse_catalog(GOOD_RULE.replace(old, new))
+    with pytest.raises(CatalogError, match=r"rules\.0 \(id 'a'\)\.severity"):
+        parse_catalog(GOOD_RULE.replace("severity: error,", "severity: fatal,", 1))
+    restart = GOOD_RULE.replace("rules:\n", "restart: {transient: [no_such]}\nrules:\n", 1)
+    with pytest.raises(CatalogError, match=r"restart names unknown categories \['no_such'\]"):
+        parse_catalog(restart)
+    kept = parse_catalog(GOOD_RULE.replace("rules:\n", "restart: {deterministic: [shm_too_small]}\nrules:\n", 1))
+    assert kept.deterministic == frozenset({"shm_too_small"}) and kept.transient == frozenset()
 
 
 def test_troubleshooting_page_has_a_section_per_category() -> None:

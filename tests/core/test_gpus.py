@@ -146,3 +146,23 @@ def test_unknown_card_in_inventory() -> None:
 def test_nodes_must_be_positive() -> None:
     with pytest.raises(BadInput, match="--nodes"):
         parse_inventory("1xL4", nodes=0)
+
+
+def test_catalog_errors_name_the_entry_and_field() -> None:
+    import pytest as _pytest
+
+    from qwendeploy.core.gpus import parse_gpu_catalog
+
+    text = resources_text()
+    with _pytest.raises(ValueError, match=r"gpus\.0\.p2p"):
+        parse_gpu_catalog(text.replace("    p2p: true", "    p2p: maybe", 1))
+    with _pytest.raises(ValueError, match=r"ambiguous names unknown ids \['a100-99gb'\]"):
+        parse_gpu_catalog(text.replace("A100: [a100-40gb-sxm4,", "A100: [a100-99gb,", 1))
+    with _pytest.raises(ValueError, match=r"gpus\.0\.colour"):
+        parse_gpu_catalog(text.replace("  - id: t4\n", "  - id: t4\n    colour: green\n", 1))
+
+
+def resources_text() -> str:
+    from importlib import resources
+
+    return resources.files("qwendeploy").joinpath("data/gpus.yaml").read_text(encoding="utf-8")

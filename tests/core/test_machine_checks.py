@@ -8,7 +8,11 @@ import pytest
 from fakes.fake_nvml import FakeNvml
 
 from qwendeploy.adapters import nvml
-from qwendeploy.core.machine_checks import Check, required_driver, run_checks, shm_needed, topology_matrix
+from qwendeploy.core.checks import Check
+from qwendeploy.core.checks.driver import required_driver
+from qwendeploy.core.checks.interconnect import topology_matrix
+from qwendeploy.core.checks.machine import run_checks
+from qwendeploy.core.checks.shm import shm_needed
 from qwendeploy.core.machine_facts import IbDevice, IbPort, MachineFacts, SystemFacts
 from qwendeploy.core.profile import (
     ClusterSection,

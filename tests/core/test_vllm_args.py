@@ -4,13 +4,12 @@ import json
 
 import pytest
 
+from qwendeploy.core.docker_args import build_docker_specs, render_docker
 from qwendeploy.core.profile import EngineSection, ModelSection, PlacementSection, Profile, ServerSection
 from qwendeploy.core.vllm_args import (
     FLAGS,
-    build_docker_specs,
     build_launch_specs,
     redact_argv,
-    render_docker,
     render_spec,
     scrub,
 )

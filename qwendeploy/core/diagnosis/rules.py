@@ -13,9 +13,10 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qwendeploy.core import safe_yaml
 
@@ -216,6 +217,10 @@ class Catalog:
     version: int
     phases: tuple[Phase, ...]
     rules: tuple[Rule, ...]
+    deterministic: frozenset[str] = frozenset()
+    """Categories that, before the server was ever ready, will happen again on a restart (``restart:``)."""
+    transient: frozenset[str] = frozenset()
+    """Top categories that make an out-of-memory start-up worth a retry (``restart:``)."""
 
     @property
     def phase_names(self) -> tuple[str, ...]:
@@ -238,167 +243,214 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def _tuple_of_str(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CatalogError(f"{where}: must be a list of strings, got {value!r}")
-    return tuple(value)
+# ---------------------------------------------------------------------------------------------- the YAML's shape
+# pydantic models check what a rule *is* (types, unknown keys, weights, kebab-case ids, known names, patterns that
+# compile); `_check_rule` checks what needs the whole catalog (phase names, template fields).
 
 
-def _str(raw: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise CatalogError(f"{where}: missing {key!r}")
-        return None
-    if not isinstance(value, str):
-        raise CatalogError(f"{where}.{key}: must be a string, got {value!r}")
+def _known(names: Any, value: str, what: str) -> str:
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}")
     return value
 
 
-def _weight(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-        raise CatalogError(f"{where}: weight must be a number in (0, 1], got {value!r}")
-    return float(value)
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("weight must be a number in (0, 1], not a boolean")
+    return value
 
 
-def _signature(raw: Any, where: str) -> Signature:
-    if not isinstance(raw, dict) or "pattern" not in raw:
-        raise CatalogError(f"{where}: a signature is a mapping with 'pattern' and 'weight'")
-    pattern = raw["pattern"]
-    if not isinstance(pattern, str) or not pattern:
-        raise CatalogError(f"{where}.pattern: must be a non-empty string")
-    try:
-        compiled = re.compile(pattern)
-    except re.error as e:
-        raise CatalogError(f"{where}.pattern: does not compile: {e}") from e
-    if "(?P=" in pattern:
-        raise CatalogError(f"{where}.pattern: back-references are not allowed (they defeat the prefilter)")
-    if compiled.search(""):
-        raise CatalogError(f"{where}.pattern: matches the empty string")
-    unknown = set(raw) - {"pattern", "weight", "supporting"}
-    if unknown:
-        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
-    return Signature(pattern=pattern, weight=_weight(raw.get("weight"), where), supporting=bool(raw.get("supporting")))
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-def _fact(raw: Any, where: str) -> FactRef:
-    if not isinstance(raw, dict) or raw.get("fact") not in FACTS:
-        raise CatalogError(f"{where}: a fact is {{fact: NAME, weight: W}} with NAME one of {sorted(FACTS)}")
-    weight = _weight(raw.get("weight"), where)
-    return FactRef(fact=str(raw["fact"]), weight=weight, supporting=bool(raw.get("supporting")))
+class SignatureEntry(_Entry):
+    pattern: str = Field(min_length=1)
+    weight: float = Field(gt=0.0, le=1.0)
+    supporting: bool = False
+
+    _weight_not_bool = field_validator("weight", mode="before")(_no_bool)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            compiled = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"does not compile: {e}") from e
+        if "(?P=" in v:
+            raise ValueError("back-references are not allowed (they defeat the prefilter)")
+        if compiled.search(""):
+            raise ValueError("matches the empty string")
+        return v
 
 
-_RULE_KEYS = {
-    "id",
-    "category",
-    "phase",
-    "severity",
-    "signatures",
-    "facts",
-    "requires",
-    "when_phase",
-    "explains",
-    "derive",
+class FactEntry(_Entry):
+    fact: str
+    weight: float = Field(gt=0.0, le=1.0)
+    supporting: bool = False
+
+    _weight_not_bool = field_validator("weight", mode="before")(_no_bool)
+
+    @field_validator("fact")
+    @classmethod
+    def _fact_known(cls, v: str) -> str:
+        return _known(FACTS, v, "fact")
+
+
+class RuleEntry(_Entry):
+    """One rule as rules.yaml writes it (the FAQ at the top of the file explains each key)."""
+
+    id: str = Field(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+    category: str
+    phase: str | None = None
+    severity: Literal["error", "warning"]
+    signatures: tuple[SignatureEntry, ...] = ()
+    facts: tuple[FactEntry, ...] = ()
+    requires: tuple[str, ...] = ()
+    when_phase: tuple[str, ...] | None = None
+    explains: tuple[str, ...] = ()
+    derive: tuple[str, ...] = ()
+    summary: str
+    summary_fallback: str | None = None
+    summary_no_phase: str | None = None
+    summary_no_phase_fallback: str | None = None
+    explanation: str
+    fix: str
+    fix_fallback: str | None = None
+    plan_args: str | None = None
+    checks: tuple[str, ...] = ()
+    looks_for: str
+    fallback: bool = False
+
+    @field_validator("category")
+    @classmethod
+    def _category_known(cls, v: str) -> str:
+        return _known(CATEGORIES, v, "category")
+
+    @field_validator("requires")
+    @classmethod
+    def _facts_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_known(FACTS, f, "fact") for f in v)
+
+    @field_validator("derive")
+    @classmethod
+    def _derivations_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_known(DERIVATIONS, d, "derivation") for d in v)
+
+    @field_validator("checks")
+    @classmethod
+    def _checks_known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_known(CHECKS, c, "machine check") for c in v)
+
+    @model_validator(mode="after")
+    def _shape(self) -> RuleEntry:
+        for c in self.explains:
+            if c not in CATEGORIES or c == self.category:
+                raise ValueError(f"explains: {c!r} is not another category")
+        if not self.fallback and all(s.supporting for s in self.signatures) and all(f.supporting for f in self.facts):
+            raise ValueError("needs a signature or fact that is not only supporting")
+        return self
+
+
+class PhaseEntry(_Entry):
+    name: str
+    label: str | None = None
+    markers: tuple[str, ...] = ()
+    reset: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _restart_markers(self) -> PhaseEntry:
+        if not set(self.restart) <= set(self.markers):
+            raise ValueError("restart: every restart marker must also be one of the markers")
+        return self
+
+
+class RestartEntry(_Entry):
+    deterministic: frozenset[str] = frozenset()
+    transient: frozenset[str] = frozenset()
+
+    @model_validator(mode="after")
+    def _categories_known(self) -> RestartEntry:
+        unknown = sorted((self.deterministic | self.transient) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"restart names unknown categories {unknown}")
+        return self
+
+
+class CatalogFile(_Entry):
+    """rules.yaml as a whole."""
+
+    version: Literal[1]
+    phases: tuple[PhaseEntry, ...] = Field(min_length=1)
+    restart: RestartEntry = RestartEntry()
+    rules: tuple[RuleEntry, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _whole(self) -> CatalogFile:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names) or "none" in names:
+            raise ValueError("phases: names must be unique and not 'none'")
+        ids = [r.id for r in self.rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate rule ids {dupes}")
+        missing = [c for c in CATEGORIES if c not in {r.category for r in self.rules}]
+        if missing:
+            raise ValueError(f"no rule for categories {missing}")
+        if sum(1 for r in self.rules if r.fallback) != 1:
+            raise ValueError("exactly one rule must be the fallback")
+        return self
+
+
+def _to_rule(e: RuleEntry) -> Rule:
+    return Rule(
+        id=e.id,
+        category=e.category,
+        phase=e.phase,
+        severity=e.severity,
+        signatures=tuple(Signature(s.pattern, float(s.weight), s.supporting) for s in e.signatures),
+        facts=tuple(FactRef(f.fact, float(f.weight), f.supporting) for f in e.facts),
+        requires=e.requires,
+        when_phase=e.when_phase,
+        explains=e.explains,
+        derive=e.derive,
+        summary=e.summary,
+        summary_fallback=e.summary_fallback,
+        explanation=e.explanation,
+        fix=e.fix,
+        fix_fallback=e.fix_fallback,
+        plan_args=e.plan_args,
+        checks=e.checks,
+        looks_for=e.looks_for,
+        fallback=e.fallback,
+        summary_no_phase=e.summary_no_phase,
+        summary_no_phase_fallback=e.summary_no_phase_fallback,
+    )
+
+
+_TEMPLATE_KEYS = (
     "summary",
     "summary_fallback",
     "summary_no_phase",
     "summary_no_phase_fallback",
-    "explanation",
     "fix",
     "fix_fallback",
     "plan_args",
-    "checks",
-    "looks_for",
-    "fallback",
-}
+)
 
 
-def _rule(raw: Any, index: int, phase_names: Sequence[str]) -> Rule:
-    if not isinstance(raw, dict):
-        raise CatalogError(f"rules[{index}]: must be a mapping")
-    rid = _str(raw, "id", f"rules[{index}]") or ""
-    where = f"rule {rid!r}"
-    if not re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", rid):
-        raise CatalogError(f"{where}: id must be kebab-case")
-    unknown = set(raw) - _RULE_KEYS
-    if unknown:
-        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
-    category = _str(raw, "category", where) or ""
-    if category not in CATEGORIES:
-        raise CatalogError(f"{where}: unknown category {category!r}")
-    phase = raw.get("phase")
-    if phase is not None and phase not in phase_names:
-        raise CatalogError(f"{where}: unknown phase {phase!r}")
-    severity = _str(raw, "severity", where) or ""
-    if severity not in ("error", "warning"):
-        raise CatalogError(f"{where}: severity must be error or warning")
-    sigs_raw = raw.get("signatures") or []
-    if not isinstance(sigs_raw, list):
-        raise CatalogError(f"{where}.signatures: must be a list")
-    signatures = tuple(_signature(s, f"{where}.signatures[{i}]") for i, s in enumerate(sigs_raw))
-    facts_raw = raw.get("facts") or []
-    if not isinstance(facts_raw, list):
-        raise CatalogError(f"{where}.facts: must be a list")
-    facts = tuple(_fact(f, f"{where}.facts[{i}]") for i, f in enumerate(facts_raw))
-    requires = _tuple_of_str(raw.get("requires"), f"{where}.requires")
-    for f in requires:
-        if f not in FACTS:
-            raise CatalogError(f"{where}.requires: unknown fact {f!r}")
-    when_raw = raw.get("when_phase")
-    when_phase = None if when_raw is None else _tuple_of_str(when_raw, f"{where}.when_phase")
-    for p in when_phase or ():
+def _check_rule(rule: Rule, phase_names: Sequence[str]) -> None:
+    """What a rule needs from the rest of the catalog: known phases, and templates something can fill."""
+    where = f"rule {rule.id!r}"
+    if rule.phase is not None and rule.phase not in phase_names:
+        raise CatalogError(f"{where}: unknown phase {rule.phase!r}")
+    for p in rule.when_phase or ():
         if p != "none" and p not in phase_names:
             raise CatalogError(f"{where}.when_phase: unknown phase {p!r}")
-    explains = _tuple_of_str(raw.get("explains"), f"{where}.explains")
-    for c in explains:
-        if c not in CATEGORIES or c == category:
-            raise CatalogError(f"{where}.explains: {c!r} is not another category")
-    derive = _tuple_of_str(raw.get("derive"), f"{where}.derive")
-    for d in derive:
-        if d not in DERIVATIONS:
-            raise CatalogError(f"{where}.derive: unknown derivation {d!r}")
-    checks = _tuple_of_str(raw.get("checks"), f"{where}.checks")
-    for c in checks:
-        if c not in CHECKS:
-            raise CatalogError(f"{where}.checks: unknown machine check {c!r}")
-    fallback = bool(raw.get("fallback"))
-    if not fallback and not any(not s.supporting for s in signatures) and not any(not f.supporting for f in facts):
-        raise CatalogError(f"{where}: needs a signature or fact that is not only supporting")
-    rule = Rule(
-        id=rid,
-        category=category,
-        phase=phase,
-        severity=severity,
-        signatures=signatures,
-        facts=facts,
-        requires=requires,
-        when_phase=when_phase,
-        explains=explains,
-        derive=derive,
-        summary=_str(raw, "summary", where) or "",
-        summary_fallback=_str(raw, "summary_fallback", where, required=False),
-        explanation=_str(raw, "explanation", where) or "",
-        fix=_str(raw, "fix", where) or "",
-        fix_fallback=_str(raw, "fix_fallback", where, required=False),
-        plan_args=_str(raw, "plan_args", where, required=False),
-        checks=checks,
-        looks_for=_str(raw, "looks_for", where) or "",
-        fallback=fallback,
-        summary_no_phase=_str(raw, "summary_no_phase", where, required=False),
-        summary_no_phase_fallback=_str(raw, "summary_no_phase_fallback", where, required=False),
-    )
     known = rule.fields
-    for key in (
-        "summary",
-        "summary_fallback",
-        "summary_no_phase",
-        "summary_no_phase_fallback",
-        "fix",
-        "fix_fallback",
-        "plan_args",
-    ):
+    for key in _TEMPLATE_KEYS:
         text = getattr(rule, key)
         if text is None:
             continue
@@ -417,7 +469,6 @@ def _rule(raw: Any, index: int, phase_names: Sequence[str]) -> Rule:
         fb_text = getattr(rule, fb)
         if fb_text is not None and template_fields(fb_text) - always:
             raise CatalogError(f"{where}.{fb}: a fallback may only use fields that are always known")
-    return rule
 
 
 _ALWAYS_SET: Mapping[str, tuple[str, ...]] = {
@@ -466,53 +517,44 @@ def parse_catalog(text: str) -> Catalog:
     """Validate catalog YAML text.
 
     Raises:
-        CatalogError: the text is not a valid catalog (message names the rule and field).
+        CatalogError: the text is not a valid catalog (the message names the rule and field).
     """
     try:
         data = safe_yaml.load(text)
     except yaml.YAMLError as e:
         raise CatalogError(f"rules.yaml is not YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise CatalogError("rules.yaml: top level must be a mapping")
-    version = data.get("version")
-    if version != 1:
-        raise CatalogError(f"rules.yaml: unsupported version {version!r}")
-    phases_raw = data.get("phases")
-    if not isinstance(phases_raw, list) or not phases_raw:
-        raise CatalogError("rules.yaml: 'phases' must be a non-empty list")
-    phases: list[Phase] = []
-    for i, p in enumerate(phases_raw):
-        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-            raise CatalogError(f"phases[{i}]: needs a name")
-        phases.append(
-            Phase(
-                name=p["name"],
-                label=str(p.get("label") or p["name"]),
-                markers=_tuple_of_str(p.get("markers"), f"phases[{i}].markers"),
-                reset=_tuple_of_str(p.get("reset"), f"phases[{i}].reset"),
-                restart=_tuple_of_str(p.get("restart"), f"phases[{i}].restart"),
-            )
-        )
-        if not set(phases[-1].restart) <= set(phases[-1].markers):
-            raise CatalogError(f"phases[{i}].restart: every restart marker must also be one of the markers")
+    try:
+        doc = CatalogFile.model_validate(data)
+    except ValidationError as e:
+        raise CatalogError(f"rules.yaml is not a valid rule catalog: {_name_rules(e, data)}") from None
+    phases = tuple(
+        Phase(name=p.name, label=p.label or p.name, markers=p.markers, reset=p.reset, restart=p.restart)
+        for p in doc.phases
+    )
     names = [p.name for p in phases]
-    if len(set(names)) != len(names) or "none" in names:
-        raise CatalogError("phases: names must be unique and not 'none'")
-    rules_raw = data.get("rules")
-    if not isinstance(rules_raw, list) or not rules_raw:
-        raise CatalogError("rules.yaml: 'rules' must be a non-empty list")
-    rules = tuple(_rule(r, i, names) for i, r in enumerate(rules_raw))
-    ids = [r.id for r in rules]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise CatalogError(f"rules.yaml: duplicate rule ids {dupes}")
-    covered = {r.category for r in rules}
-    missing = [c for c in CATEGORIES if c not in covered]
-    if missing:
-        raise CatalogError(f"rules.yaml: no rule for categories {missing}")
-    if sum(1 for r in rules if r.fallback) != 1:
-        raise CatalogError("rules.yaml: exactly one rule must be the fallback")
-    return Catalog(version=1, phases=tuple(phases), rules=rules)
+    rules = tuple(_to_rule(r) for r in doc.rules)
+    for r in rules:
+        _check_rule(r, names)
+    return Catalog(
+        version=1,
+        phases=phases,
+        rules=rules,
+        deterministic=doc.restart.deterministic,
+        transient=doc.restart.transient,
+    )
+
+
+def _name_rules(e: ValidationError, data: Any) -> str:
+    """pydantic's report with ``rules.7`` written as ``rules.7 (id 'shm-nccl-segment')``."""
+    out: list[str] = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        if len(loc) > 1 and loc[0] == "rules" and loc[1].isdigit() and isinstance(data, dict):
+            raw = (data.get("rules") or [None] * (int(loc[1]) + 1))[int(loc[1])]
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+                loc[1] += f" (id {raw['id']!r})"
+        out.append(f"{'.'.join(loc) or 'top level'}: {err['msg']}")
+    return "; ".join(out)
 
 
 @functools.lru_cache(maxsize=1)

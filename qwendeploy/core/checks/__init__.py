@@ -1,4 +1,6 @@
-"""One check's verdict, shared by doctor's machine checks, serve's preflight and the Ray cluster checks."""
+"""Judging facts the adapters gather: one check's verdict (:class:`Check`), shared by doctor's machine checks,
+serve's preflight and the Ray cluster checks, and one module per idea (``driver``, ``gpus``, ``interconnect``,
+``shm``, ``host``, ``processes``, ``profile_fit``, ``multi_node``; ``machine.run_checks`` runs them all)."""
 
 from __future__ import annotations
 
@@ -20,3 +22,10 @@ class Check:
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def size_text(n: int | None) -> str:
+    """``human_size`` of a figure a probe may not have: ``?`` when unknown."""
+    from qwendeploy.core.units import human_size
+
+    return human_size(n) if n is not None else "?"

@@ -1,0 +1,73 @@
+"""The protocols the use cases reach the outside world through. ``cli/wiring.py`` supplies the real adapters;
+tests may supply any object of the same shape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from qwendeploy.core.cluster import HostNetFacts, RayCluster
+from qwendeploy.core.machine_facts import MachineFacts
+
+
+class LogSource(Protocol):
+    """A log opened but not read: ``lines()`` streams it once."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def age_s(self) -> float | None:
+        """Seconds since the file was last written (None: not a file, e.g. stdin)."""
+
+    def lines(self) -> Iterator[str]: ...
+
+
+class MachineProbe(Protocol):
+    """NVML's report (or why there is none) and the host's facts; never raises for a missing driver."""
+
+    def __call__(self, shm_path: Path, ports: Sequence[int]) -> MachineFacts: ...
+
+
+class ClusterProbe(Protocol):
+    """A multi-node profile's surroundings: this host's network facts and the Ray cluster."""
+
+    def host_network(self) -> HostNetFacts: ...
+
+    def ray_cluster(self, ray_port: int, env_keys: Sequence[str]) -> RayCluster:
+        """The cluster at $RAY_ADDRESS, else this host's head port. Raises ProbeError/BadInput when none answers."""
+
+
+class NcclResultLike(Protocol):
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def algbw_gbps(self) -> float: ...
+    @property
+    def busbw_gbps(self) -> float: ...
+
+
+class NcclOutcome(Protocol):
+    """What an NCCL all-reduce test found: status ok, hang, failed or skipped."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def elapsed_s(self) -> float: ...
+    @property
+    def results(self) -> Sequence[NcclResultLike]: ...
+    @property
+    def last_lines(self) -> Sequence[str]: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class NcclTester(Protocol):
+    """Runs the all-reduce test over ``gpus`` (an empty list: a skipped outcome saying there is nothing to test)."""
+
+    def __call__(self, gpus: Sequence[str], timeout_s: float) -> NcclOutcome: ...
