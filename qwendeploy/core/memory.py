@@ -176,7 +176,7 @@ V2_MOE_ARCHITECTURES = frozenset({"Qwen2MoeForCausalLM", "DeepseekV2ForCausalLM"
 
 @dataclass(frozen=True)
 class Accounting:
-    """How a vLLM release profiles memory and sizes its KV cache (read in the sources of 0.19–0.33)."""
+    """How a vLLM release profiles memory and sizes its KV cache (read in the sources of 0.8–0.33)."""
 
     vllm_version: str
     default_gpu_memory_utilization: float
@@ -214,12 +214,17 @@ class Accounting:
     8 rows or more (``apply_top_k_top_p_triton``), which does not sort: the profile's sampler peak drops from ~38 to
     ~15 bytes per logit (read in the 0.8.5, 0.10.2, 0.11.2, 0.13.0, 0.15.1, 0.16.0 and 0.17.0 wheels; the llm-d
     version sweep logs 5.64 GiB for Qwen3-14B on 0.15/0.16 and 2.23 GiB on 0.17/0.18)."""
-    distributed_in_baseline: bool = False
-    """The worker takes its baseline memory snapshot *after* ``init_worker_distributed_environment`` (0.11 to 0.18:
-    ``v1/worker/gpu_worker.py`` ``init_device``), so NCCL communicators and custom all-reduce buffers are already in
-    the baseline and not charged to the budget: non-torch memory is the cuBLAS growth only. 0.9 and 0.10 take the
-    snapshot before it, like 0.19 (whose H100 logs charge 2.06 GiB at TP 2). Those buffers still occupy the GPU
-    (``--gpu-memory-utilization`` counts them against free memory)."""
+    all_reduce_buffers: str = "fusion"
+    """Which all-reduce memory at TP > 1 the profile charges to the budget (NCCL's lazy growth is charged in every
+    release). ``custom`` (0.8–0.10): the worker's baseline snapshot is taken before
+    ``init_worker_distributed_environment`` (``v1/worker/gpu_worker.py`` ``init_device`` in 0.9.2 and 0.10.2; 0.8.5
+    charges everything not torch's), so vLLM's
+    custom all-reduce buffers (``custom_all_reduce_bytes``, NVLink or PCIe P2P alike) are charged. ``none``
+    (0.11–0.16): the snapshot follows the distributed init, so those buffers sit in the baseline, uncharged — a
+    published TP 2 log of about 0.14 shows 0.54 GiB of non-torch memory (base + NCCL). ``fusion`` (0.17 on, read in
+    0.17.0, 0.18.0 and 0.19.0): ``config/vllm.py`` turns FlashInfer's all-reduce + RMSNorm fusion on by default at
+    TP > 1 on Hopper/Blackwell (``enable_allreduce_rms_fusion``; absent up to 0.16.0), whose workspace is built while
+    the profile compiles the model: the 1.5 GiB ``nvlink_all_reduce_bytes`` of the 0.19 H100 logs (2.06 GiB at TP 2)."""
     context_in_budget: bool = False
     """0.8: ``determine_available_memory`` charges ``total − free − torch allocated`` after the profile as non-torch
     memory, i.e. the CUDA context (and anything else on the GPU) comes out of the budget (``v1/worker/gpu_worker.py``
@@ -305,7 +310,7 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         hybrid_prefix_caching=v >= (0, 27),
         hybrid_tokens_from_concurrency=v >= (0, 24),
         sampler_sorts_vocab=v < (0, 17),
-        distributed_in_baseline=(0, 11) <= v < (0, 19),
+        all_reduce_buffers="custom" if v < (0, 11) else "none" if v < (0, 17) else "fusion",
         context_in_budget=v < (0, 9),
     )
 
@@ -831,20 +836,19 @@ def non_torch_bytes(
     cal: Calibration,
     nvlink: bool = False,
     runner: str = "v1",
-    distributed_in_baseline: bool = False,
+    all_reduce: str = "fusion",
 ) -> Explanation:
-    """Non-torch growth during profiling: cuBLAS workspaces, NCCL and custom all-reduce buffers.
+    """Non-torch growth during profiling: cuBLAS workspaces, NCCL and all-reduce buffers.
 
-    ``distributed_in_baseline`` (vLLM 0.11–0.18): the NCCL and all-reduce buffers exist before the worker's memory
-    snapshot, so they are not charged (the value is what the budget pays; they still occupy the GPU)."""
+    ``all_reduce`` is the release's ``Accounting.all_reduce_buffers``: ``fusion`` charges the NVLink fusion workspace
+    (or the custom all-reduce buffers over PCIe P2P), ``custom`` the custom all-reduce buffers on either link, ``none``
+    nothing (they exist before the snapshot: the value is what the budget pays; they still occupy the GPU)."""
     nccl = cal.nccl_base_bytes + cal.nccl_per_peer_bytes * (tp - 1) if tp * pp > 1 else 0
     car = 0
     # vLLM allocates these only where custom all-reduce is enabled: P2P between the ranks, one node, not
     # --disable-custom-all-reduce (CustomAllreduce.__init__ returns early otherwise).
-    if tp > 1 and custom_all_reduce:
-        car = cal.nvlink_all_reduce_bytes if nvlink else cal.custom_all_reduce_bytes
-    if distributed_in_baseline:
-        nccl = car = 0
+    if tp > 1 and custom_all_reduce and all_reduce != "none":
+        car = cal.nvlink_all_reduce_bytes if nvlink and all_reduce == "fusion" else cal.custom_all_reduce_bytes
     base = cal.v2_non_torch_bytes if runner == "v2" else cal.non_torch_bytes
     return Explanation(
         "non_torch",
@@ -857,7 +861,7 @@ def non_torch_bytes(
             "tp": tp,
             "pp": pp,
             "all_reduce_buffers": car,
-            "distributed_in_baseline": distributed_in_baseline,
+            "all_reduce_charged": all_reduce,
         },
         base + nccl + car,
     )
@@ -977,7 +981,7 @@ def estimate(
             cal=cal,
             nvlink=settings.nvlink,
             runner=runner,
-            distributed_in_baseline=acc.distributed_in_baseline,
+            all_reduce=acc.all_reduce_buffers,
         )
         cg = cuda_graph_bytes(
             layers=layers,
