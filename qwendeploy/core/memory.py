@@ -102,6 +102,10 @@ class Calibration:
     Measured: "Free memory on device (139.29/139.8 GiB) on startup" on an empty H200 (0.51 GiB)."""
     non_torch_bytes: int = 250 * MiB
     """V1 runner: non-torch growth during profiling on one GPU (cuBLAS workspaces): 0.24–0.25 GiB in the 0.19 logs."""
+    early_non_torch_bytes: int = 138 * MiB
+    """V1 runner up to 0.17 (``Accounting.small_non_torch_base``): 0.13 GiB in the llm-d version sweep on 0.15 and 0.17
+    (Qwen3-14B, H100) and 0.13–0.14 GiB in H100 runs of Qwen3-0.6B, Qwen3-32B and Llama-3.1-8B on a pre-0.17 image;
+    the 0.10.2 8×L40S log shows 0.21 GiB in all at TP 8."""
     v2_non_torch_bytes: int = 225 * MiB
     """V2 runner: 0.22 GiB on every vLLM 0.26 run on the H200 (0.5B to 14B)."""
     nccl_base_bytes: int = 256 * MiB
@@ -225,6 +229,10 @@ class Accounting:
     0.17.0, 0.18.0 and 0.19.0): ``config/vllm.py`` turns FlashInfer's all-reduce + RMSNorm fusion on by default at
     TP > 1 on Hopper/Blackwell (``enable_allreduce_rms_fusion``; absent up to 0.16.0), whose workspace is built while
     the profile compiles the model: the 1.5 GiB ``nvlink_all_reduce_bytes`` of the 0.19 H100 logs (2.06 GiB at TP 2)."""
+    small_non_torch_base: bool = False
+    """The single-GPU non-torch growth of the profile is ~0.13 GiB up to 0.17 (``Calibration.early_non_torch_bytes``)
+    and ~0.25 GiB from 0.18 (the llm-d sweep logs 0.13 GiB on 0.15 and 0.17, 0.25 on 0.18, 0.24 on 0.19, same model
+    and card). Seen in logs only; the cause was not traced in the source."""
     context_in_budget: bool = False
     """0.8: ``determine_available_memory`` charges ``total − free − torch allocated`` after the profile as non-torch
     memory, i.e. the CUDA context (and anything else on the GPU) comes out of the budget (``v1/worker/gpu_worker.py``
@@ -312,6 +320,7 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         sampler_sorts_vocab=v < (0, 17),
         all_reduce_buffers="custom" if v < (0, 11) else "none" if v < (0, 17) else "fusion",
         context_in_budget=v < (0, 9),
+        small_non_torch_base=v < (0, 18),
     )
 
 
@@ -837,6 +846,7 @@ def non_torch_bytes(
     nvlink: bool = False,
     runner: str = "v1",
     all_reduce: str = "fusion",
+    small_base: bool = False,
 ) -> Explanation:
     """Non-torch growth during profiling: cuBLAS workspaces, NCCL and all-reduce buffers.
 
@@ -850,6 +860,8 @@ def non_torch_bytes(
     if tp > 1 and custom_all_reduce and all_reduce != "none":
         car = cal.nvlink_all_reduce_bytes if nvlink and all_reduce == "fusion" else cal.custom_all_reduce_bytes
     base = cal.v2_non_torch_bytes if runner == "v2" else cal.non_torch_bytes
+    if small_base and runner == "v1":
+        base = cal.early_non_torch_bytes
     return Explanation(
         "non_torch",
         "base + (tp×pp > 1: nccl_base + nccl_per_peer × (tp − 1)) + (tp > 1 and custom all-reduce enabled: NVLink "
@@ -982,6 +994,7 @@ def estimate(
             nvlink=settings.nvlink,
             runner=runner,
             all_reduce=acc.all_reduce_buffers,
+            small_base=acc.small_non_torch_base,
         )
         cg = cuda_graph_bytes(
             layers=layers,
