@@ -102,6 +102,10 @@ class Calibration:
     Measured: "Free memory on device (139.29/139.8 GiB) on startup" on an empty H200 (0.51 GiB)."""
     non_torch_bytes: int = 250 * MiB
     """V1 runner: non-torch growth during profiling on one GPU (cuBLAS workspaces): 0.24–0.25 GiB in the 0.19 logs."""
+    early_non_torch_bytes: int = 138 * MiB
+    """V1 runner up to 0.17 (``Accounting.small_non_torch_base``): 0.13 GiB in the llm-d version sweep on 0.15 and 0.17
+    (Qwen3-14B, H100) and 0.13–0.14 GiB in H100 runs of Qwen3-0.6B, Qwen3-32B and Llama-3.1-8B on a pre-0.17 image;
+    the 0.10.2 8×L40S log shows 0.21 GiB in all at TP 8."""
     v2_non_torch_bytes: int = 225 * MiB
     """V2 runner: 0.22 GiB on every vLLM 0.26 run on the H200 (0.5B to 14B)."""
     nccl_base_bytes: int = 256 * MiB
@@ -126,6 +130,11 @@ class Calibration:
     sampler_fp32_copies: float = 3.22
     """V1 runner: fp32 copies of the [max_num_seqs × vocab] logits alive in the dummy sampler run: logs show ~14.9
     bytes per logit (2 for the bf16 logits + 4 × 3.22) for Qwen2.5-7B, Qwen3-8B and Llama-3.1-8B alike."""
+    sort_sampler_fp32_copies: float = 9.1
+    """V1 runner before 0.17: fp32-equivalent copies of the logits at the dummy sampler's peak when top-k/top-p sort
+    the whole vocabulary (``apply_top_k_top_p``: sorted fp32 values + int64 indices + softmax/cumsum + the scattered
+    result). Fitted to the llm-d version sweep: Qwen3-14B at 1024 sequences peaks at 5.64 GiB on 0.15 and 0.16
+    (2 + 4 × 9.1 ≈ 38.4 B per logit) against 2.23 GiB from 0.17, same settings."""
     v2_vocab_buffer_factor: float = 1.0
     """V2 runner: the profile peak holds a buffer of vocab/tp × hidden × dtype bytes (the LM head's shape) next to the
     hidden states. Measured on 0.26: 7B 1.04 GiB at 2048 tokens / 64 sequences (the buffer is 1.02 GiB) and
@@ -171,7 +180,7 @@ V2_MOE_ARCHITECTURES = frozenset({"Qwen2MoeForCausalLM", "DeepseekV2ForCausalLM"
 
 @dataclass(frozen=True)
 class Accounting:
-    """How a vLLM release profiles memory and sizes its KV cache (read in the sources of 0.19–0.33)."""
+    """How a vLLM release profiles memory and sizes its KV cache (read in the sources of 0.8–0.33)."""
 
     vllm_version: str
     default_gpu_memory_utilization: float
@@ -202,6 +211,33 @@ class Accounting:
     """How "GPU KV cache size" is logged for a hybrid: concurrency × max_model_len (read in 0.26 and 0.33; a 0.24 log
     shows 567,978 tokens = 4.33 × 131,072) or num_blocks // groups × block (0.19, vllm-project/vllm#40691; 0.20–0.23
     not seen, assumed old)."""
+    sampler_sorts_vocab: bool = False
+    """The V1 dummy sampler's top-k/top-p sorts the whole vocabulary (PyTorch ``apply_top_k_top_p``: ``logits.sort``,
+    softmax, cumsum, scatter) — 0.8 to 0.16, where FlashInfer's sampler is off unless installed (and, in 0.8, only
+    below FlashInfer 0.2.3). From 0.17 ``v1/sample/ops/topk_topp_sampler.py`` uses a Triton top-k/top-p kernel for
+    8 rows or more (``apply_top_k_top_p_triton``), which does not sort: the profile's sampler peak drops from ~38 to
+    ~15 bytes per logit (read in the 0.8.5, 0.10.2, 0.11.2, 0.13.0, 0.15.1, 0.16.0 and 0.17.0 wheels; the llm-d
+    version sweep logs 5.64 GiB for Qwen3-14B on 0.15/0.16 and 2.23 GiB on 0.17/0.18)."""
+    all_reduce_buffers: str = "fusion"
+    """Which all-reduce memory at TP > 1 the profile charges to the budget (NCCL's lazy growth is charged in every
+    release). ``custom`` (0.8–0.10): the worker's baseline snapshot is taken before
+    ``init_worker_distributed_environment`` (``v1/worker/gpu_worker.py`` ``init_device`` in 0.9.2 and 0.10.2; 0.8.5
+    charges everything not torch's), so vLLM's
+    custom all-reduce buffers (``custom_all_reduce_bytes``, NVLink or PCIe P2P alike) are charged. ``none``
+    (0.11–0.16): the snapshot follows the distributed init, so those buffers sit in the baseline, uncharged — a
+    published TP 2 log of about 0.14 shows 0.54 GiB of non-torch memory (base + NCCL). ``fusion`` (0.17 on, read in
+    0.17.0, 0.18.0 and 0.19.0): ``config/vllm.py`` turns FlashInfer's all-reduce + RMSNorm fusion on by default at
+    TP > 1 on Hopper/Blackwell (``enable_allreduce_rms_fusion``; absent up to 0.16.0), whose workspace is built while
+    the profile compiles the model: the 1.5 GiB ``nvlink_all_reduce_bytes`` of the 0.19 H100 logs (2.06 GiB at TP 2)."""
+    small_non_torch_base: bool = False
+    """The single-GPU non-torch growth of the profile is ~0.13 GiB up to 0.17 (``Calibration.early_non_torch_bytes``)
+    and ~0.25 GiB from 0.18 (the llm-d sweep logs 0.13 GiB on 0.15 and 0.17, 0.25 on 0.18, 0.24 on 0.19, same model
+    and card). Seen in logs only; the cause was not traced in the source."""
+    context_in_budget: bool = False
+    """0.8: ``determine_available_memory`` charges ``total − free − torch allocated`` after the profile as non-torch
+    memory, i.e. the CUDA context (and anything else on the GPU) comes out of the budget (``v1/worker/gpu_worker.py``
+    in the 0.8.5 wheel). From 0.9 ``memory_profiling`` charges only the growth since the worker's snapshot, taken
+    after the context exists."""
 
     def runner(self, spec: ModelSpec) -> str:
         """``"v1"`` or ``"v2"``: the model runner this release uses for ``spec`` by default."""
@@ -251,8 +287,10 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
     """The memory accounting of a vLLM release.
 
     Read in the released sources of 0.19, 0.20, 0.22, 0.24, 0.25 and 0.26–0.33 (``config/vllm.py``, ``envs.py``,
-    ``v1/worker/gpu/model_runner.py``); 0.21 and 0.23 are assumed to follow 0.20 and 0.22. Measured on a GPU:
-    0.26 (H200). Releases after 0.33 follow 0.33.
+    ``v1/worker/gpu/model_runner.py``); 0.21 and 0.23 are assumed to follow 0.20 and 0.22. 0.8.5, 0.9.2, 0.10.2,
+    0.11.2, 0.12.0, 0.13.0, 0.14.1, 0.15.1, 0.16.0, 0.17.0 and 0.18.0 read in their wheels (``v1/worker/gpu_worker.py``,
+    ``gpu_model_runner.py``, ``v1/sample/ops/topk_topp_sampler.py``): each line takes the rules of the release read.
+    Measured on a GPU: 0.26 (H200). Releases after 0.33 follow 0.33.
 
     Raises:
         ValueError: ``vllm_version`` is not a version string.
@@ -279,6 +317,10 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         v2_profiles_encoder=v >= (0, 33),
         hybrid_prefix_caching=v >= (0, 27),
         hybrid_tokens_from_concurrency=v >= (0, 24),
+        sampler_sorts_vocab=v < (0, 17),
+        all_reduce_buffers="custom" if v < (0, 11) else "none" if v < (0, 17) else "fusion",
+        context_in_budget=v < (0, 9),
+        small_non_torch_base=v < (0, 18),
     )
 
 
@@ -669,6 +711,7 @@ def activation_bytes(
     runner: str = "v1",
     warmup_profiled: bool = False,
     last_stage: bool = True,
+    sampler_sorts_vocab: bool = False,
 ) -> Explanation:
     """Torch peak of vLLM's profiling run: a forward pass over max_num_batched_tokens, then the dummy sampler.
 
@@ -678,7 +721,8 @@ def activation_bytes(
     ``runner`` ``v1``: max(forward, hidden states + sampler with fp32 copies of the logits) — published 0.17–0.19
     logs. ``v2``: max(forward, vocab/tp × hidden buffer + hidden states + light sampler) — measured on 0.26;
     ``warmup_profiled`` (0.33) adds a third candidate: hidden states + logits + the sampler's fp32 warm-up pass
-    (derived from the 0.33 source and the 0.26 serving footprint; not measured on 0.33).
+    (derived from the 0.33 source and the 0.26 serving footprint; not measured on 0.33). ``sampler_sorts_vocab``
+    (V1 before 0.17): top-k/top-p sort the whole vocabulary, ``sort_sampler_fp32_copies`` instead.
     """
     dt = DTYPE_BYTES[dtype]
     tokens = settings.max_num_batched_tokens
@@ -729,7 +773,8 @@ def activation_bytes(
     else:
         scale = cal.activation_scale
         forward = tokens * per_token * dt * scale if layers > 0 else 0.0
-        sampler = rows * spec.vocab_size * (dt + 4 * cal.sampler_fp32_copies) if last_stage else 0
+        copies = cal.sort_sampler_fp32_copies if sampler_sorts_vocab else cal.sampler_fp32_copies
+        sampler = rows * spec.vocab_size * (dt + 4 * copies) if last_stage else 0
         held = hidden_states + sampler
         formula = (
             "V1 runner: max(forward, hidden_states + sampler) with forward = T × (a_h × hidden + mlp_width + q/tp + "
@@ -746,7 +791,8 @@ def activation_bytes(
             "forward_bytes": int(forward),
             "max_num_seqs": settings.max_num_seqs,
             "vocab": spec.vocab_size,
-            "fp32_copies": cal.sampler_fp32_copies,
+            "fp32_copies": copies,
+            "sampler_sorts_vocab": sampler_sorts_vocab,
             "sampler_bytes": int(sampler),
         }
     if not last_stage:
@@ -792,16 +838,30 @@ def working_bytes(
 
 
 def non_torch_bytes(
-    *, tp: int, pp: int, custom_all_reduce: bool, cal: Calibration, nvlink: bool = False, runner: str = "v1"
+    *,
+    tp: int,
+    pp: int,
+    custom_all_reduce: bool,
+    cal: Calibration,
+    nvlink: bool = False,
+    runner: str = "v1",
+    all_reduce: str = "fusion",
+    small_base: bool = False,
 ) -> Explanation:
-    """Non-torch growth during profiling: cuBLAS workspaces, NCCL and custom all-reduce buffers."""
+    """Non-torch growth during profiling: cuBLAS workspaces, NCCL and all-reduce buffers.
+
+    ``all_reduce`` is the release's ``Accounting.all_reduce_buffers``: ``fusion`` charges the NVLink fusion workspace
+    (or the custom all-reduce buffers over PCIe P2P), ``custom`` the custom all-reduce buffers on either link, ``none``
+    nothing (they exist before the snapshot: the value is what the budget pays; they still occupy the GPU)."""
     nccl = cal.nccl_base_bytes + cal.nccl_per_peer_bytes * (tp - 1) if tp * pp > 1 else 0
     car = 0
     # vLLM allocates these only where custom all-reduce is enabled: P2P between the ranks, one node, not
     # --disable-custom-all-reduce (CustomAllreduce.__init__ returns early otherwise).
-    if tp > 1 and custom_all_reduce:
-        car = cal.nvlink_all_reduce_bytes if nvlink else cal.custom_all_reduce_bytes
+    if tp > 1 and custom_all_reduce and all_reduce != "none":
+        car = cal.nvlink_all_reduce_bytes if nvlink and all_reduce == "fusion" else cal.custom_all_reduce_bytes
     base = cal.v2_non_torch_bytes if runner == "v2" else cal.non_torch_bytes
+    if small_base and runner == "v1":
+        base = cal.early_non_torch_bytes
     return Explanation(
         "non_torch",
         "base + (tp×pp > 1: nccl_base + nccl_per_peer × (tp − 1)) + (tp > 1 and custom all-reduce enabled: NVLink "
@@ -813,6 +873,7 @@ def non_torch_bytes(
             "tp": tp,
             "pp": pp,
             "all_reduce_buffers": car,
+            "all_reduce_charged": all_reduce,
         },
         base + nccl + car,
     )
@@ -921,11 +982,19 @@ def estimate(
             warmup_profiled=warmup_profiled,
             # A pooling model computes no logits and runs no sampler: its profile ends with the pooler.
             last_stage=stage == pp - 1 and not spec.is_pooling,
+            sampler_sorts_vocab=acc.sampler_sorts_vocab,
         )
         if spec.is_multimodal and stage == 0 and (runner == "v1" or acc.v2_profiles_encoder):
             act = _with_encoder(act, spec, tp=tp, dtype=dtype, settings=settings)
         nt = non_torch_bytes(
-            tp=tp, pp=pp, custom_all_reduce=settings.custom_all_reduce, cal=cal, nvlink=settings.nvlink, runner=runner
+            tp=tp,
+            pp=pp,
+            custom_all_reduce=settings.custom_all_reduce,
+            cal=cal,
+            nvlink=settings.nvlink,
+            runner=runner,
+            all_reduce=acc.all_reduce_buffers,
+            small_base=acc.small_non_torch_base,
         )
         cg = cuda_graph_bytes(
             layers=layers,
@@ -943,7 +1012,9 @@ def estimate(
         capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
         weights = round(shard.bytes * ckpt_scale) + rotary
         graphs_taken = int(cg.value) if graphs_in else 0
-        budget = capacity - weights - int(act.value) - int(nt.value) - graphs_taken
+        # vLLM 0.8 charges the CUDA context (all of total − free that torch did not allocate) to the budget.
+        context_taken = cal.cuda_context_bytes if acc.context_in_budget else 0
+        budget = capacity - weights - int(act.value) - int(nt.value) - graphs_taken - context_taken
         per_block = int(kvt.value) * settings.block_size
         blocks = max(0, budget) // per_block if per_block else 0
         rows.append((gpu, stage, layers, shard, act, nt, cg, kvt, budget, blocks))
@@ -996,7 +1067,8 @@ def estimate(
                 " − cuda_graphs (the release subtracts its graph estimate)"
                 if graphs_in
                 else " (CUDA graphs are captured afterwards, on top of the budget)"
-            ),
+            )
+            + (" − cuda_context (vLLM 0.8 charges total − free − torch memory)" if acc.context_in_budget else ""),
             {
                 "vllm": acc.vllm_version,
                 "runner": runner,
@@ -1007,6 +1079,7 @@ def estimate(
                 "activation": int(act.value),
                 "non_torch": int(nt.value),
                 "cuda_graphs": int(cg.value) if graphs_in else 0,
+                "cuda_context": context_taken,
             },
             budget,
         )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from qwendeploy.core.memory import CURRENT_VLLM, parse_version
 
-OLDEST_MODELLED = "0.19"
-"""The oldest release whose accounting was read in vLLM's source and checked against its logs; older releases
-(0.8–0.18, the V1 engine) follow its rules (docs/memory-model.md says what differs)."""
+OLDEST_MODELLED = "0.8"
+"""The oldest release whose accounting was read in vLLM's source (0.8.5's wheel; 0.8–0.18 each have their rules in
+``memory.accounting_for``, docs/memory-model.md). Older releases (the V0 engine by default) follow 0.8's rules."""
 
 NEWEST_MODELLED = CURRENT_VLLM
 

@@ -272,8 +272,10 @@ def test_cards_without_bf16_get_an_explicit_float16(tmp_path: Path) -> None:
 
 def test_a_release_outside_the_read_ones_is_flagged() -> None:
     base = ["plan", "Qwen/Qwen2.5-7B-Instruct", "--gpus", "1xL4", "--json"]
-    old = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.10"]).stdout)
-    assert any("older than the oldest modelled release (0.19)" in n for n in old["notes"])
+    old = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.7"]).stdout)
+    assert any("older than the oldest modelled release (0.8)" in n for n in old["notes"])
+    read = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.11.2"]).stdout)
+    assert not any("oldest modelled" in n for n in read["notes"])
     new = json.loads(runner.invoke(app, [*base, "--vllm-version", "0.40.1"]).stdout)
     assert any("newer than the newest modelled release (0.33)" in n for n in new["notes"])
     assert new["vllm_version"] == "0.40"
