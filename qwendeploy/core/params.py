@@ -134,20 +134,19 @@ def param_breakdown(spec: ModelSpec) -> ParamBreakdown:
         else:
             experts_gate_up = experts_down = router = shared_gate_up = shared_down = shared_expert_gate = 0
             mlp_gate_up, mlp_down = 2 * h * spec.intermediate_size, spec.intermediate_size * h
+        # The feed-forward half of the layer, the same for attention and linear-attention layers.
+        ffn = {
+            "mlp_gate_up": mlp_gate_up,
+            "mlp_down": mlp_down,
+            "experts_gate_up": experts_gate_up,
+            "experts_down": experts_down,
+            "router": router,
+            "shared_gate_up": shared_gate_up,
+            "shared_down": shared_down,
+            "shared_expert_gate": shared_expert_gate,
+        }
         if spec.is_hybrid and spec.layer_kinds[i] == "linear_attention":
-            layers.append(
-                _linear_attention_layer(
-                    spec,
-                    mlp_gate_up=mlp_gate_up,
-                    mlp_down=mlp_down,
-                    experts_gate_up=experts_gate_up,
-                    experts_down=experts_down,
-                    router=router,
-                    shared_gate_up=shared_gate_up,
-                    shared_down=shared_down,
-                    shared_expert_gate=shared_expert_gate,
-                )
-            )
+            layers.append(_linear_attention_layer(spec, **ffn))
             continue
         # Qwen3-Next's gated attention: q_proj also yields the output gate (twice the query width).
         q_width = 2 * q_out if spec.attention_output_gate else q_out
@@ -158,15 +157,8 @@ def param_breakdown(spec: ModelSpec) -> ParamBreakdown:
                 v=h * kv_out + (kv_out if bias else 0),
                 o=q_out * h,
                 qk_norm=2 * spec.head_dim if spec.qk_norm else 0,
-                mlp_gate_up=mlp_gate_up,
-                mlp_down=mlp_down,
-                experts_gate_up=experts_gate_up,
-                experts_down=experts_down,
-                router=router,
-                shared_gate_up=shared_gate_up,
-                shared_down=shared_down,
-                shared_expert_gate=shared_expert_gate,
                 norms=2 * h,
+                **ffn,
             )
         )
     embedding = spec.vocab_size * h
