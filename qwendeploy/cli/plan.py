@@ -330,7 +330,7 @@ def _check_flags(
     """Bounds of the flags that end up in the profile or size the search (the profile schema's own checks,
     so a bad flag fails before any planning, with the flag's name; docs/limits.md lists the bounds)."""
     from qwendeploy.core import limits
-    from qwendeploy.core.profile import check_argument, check_host, check_ifname, check_name
+    from qwendeploy.core.field_checks import check_argument, check_host, check_ifname, check_name
 
     if not 1 <= nodes <= limits.MAX_NODES_CLUSTER:
         raise BadInput(f"--nodes must be between 1 and {limits.MAX_NODES_CLUSTER}, got {nodes}.")
