@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Annotated, Any
 
 import typer
 
 from qwendeploy import __version__
-
-app = typer.Typer(
-    name="qwendeploy",
-    help="Plan, serve and diagnose Qwen models on NVIDIA GPUs with vLLM.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
 
 
 def _version(value: bool) -> None:
@@ -24,7 +17,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -49,24 +41,59 @@ def _switches_without_a_type() -> None:
     TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
-def _register() -> None:
-    # Each command lives in its own module; importing them must stay cheap (no vllm, torch, pynvml, hub).
-    from qwendeploy.cli import bench, cluster, doctor, export, gpus, models, plan, schema, serve
+COMMANDS: dict[str, str] = {
+    "plan": "plan",
+    "serve": "serve",
+    "doctor": "doctor",
+    "schema": "schema",
+    "models": "models",
+    "gpus": "gpus",
+    "bench": "bench",
+    "cluster": "app",
+    "export": "app",
+}
+"""Command name → the attribute of ``qwendeploy.cli.<name>`` that implements it: a function, or a Typer of its own
+(``app``) for a command with subcommands. The order is ``--help``'s."""
 
-    app.command(name="plan")(plan.plan)
-    app.command(name="serve")(serve.serve)
-    app.command(name="doctor")(doctor.doctor)
-    app.command(name="schema")(schema.schema)
-    app.command(name="models")(models.models)
-    app.command(name="gpus")(gpus.gpus)
-    app.command(name="bench")(bench.bench)
-    app.add_typer(cluster.app, name="cluster")
-    app.add_typer(export.app, name="export")
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The command line with every command, or with ``only`` that one: a command module is imported only when the
+    app that runs holds it, so ``qwendeploy plan`` pays for ``plan``'s imports and Typer builds only its options."""
+    cli = typer.Typer(
+        name="qwendeploy",
+        help="Plan, serve and diagnose Qwen models on NVIDIA GPUs with vLLM.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+    cli.callback()(_root)
+    for name, attribute in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        # Each command lives in its own module; importing one must stay cheap (no vllm, torch, pynvml, hub).
+        implementation = getattr(importlib.import_module(f"qwendeploy.cli.{name}"), attribute)
+        if isinstance(implementation, typer.Typer):
+            cli.add_typer(implementation, name=name)
+        else:
+            cli.command(name=name)(implementation)
+    return cli
 
 
 _switches_without_a_type()
-_register()
+
+
+def __getattr__(name: str) -> Any:
+    """``qwendeploy.cli.app``, the whole command line (tests, docs generation), built on first use."""
+    if name == "app":
+        whole = build_app()
+        globals()["app"] = whole
+        return whole
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
-    app()
+    """The ``qwendeploy`` entry point: a command named first gets an app holding only it; anything else (``--help``,
+    ``--version``, an unknown name) gets the whole command line, whose help and errors list every command."""
+    args = sys.argv[1:]
+    build_app(args[0] if args and args[0] in COMMANDS else None)()

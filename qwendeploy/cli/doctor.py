@@ -15,8 +15,6 @@ from typing import Annotated
 
 import typer
 
-from qwendeploy.app.doctor import gather_facts, run_doctor
-from qwendeploy.cli import wiring
 from qwendeploy.cli.errors import user_errors
 
 
@@ -64,6 +62,10 @@ def _doctor(
     shm_path: Path,
     dump_facts: bool,
 ) -> int:
+    # Deferred: the doctor's checks, diagnosis engine and pydantic profile are not `plan`'s or `--help`'s cost.
+    from qwendeploy.app.doctor import gather_facts, run_doctor
+    from qwendeploy.cli import wiring
+
     # Bad input first: a missing log or a broken profile is exit 2 before anything is probed.
     profile = wiring.read_profile(profile_path) if profile_path is not None else None
     source = wiring.open_log(log) if log is not None else None

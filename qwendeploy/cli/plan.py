@@ -187,7 +187,6 @@ def plan(
     """Estimate memory, search TP/PP/DP placements and choose one (exit 0 fits, 1 nothing fits, 2 bad input)."""
     with user_errors():
         from pydantic import ValidationError
-        from rich.console import Console
 
         from qwendeploy.adapters.hub import load_model
         from qwendeploy.cli import render_plan
@@ -265,6 +264,8 @@ def plan(
         if json_out:
             typer.echo(render_plan.dumps(render_plan.plan_json(result, explain=explain)))
         else:
+            from rich.console import Console
+
             render_plan.render(Console(highlight=False, soft_wrap=False), result, explain=explain)
         raise_if_infeasible(result)
         if output is not None:
@@ -317,6 +318,8 @@ def plan(
                 header += f"\nClients: {reach}"
             path = write_profile(output, profile, header=header, force=force)
             if not json_out:
+                from rich.console import Console
+
                 Console(highlight=False).print(f"Wrote {path}", markup=False)
 
 
@@ -330,7 +333,7 @@ def _check_flags(
     """Bounds of the flags that end up in the profile or size the search (the profile schema's own checks,
     so a bad flag fails before any planning, with the flag's name; docs/limits.md lists the bounds)."""
     from qwendeploy.core import limits
-    from qwendeploy.core.profile import check_argument, check_host, check_ifname, check_name
+    from qwendeploy.core.field_checks import check_argument, check_host, check_ifname, check_name
 
     if not 1 <= nodes <= limits.MAX_NODES_CLUSTER:
         raise BadInput(f"--nodes must be between 1 and {limits.MAX_NODES_CLUSTER}, got {nodes}.")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from qwendeploy.core.hardware import Machine
 from qwendeploy.core.memory import GpuMemory, MemoryEstimate
 from qwendeploy.core.planner import Candidate, Plan
 from qwendeploy.core.suggestions import shortfall_bytes
 from qwendeploy.core.units import GiB, human_size
+
+if TYPE_CHECKING:  # rich only for the terminal report: `plan --json` does not import it
+    from rich.console import Console
 
 BAR_WIDTH = 48
 
@@ -269,6 +269,8 @@ def _n(n: float) -> str:
 
 
 def _inventory(console: Console, machine: Machine) -> None:
+    from rich.table import Table
+
     t = Table(title=f"Inventory ({machine.source or 'detected'})", title_justify="left", show_edge=False)
     for col in ("GPU", "name", "node", "total (CUDA)", "free", "bandwidth"):
         t.add_column(col)
@@ -281,6 +283,8 @@ def _inventory(console: Console, machine: Machine) -> None:
 
 
 def _candidates(console: Console, p: Plan) -> None:
+    from rich.table import Table
+
     # Reasons go under the table, one line each: in a column they were cut into slivers at 80 columns.
     t = Table(title="Candidates (ranked)", title_justify="left", show_edge=False)
     for col in ("#", "placement", "status", "longest", "KV tokens", "needs/GPU", "tok/s"):

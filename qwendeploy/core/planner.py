@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from qwendeploy.core import family_rules
-from qwendeploy.core.cluster import NETWORKS, SLOW_HOP_FRACTION, SLOW_PREFILL_HOP_S, find_network
 from qwendeploy.core.hardware import Gpu, Machine
 from qwendeploy.core.memory import (
     CURRENT_VLLM,
@@ -47,6 +46,7 @@ from qwendeploy.core.memory import (
     resolve_dtype,
 )
 from qwendeploy.core.models import ModelSpec, catalog
+from qwendeploy.core.networks import NETWORKS, SLOW_HOP_FRACTION, SLOW_PREFILL_HOP_S, find_network
 from qwendeploy.core.params import param_breakdown
 from qwendeploy.core.releases import release_note
 from qwendeploy.core.units import GiB, human_size
@@ -124,7 +124,7 @@ class PlanRequest:
     variants: tuple[ModelSpec, ...] = ()
     """Quantized variants of the model (from the catalog), tried when nothing fits."""
     network: str = "100gbe"
-    """Link between nodes (core.cluster.NETWORKS): its bandwidth and latency price PP hops across nodes."""
+    """Link between nodes (core.networks.NETWORKS): its bandwidth and latency price PP hops across nodes."""
     disable_custom_all_reduce: bool = False
     """``--disable-custom-all-reduce``: vLLM allocates no custom all-reduce buffers."""
     allow_untrained_context: bool = False
