@@ -1,0 +1,73 @@
+"""Placement search: every (TP, PP, DP) over an inventory, checked against vLLM's rules, sized, and ranked.
+
+Pure: the caller resolves the model and probes (or simulates) the GPUs; ``plan`` decides.
+
+One idea a module: ``values`` (request, candidate, plan), ``rules`` (vLLM's rules and the request's
+checks), ``assignment`` (GPUs to TP groups and links), ``cost`` (the ranking cost model), ``search`` (evaluate,
+rank, choose) and ``explain`` (the prose). Everything is importable from ``qwendeploy.core.planner`` as before.
+
+How a candidate is judged (docs/planning.md has the long form):
+
+1. **Rules** vLLM enforces, each with its reason: TP divides the attention heads; TP stays within a node; KV
+   heads (TP ≤ kv: kv % TP == 0, else TP % kv == 0); the MLP width divides by TP; quantized kernels (4/8-bit
+   group-g: each rank's row-parallel input a multiple of g; block FP8: each rank's MLP width a multiple of the
+   block); PP ≤ layers; TP×PP×DP ≤ GPUs.
+2. **Memory** (core.memory): fits the target context × concurrency / fits only a shorter context (the longest
+   that fits, as ``--max-model-len auto`` finds it) / does not fit.
+3. **Cost model** for ranking fitting candidates (``objective``): decode is memory-bandwidth bound. A decode
+   step on one GPU reads its weight shard (an MoE: the experts the batch touches) and the KV of the batch:
+   ``t_mem = (weights × read_fraction + batch × mean_context × kv_bytes_per_token) / (bandwidth × efficiency)``,
+   never less than the engine's per-step floor. TP adds two all-reduces per layer of ``batch × hidden``
+   activations: ``t_ar = latency + 2(tp−1)/tp × message / link_bandwidth``, where the link is NVLink, PCIe
+   with peer-to-peer, or PCIe without P2P (through host memory: slowest). PP splits the step over stages,
+   pipelines ``pp`` micro-batches (a bubble factor) and adds a hop per stage. DP multiplies throughput.
+   *throughput* scores tokens/s of all replicas with the batch the KV cache can hold (requests assumed half
+   full on average); *latency* scores one request's decode speed (tokens/s at batch 1).
+"""
+
+from __future__ import annotations
+
+from qwendeploy.core.planner.assignment import LinkClass as LinkClass
+from qwendeploy.core.planner.assignment import _assign as _assign
+from qwendeploy.core.planner.assignment import _custom_all_reduce as _custom_all_reduce
+from qwendeploy.core.planner.assignment import _dp_options as _dp_options
+from qwendeploy.core.planner.assignment import _skips_busy_gpu as _skips_busy_gpu
+from qwendeploy.core.planner.assignment import _tp_groups as _tp_groups
+from qwendeploy.core.planner.assignment import left_out as left_out
+from qwendeploy.core.planner.assignment import link_class as link_class
+from qwendeploy.core.planner.cost import DEFAULT_COST as DEFAULT_COST
+from qwendeploy.core.planner.cost import Cost as Cost
+from qwendeploy.core.planner.cost import CostModel as CostModel
+from qwendeploy.core.planner.cost import decode_cost as decode_cost
+from qwendeploy.core.planner.cost import weights_read_fraction as weights_read_fraction
+from qwendeploy.core.planner.explain import _LINK_WORDS as _LINK_WORDS
+from qwendeploy.core.planner.explain import _contrast as _contrast
+from qwendeploy.core.planner.explain import _explain as _explain
+from qwendeploy.core.planner.explain import _holders as _holders
+from qwendeploy.core.planner.explain import _network_lines as _network_lines
+from qwendeploy.core.planner.explain import _tokens as _tokens
+from qwendeploy.core.planner.rules import ONLINE_QUANTIZATION as ONLINE_QUANTIZATION
+from qwendeploy.core.planner.rules import _check_quantization as _check_quantization
+from qwendeploy.core.planner.rules import _check_request as _check_request
+from qwendeploy.core.planner.rules import _gib as _gib
+from qwendeploy.core.planner.rules import _is_geforce as _is_geforce
+from qwendeploy.core.planner.rules import _kv_options as _kv_options
+from qwendeploy.core.planner.rules import _model_limit as _model_limit
+from qwendeploy.core.planner.rules import _pp_options as _pp_options
+from qwendeploy.core.planner.rules import _tp_options as _tp_options
+from qwendeploy.core.planner.rules import default_batching as default_batching
+from qwendeploy.core.planner.rules import tp_rule_violation as tp_rule_violation
+from qwendeploy.core.planner.rules import valid_tp_sizes as valid_tp_sizes
+from qwendeploy.core.planner.rules import yarn_override as yarn_override
+from qwendeploy.core.planner.search import _evaluate as _evaluate
+from qwendeploy.core.planner.search import _lowered as _lowered
+from qwendeploy.core.planner.search import plan as plan
+from qwendeploy.core.planner.search import raise_if_infeasible as raise_if_infeasible
+from qwendeploy.core.planner.suggest import _free_the_gpus as _free_the_gpus
+from qwendeploy.core.planner.suggest import _more_gpus as _more_gpus
+from qwendeploy.core.planner.suggest import _suggest as _suggest
+from qwendeploy.core.planner.values import Candidate as Candidate
+from qwendeploy.core.planner.values import Objective as Objective
+from qwendeploy.core.planner.values import Plan as Plan
+from qwendeploy.core.planner.values import PlanRequest as PlanRequest
+from qwendeploy.core.planner.values import Status as Status
