@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qwendeploy.core.argv import drop_flags
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.vllm_args import (
     API_KEY_VAR,
@@ -64,7 +65,7 @@ def build_docker_specs(
     out: list[DockerSpec] = []
     for s in specs:
         inner = list(s.argv[2:])  # MODEL and flags; the image's entrypoint is `vllm serve`
-        inner = _drop_flag(inner, "--api-key")
+        inner = drop_flags(inner, {"--api-key"})
         i = inner.index("--host")
         inner[i + 1] = "0.0.0.0"
         cname = f"qwendeploy-{s.name}"
@@ -90,20 +91,6 @@ def build_docker_specs(
                 launch=s,
             )
         )
-    return out
-
-
-def _drop_flag(args: list[str], flag: str) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a == flag:
-            skip = True
-            continue
-        out.append(a)
     return out
 
 

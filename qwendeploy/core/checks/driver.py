@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from qwendeploy.core.checks import Check
 from qwendeploy.core.machine_facts import MachineFacts, NvmlReport, SystemFacts
-
-if TYPE_CHECKING:
-    pass
-
 
 # Minimum Linux driver for each CUDA toolkit release (NVIDIA's CUDA release notes, "CUDA Toolkit and Corresponding
 # Driver Versions", GA releases). Within one major version minor-version compatibility lets an older driver of the

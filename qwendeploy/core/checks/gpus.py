@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from qwendeploy.core.checks import Check, Status, size_text
 from qwendeploy.core.hardware import BUSY_BYTES
 from qwendeploy.core.machine_facts import NvmlGpu, NvmlProcess, NvmlReport
 from qwendeploy.core.units import human_size
-
-if TYPE_CHECKING:
-    pass
 
 
 def _process_label(p: NvmlProcess) -> str:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from qwendeploy.core.checks import Check
 from qwendeploy.core.checks.interconnect import is_nvlink_machine
 from qwendeploy.core.machine_facts import NvmlReport, SystemFacts
 from qwendeploy.core.units import human_size
-
-if TYPE_CHECKING:
-    pass
-
 
 NCCL_ENV_MEANINGS: dict[str, str] = {
     "NCCL_P2P_DISABLE": "disables CUDA peer-to-peer (NVLink/PCIe P2P) between GPUs; traffic goes through host memory",

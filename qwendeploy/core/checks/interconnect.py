@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from qwendeploy.core.checks import Check
 from qwendeploy.core.machine_facts import NvmlReport, SystemFacts
-
-if TYPE_CHECKING:
-    pass
 
 
 def is_nvlink_machine(nv: NvmlReport) -> bool:

@@ -9,8 +9,6 @@ explains each one. A check NVML cannot answer is ``skip``, never a failure.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from qwendeploy.core.checks import Check, Status
 from qwendeploy.core.checks.driver import check_driver, check_nvml
 from qwendeploy.core.checks.gpus import check_ecc, check_gpu_memory, check_gpu_processes, check_mig
@@ -27,9 +25,6 @@ from qwendeploy.core.checks.shm import check_shm, ranks_on_this_node
 from qwendeploy.core.checks.versions import check_versions
 from qwendeploy.core.machine_facts import MachineFacts
 from qwendeploy.core.profile import Profile
-
-if TYPE_CHECKING:
-    pass
 
 
 def run_checks(

@@ -4,16 +4,12 @@ its ports are free (``doctor --profile``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from qwendeploy.core.checks import Check
 from qwendeploy.core.checks.shm import profile_shm
 from qwendeploy.core.machine_facts import MachineFacts, NvmlGpu, NvmlReport, SystemFacts, cuda_total_bytes
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.units import human_size
-
-if TYPE_CHECKING:
-    pass
 
 
 def _profile_gpus(nv: NvmlReport, profile: Profile) -> tuple[list[NvmlGpu], list[str]]:

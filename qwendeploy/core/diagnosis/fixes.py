@@ -10,6 +10,7 @@ import math
 import shlex
 from collections.abc import Mapping, Sequence
 
+from qwendeploy.core.argv import drop_flags
 from qwendeploy.core.diagnosis.rules import template_fields
 from qwendeploy.core.profile import Profile
 
@@ -163,18 +164,7 @@ def plan_command(profile: Profile, args: Sequence[str]) -> str:
     drop: set[str] = set()
     for flag in new_flags:
         drop.update(_ALIASES.get(flag, (flag,)))
-    out: list[str] = []
-    skip = False
-    for tok in base:
-        if skip:
-            skip = False
-            continue
-        name = tok.split("=", 1)[0]
-        if name in drop:
-            skip = "=" not in tok
-            continue
-        out.append(tok)
-    out += list(args)
+    out = drop_flags(base, drop) + list(args)
     if any(t in ("-o", "--output") or t.startswith("--output=") for t in out) and "--force" not in out:
         out.append("--force")
     return shlex.join(out)
