@@ -296,6 +296,7 @@ def _row(run: Run, est: Estimate | None) -> dict[str, Any]:
         "duration_s": round(run.duration_s, 3),
         "output_tokens": run.output_tokens,
         "output_tokens_per_s": round(run.output_tokens_per_s, 1),
+        "decode_tokens_per_s": round(run.decode_tokens_per_s, 1),
         "mean_ttft_ms": round(run.mean_ttft_ms, 2),
         "median_ttft_ms": round(run.median_ttft_ms, 2),
         "p99_ttft_ms": round(run.p99_ttft_ms, 2),
@@ -304,7 +305,7 @@ def _row(run: Run, est: Estimate | None) -> dict[str, Any]:
         "estimate_output_tokens_per_s": round(est.output_tokens_per_s, 1) if est else None,
         "estimate_tpot_ms": round(est.tpot_ms, 3) if est else None,
         "estimate_error_pct": (
-            round(e, 1) if (e := error_pct(run.output_tokens_per_s, est.output_tokens_per_s if est else None)) else None
+            round(e, 1) if (e := error_pct(run.decode_tokens_per_s, est.output_tokens_per_s if est else None)) else None
         ),
         "client": run.client,
         "errors": run.raw.get("errors", []) if run.client.startswith("qwendeploy") else [],
@@ -320,7 +321,8 @@ def _table(console: Any, doc: dict[str, Any]) -> None:
         title_justify="left",
         show_edge=False,
     )
-    for col in ("conc.", "done", "TTFT ms (p50)", "TPOT ms", "out tok/s", "plan tok/s", "plan TPOT", "plan vs run"):
+    cols = ("conc.", "done", "TTFT ms (p50)", "TPOT ms (p50)", "out tok/s", "decode tok/s", "plan tok/s", "plan TPOT")
+    for col in (*cols, "plan vs decode"):
         t.add_column(col, justify="right")
     for r in doc["levels"]:
         err = r["estimate_error_pct"]
@@ -328,8 +330,9 @@ def _table(console: Any, doc: dict[str, Any]) -> None:
             str(r["concurrency"]),
             f"{r['completed']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
             f"{r['mean_ttft_ms']:,.1f} ({r['median_ttft_ms']:,.1f})",
-            f"{r['mean_tpot_ms']:,.2f}",
+            f"{r['mean_tpot_ms']:,.2f} ({r['median_tpot_ms']:,.2f})",
             f"{r['output_tokens_per_s']:,.0f}",
+            f"{r['decode_tokens_per_s']:,.0f}",
             f"{r['estimate_output_tokens_per_s']:,.0f}" if r["estimate_output_tokens_per_s"] is not None else "-",
             f"{r['estimate_tpot_ms']:,.2f}" if r["estimate_tpot_ms"] is not None else "-",
             f"{err:+.0f}%" if err is not None else "-",

@@ -5,7 +5,8 @@ The prediction is docs/planning.md §5 evaluated at the benchmark's own load ins
 so a decode step reads the weight shard (active experts only, for MoE) and the KV of ``batch`` requests at a mean
 context of ``input_len + output_len / 2``. Constants come from ``PlanRequest.cost`` (``core.planner.CostModel``), so
 a calibration of the planner's constants shows here too. Prefill is not modelled: the estimate is the decode rate,
-which bounds the output throughput of a run with ``--ignore-eos`` from above.
+set beside the run's decode rate (``Run.decode_tokens_per_s``: requests at once / median TPOT); it bounds the
+output throughput of a run with ``--ignore-eos`` from above.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ class Run:
     client: str
     raw: dict[str, Any] = field(default_factory=dict)
     """The client's own result (vLLM's JSON as saved), for the record."""
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """The decode rate the run measured: its requests at once × 1000 / median TPOT — what §5 predicts. The
+        output rate is lower by the prefills that stall the batch."""
+        at_once = min(self.concurrency, self.completed)
+        return at_once * 1000.0 / self.median_tpot_ms if self.median_tpot_ms > 0 else 0.0
 
     @classmethod
     def from_vllm(cls, concurrency: int, d: dict[str, Any]) -> Run:

@@ -36,6 +36,8 @@ class GpuType:
     """CUDA runtime total (NVML total − driver reserve): what vLLM multiplies by --gpu-memory-utilization."""
     bandwidth_gbps: float
     """Peak memory bandwidth, GB/s."""
+    tensor_tflops: float | None
+    """Dense 16-bit tensor-core peak, TFLOPS (FP32 accumulate), from the datasheet."""
     compute_capability: tuple[int, int]
     bf16: bool
     fp8: bool
@@ -74,6 +76,7 @@ class GpuEntry(BaseModel):
     nvml_total_mib: int = Field(gt=0)
     total_bytes: int = Field(gt=0)
     bandwidth_gbps: float = Field(gt=0)
+    tensor_tflops: float | None = Field(default=None, gt=0)
     compute_capability: str = Field(pattern=r"^\d+\.\d+$")
     bf16: bool
     fp8: bool
@@ -102,6 +105,7 @@ class GpuEntry(BaseModel):
             nvml_total_bytes=self.nvml_total_mib * MiB,
             total_bytes=self.total_bytes,
             bandwidth_gbps=self.bandwidth_gbps,
+            tensor_tflops=self.tensor_tflops,
             compute_capability=(cc_major, cc_minor),
             bf16=self.bf16,
             fp8=self.fp8,
@@ -285,6 +289,7 @@ def parse_inventory(text: str, nodes: int = 1) -> Machine:
                     compute_capability=gpu_type.compute_capability,
                     nvml_total_bytes=gpu_type.nvml_total_bytes,
                     memory_bandwidth_gbps=gpu_type.bandwidth_gbps,
+                    tensor_tflops=gpu_type.tensor_tflops,
                     bf16=gpu_type.bf16,
                     fp8=gpu_type.fp8,
                     node=node,

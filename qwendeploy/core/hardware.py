@@ -47,6 +47,8 @@ class Gpu:
     nvml_total_bytes: int | None = None
     memory_bandwidth_gbps: float | None = None
     """Peak memory bandwidth in GB/s (decode speed is bound by it)."""
+    tensor_tflops: float | None = None
+    """Dense 16-bit tensor-core peak in TFLOPS (a batch's matrix products are bound by it)."""
     bf16: bool = True
     fp8: bool = False
     pci_bus_id: str | None = None

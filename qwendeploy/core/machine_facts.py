@@ -324,6 +324,7 @@ def _to_gpu(g: NvmlGpu) -> Gpu:
         uuid=g.uuid,
         nvml_total_bytes=g.memory_total,
         memory_bandwidth_gbps=_attr(entry, "memory_bandwidth_gbps", "bandwidth_gbps") if entry is not None else None,
+        tensor_tflops=_attr(entry, "tensor_tflops") if entry is not None else None,
         bf16=bool(bf16) if bf16 is not None else cc >= (8, 0),
         fp8=bool(fp8) if fp8 is not None else cc >= (8, 9),
         pci_bus_id=g.pci_bus_id,

@@ -79,8 +79,12 @@ def test_builtin_client_measures_ttft_tpot_and_throughput(server: int, tmp_path:
         assert level["output_tokens_per_s"] == pytest.approx(level["output_tokens"] / level["duration_s"], rel=0.01)
         est = level["estimate_output_tokens_per_s"]
         assert est is not None and est > 0
+        # the plan's decode rate is set beside the run's: requests at once × 1000 / median TPOT
+        c = level["concurrency"]
+        assert level["decode_tokens_per_s"] == pytest.approx(c * 1000 / level["median_tpot_ms"], rel=0.01)
+        assert level["decode_tokens_per_s"] > level["output_tokens_per_s"]  # the first token's wait is left out
         assert level["estimate_error_pct"] == pytest.approx(
-            (est - level["output_tokens_per_s"]) / level["output_tokens_per_s"] * 100, abs=0.2
+            (est - level["decode_tokens_per_s"]) / level["decode_tokens_per_s"] * 100, abs=0.2
         )
     one, four = doc["levels"]
     assert four["output_tokens_per_s"] > 2 * one["output_tokens_per_s"]  # four streams at once
@@ -142,8 +146,11 @@ def test_plot_is_drawn_when_matplotlib_is_there(server: int, tmp_path: Path) -> 
 def test_estimate_is_the_planners_decode_model_at_the_load() -> None:
     """bench's estimate is §5 (core.planner.decode_cost) at the benchmark's load, not a copy of it: at one request it
     is the planner's single-stream figure, and it tracks the issue's outside measurement through serve on an H200
-    (vLLM 0.26, Qwen2.5-7B bf16, 1,000 in / 256 out: 212, 3,054 and 10,389 output tok/s at 1, 16 and 64 requests —
-    end-to-end rates that include prefill, which the decode model leaves out) within 15%."""
+    (vLLM 0.26, Qwen2.5-7B bf16, 1,000 in / 256 out: 212 and 3,054 output tok/s at 1 and 16 requests) within 15%.
+    The outside 10,389 tok/s at 64 requests is not held: vLLM's own client against the same model, card and release
+    measured 6,029 tok/s end-to-end and 8,629 tok/s of decode (64 × 1000 / median TPOT 7.42 ms) there
+    (tests/fixtures/gpu-runs/h200-bench-vllm0.26/q7_bench), which the model follows within 1%
+    (tests/core/test_tok_s_calibration.py); the outside run's settings are not known."""
     from qwendeploy.core.bench import decode_estimate
 
     spec = find_model("Qwen/Qwen2.5-7B-Instruct")
@@ -155,7 +162,7 @@ def test_estimate_is_the_planners_decode_model_at_the_load() -> None:
     same = decode_estimate(p.request, p.chosen, concurrency=1, input_len=16384 - 128, output_len=256)
     assert same is not None
     assert same.output_tokens_per_s == pytest.approx(p.chosen.cost.single_stream_tokens_per_s, rel=1e-9)
-    for c, measured in ((1, 212.0), (16, 3054.0), (64, 10389.0)):
+    for c, measured in ((1, 212.0), (16, 3054.0)):
         e = got[c]
         assert e is not None and e.output_tokens_per_s == pytest.approx(measured, rel=0.15), (c, e)
     assert got[64] is not None and got[16] is not None and got[64].output_tokens_per_s > got[16].output_tokens_per_s

@@ -17,9 +17,11 @@ How a candidate is judged (docs/planning.md has the long form):
 3. **Cost model** for ranking fitting candidates (``objective``): decode is memory-bandwidth bound. A decode
    step on one GPU reads its weight shard (an MoE: the experts the batch touches) and the KV of the batch:
    ``t_mem = (weights × read_fraction + batch × mean_context × kv_bytes_per_token) / (bandwidth × efficiency)``,
-   never less than the engine's per-step floor. TP adds two all-reduces per layer of ``batch × hidden``
-   activations: ``t_ar = latency + 2(tp−1)/tp × message / link_bandwidth``, where the link is NVLink, PCIe
-   with peer-to-peer, or PCIe without P2P (through host memory: slowest). PP splits the step over stages,
+   plus the batch's matrix products ``t_mm = batch × 2 × active_params_on_gpu / (tensor_peak × efficiency)``;
+   the step is never shorter than the engine's host work ``floor + per_request × batch``. TP adds two
+   all-reduces per layer of ``batch × hidden`` activations: ``t_ar = latency + 2(tp−1)/tp × message /
+   link_bandwidth``, where the link is NVLink, PCIe with peer-to-peer, or PCIe without P2P (through host memory:
+   slowest). PP splits the step over stages,
    pipelines ``pp`` micro-batches (a bubble factor) and adds a hop per stage. DP multiplies throughput.
    *throughput* scores tokens/s of all replicas with the batch the KV cache can hold (requests assumed half
    full on average); *latency* scores one request's decode speed (tokens/s at batch 1).

@@ -1,5 +1,5 @@
-"""The ranking cost model: a decode step's time from weight and KV reads, all-reduces and pipeline hops
-(CostModel, decode_cost, the Cost figures of one candidate)."""
+"""The ranking cost model: a decode step's time from weight and KV reads, matrix products, all-reduces, the
+engine's host work and pipeline hops (CostModel, decode_cost, the Cost figures of one candidate)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ class CostModel:
     """Shortest decode step of vLLM's engine whatever the model: scheduling, sampling and output processing that a
     small model's GPU work does not hide. Measured: Qwen2.5-0.5B 2.42 ms and a 12-layer Qwen3-30B-A3B 2.19 ms per
     token on an H200 with vLLM 0.26, where their weights take 0.3–0.8 ms to read."""
+    seq_overhead_s: float = 42e-6
+    """Engine time per running request per step on the host (scheduling, input preparation, sampling and output
+    processing), added to the floor; it overlaps the GPU's work, so a step takes the longer of the two. Measured:
+    Qwen2.5-0.5B on an H200 (vLLM 0.26) goes from 2.43 ms per step alone to 2.94 and 5.07 ms at 16 and 64
+    requests while its GPU work stays under 1 ms (another boot on another host of the same kind: 34 µs)."""
+    compute_efficiency: float = 0.55
+    """Fraction of the GPU's dense 16-bit tensor peak a decode step's matrix products reach, with the prefills of
+    arriving requests that share the steps of a busy server. Fitted to Qwen2.5-7B bf16 on an H200 (vLLM 0.26):
+    5.43 and 7.42 ms per step at 16 and 64 requests of 1000 prompt tokens, against 4.8 and 5.7 ms of memory reads."""
+    default_flops_per_byte: float = 200.0
+    """Tensor peak per byte/s of bandwidth for a card whose peak is not in the catalog (an H100/H200's ratio)."""
     mean_context_fraction: float = 0.5
     """Average request length as a fraction of max_model_len (requests are half full on average)."""
     link_bandwidth: tuple[tuple[str, float], ...] = (
@@ -84,6 +95,10 @@ class Cost:
     """Of the decode step: time the activations spend crossing nodes (all network hops)."""
     prefill_hop_ms: float = 0.0
     """One prefill chunk (max_num_batched_tokens) crossing one network hop."""
+    compute_ms: float = 0.0
+    """Of which: the batch's matrix products on one GPU (per stage)."""
+    host_ms: float = 0.0
+    """The engine's host work per step (the floor plus the per-request share), which the GPU work hides when longer."""
 
 
 def weights_read_fraction(spec: ModelSpec, batch: float) -> float:
@@ -145,17 +160,25 @@ def decode_cost(
             batch = max(1, min(est.settings.max_num_seqs, int(usable // max(1.0, mean_ctx))))
     micro = max(1.0, batch / pp)
 
-    def stage_time(b: float) -> tuple[float, float]:
+    peak_flops = (worst.gpu.tensor_tflops or 0.0) * 1e12 or bw / cm.bandwidth_efficiency * cm.default_flops_per_byte
+    # 2 FLOPs per active parameter per token, split over the replica's GPUs as their weights are.
+    weights_total = sum(m.weights_bytes for m in est.per_gpu) or 1
+    flops_per_token = 2.0 * param_breakdown(req.spec).active() * worst.weights_bytes / weights_total
+
+    def stage_time(b: float) -> tuple[float, float, float]:
         mem = (worst.weights_bytes * weights_read_fraction(req.spec, b) + b * mean_ctx * worst.kv_bytes_per_token) / bw
         comm = 0.0
         if tp > 1:
             msg = b * req.spec.hidden_size * dt
             per_ar = link_lat(link) + 2 * (tp - 1) / tp * msg / link_bw(link)
             comm = 2 * worst.layers * per_ar
-        return mem, comm
+        return mem, comm, b * flops_per_token / (peak_flops * cm.compute_efficiency)
 
-    mem, comm = stage_time(micro)
-    stage = max(cm.step_floor_s, mem + comm)
+    def host_time(b: float) -> float:
+        return cm.step_floor_s + cm.seq_overhead_s * b
+
+    mem, comm, compute = stage_time(micro)
+    stage = max(host_time(micro), mem + comm + compute)
     act = req.spec.hidden_size * dt  # bytes of one token's activations between stages
 
     def hop_time(cls: str, tokens: float) -> float:
@@ -168,14 +191,15 @@ def decode_cost(
     hop = hops_total / (pp - 1) if pp > 1 else 0.0
     eff = cm.pp_bubble_efficiency if pp > 1 else 1.0
     throughput = dp * micro / (stage + hop) * eff
-    m1, c1 = stage_time(1)
-    single = 1.0 / (pp * max(cm.step_floor_s, m1 + c1) + (pp - 1) * hop)
+    single = 1.0 / (pp * max(host_time(1), sum(stage_time(1))) + (pp - 1) * hop)
     step = pp * stage + (pp - 1) * hop
     return Cost(
         batch=batch,
         step_ms=step * 1e3,
         memory_ms=mem * 1e3,
         comm_ms=comm * 1e3,
+        compute_ms=compute * 1e3,
+        host_ms=host_time(micro) * 1e3,
         tokens_per_s=single if req.objective == "latency" and not load_given else throughput,
         single_stream_tokens_per_s=single,
         link=link,

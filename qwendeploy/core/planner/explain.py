@@ -5,6 +5,7 @@ from __future__ import annotations
 from qwendeploy.core.hardware import Gpu
 from qwendeploy.core.networks import NETWORKS, SLOW_HOP_FRACTION, SLOW_PREFILL_HOP_S, find_network
 from qwendeploy.core.params import param_breakdown
+from qwendeploy.core.planner.cost import Cost
 from qwendeploy.core.planner.rules import _gib
 from qwendeploy.core.planner.values import Candidate, PlanRequest
 
@@ -20,6 +21,19 @@ _LINK_WORDS = {
     "pcie-no-p2p": "PCIe without peer-to-peer (through host memory)",
     "network": "the network",
 }
+
+
+def _step_parts(req: PlanRequest, cost: Cost) -> str:
+    """What one decode step's time is made of (docs/planning.md §5): the GPU's reads and matrix products, or the
+    engine's host work where that is longer."""
+    cm = req.cost
+    per_request = f"{cm.seq_overhead_s * 1e6:.0f} µs per request"
+    host = f"host work {cost.host_ms:.1f} ms: {cm.step_floor_s * 1e3:.1f} ms + {per_request}"
+    gpu = f"reads {cost.memory_ms:.1f} ms at {cm.bandwidth_efficiency:.2f} of peak bandwidth"
+    gpu += f" + matrix products {cost.compute_ms:.1f} ms at {cm.compute_efficiency:.2f} of tensor peak"
+    if cost.host_ms >= cost.memory_ms + cost.compute_ms + cost.comm_ms:
+        return f"set by the engine's {host}; the GPU's {gpu} is hidden"
+    return f"{gpu}; the {host} is hidden"
 
 
 def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None, max_len: int) -> tuple[str, ...]:
@@ -47,8 +61,8 @@ def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None
     )
     lines.append(
         f"Each replica holds {est.kv_cache_tokens:,} KV tokens ({est.per_gpu[0].kv_bytes_per_token:,} B/token per "
-        f"GPU, {_gib(kv_per_gpu)} of KV per GPU); a decode step reads {reads} and takes ~{cost.step_ms:.1f} ms, "
-        f"{comm}."
+        f"GPU, {_gib(kv_per_gpu)} of KV per GPU); a decode step reads {reads} and takes ~{cost.step_ms:.1f} ms "
+        f"({_step_parts(req, cost)}), {comm}."
     )
     others = [x for x in ranked if x.fits and x is not c and x.cost is not None]
     # Compare with the best of a different shape: more replicas vs more TP.
