@@ -57,79 +57,138 @@ def activation_bytes(
     (derived from the 0.33 source and the 0.26 serving footprint; not measured on 0.33). ``sampler_sorts_vocab``
     (V1 before 0.17): top-k/top-p sort the whole vocabulary, ``sort_sampler_fp32_copies`` instead.
     """
+    if runner == "v2":
+        peak = _v2_profile_peak(
+            spec,
+            tp=tp,
+            layers=layers,
+            settings=settings,
+            dtype=dtype,
+            cal=cal,
+            warmup_profiled=warmup_profiled,
+            last_stage=last_stage,
+        )
+    else:
+        peak = _v1_profile_peak(
+            spec,
+            tp=tp,
+            layers=layers,
+            settings=settings,
+            dtype=dtype,
+            cal=cal,
+            last_stage=last_stage,
+            sampler_sorts_vocab=sampler_sorts_vocab,
+        )
+    if last_stage:
+        return peak
+    return Explanation(
+        peak.name,
+        peak.formula + " (not the last pipeline stage: no logits, vocab buffer or sampler)",
+        {**peak.inputs, "last_stage": False},
+        peak.value,
+    )
+
+
+def _v1_profile_peak(
+    spec: ModelSpec,
+    *,
+    tp: int,
+    layers: int,
+    settings: EngineSettings,
+    dtype: str,
+    cal: Calibration,
+    last_stage: bool,
+    sampler_sorts_vocab: bool,
+) -> Explanation:
+    """V1 runner: max(forward, hidden states + the dummy sampler's fp32 copies of the logits)."""
+    dt = DTYPE_BYTES[dtype]
+    tokens = settings.max_num_batched_tokens
+    rows = min(settings.max_num_seqs, tokens)
+    scale = cal.activation_scale
+    per_token, mlp_width = _forward_per_token(spec, tp=tp, cal=cal)
+    forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+    copies = cal.sort_sampler_fp32_copies if sampler_sorts_vocab else cal.sampler_fp32_copies
+    sampler = rows * spec.vocab_size * (dt + 4 * copies) if last_stage else 0
+    held = tokens * spec.hidden_size * dt + sampler
+    formula = (
+        "V1 runner: max(forward, hidden_states + sampler) with forward = T × (a_h × hidden + mlp_width + q/tp + "
+        "2 × kv/tp) × dtype_bytes × scale; hidden_states = T × hidden × dtype_bytes; sampler = "
+        "min(max_num_seqs, T) × vocab × (dtype_bytes + 4 × fp32_copies)"
+    )
+    inputs = {
+        "T": tokens,
+        "a_h": cal.activation_hidden_factor,
+        "hidden": spec.hidden_size,
+        "mlp_width": round(mlp_width, 1),
+        "dtype_bytes": dt,
+        "scale": scale,
+        "forward_bytes": int(forward),
+        "max_num_seqs": settings.max_num_seqs,
+        "vocab": spec.vocab_size,
+        "fp32_copies": copies,
+        "sampler_sorts_vocab": sampler_sorts_vocab,
+        "sampler_bytes": int(sampler),
+    }
+    return Explanation("activation", formula, inputs, int(max(forward, held)))
+
+
+def _v2_profile_peak(
+    spec: ModelSpec,
+    *,
+    tp: int,
+    layers: int,
+    settings: EngineSettings,
+    dtype: str,
+    cal: Calibration,
+    warmup_profiled: bool,
+    last_stage: bool,
+) -> Explanation:
+    """V2 runner: max(forward, vocab-sized buffer + hidden states + light sampler), and from 0.33 the fp32 sampler
+    warm-up over the profile's logits."""
     dt = DTYPE_BYTES[dtype]
     tokens = settings.max_num_batched_tokens
     h = spec.hidden_size
-    per_token, mlp_width = _forward_per_token(spec, tp=tp, cal=cal)
     rows = min(settings.max_num_seqs, tokens)
     hidden_states = tokens * h * dt
-    if runner == "v2":
-        scale = cal.v2_forward_scale
-        forward = tokens * per_token * dt * scale if layers > 0 else 0.0
-        vocab_buffer = vocab_rows_per_rank(spec.vocab_size, tp) * h * dt * cal.v2_vocab_buffer_factor
-        sampler = rows * spec.vocab_size * cal.v2_sampler_bytes_per_logit
-        if not last_stage:
-            vocab_buffer = sampler = 0.0
-        held = vocab_buffer + hidden_states + sampler
-        warmup = 0
-        if warmup_profiled and last_stage:
-            # 0.33 runs the fp32 warm-up pass on the profile's logits; the vocab-sized buffer belongs to the logits
-            # computation, which the warm-up pass does not repeat.
-            warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal)
-            held = max(held, hidden_states + rows * spec.vocab_size * dt + warmup)
-        formula = (
-            "V2 runner: max(forward, vocab_buffer + hidden_states + sampler"
-            + (", hidden_states + logits + sampler_warmup" if warmup_profiled else "")
-            + ") with forward = T × (a_h × hidden + mlp_width + q/tp + 2 × kv/tp) × dtype_bytes × scale; "
-            "vocab_buffer = pad64(vocab)/tp × hidden × dtype_bytes; hidden_states = T × hidden × dtype_bytes; "
-            "sampler = min(max_num_seqs, T) × vocab × bytes_per_logit"
-            + ("; logits = min(max_num_seqs, T) × vocab × dtype_bytes" if warmup_profiled else "")
-        )
-        inputs: dict[str, object] = {
-            "T": tokens,
-            "a_h": cal.activation_hidden_factor,
-            "hidden": h,
-            "mlp_width": round(mlp_width, 1),
-            "dtype_bytes": dt,
-            "scale": scale,
-            "forward_bytes": int(forward),
-            "vocab": spec.vocab_size,
-            "vocab_buffer_bytes": int(vocab_buffer),
-            "hidden_states_bytes": int(hidden_states),
-            "max_num_seqs": settings.max_num_seqs,
-            "bytes_per_logit": cal.v2_sampler_bytes_per_logit,
-            "sampler_bytes": int(sampler),
-        }
-        if warmup_profiled:
-            inputs["sampler_warmup_bytes"] = int(warmup)
-    else:
-        scale = cal.activation_scale
-        forward = tokens * per_token * dt * scale if layers > 0 else 0.0
-        copies = cal.sort_sampler_fp32_copies if sampler_sorts_vocab else cal.sampler_fp32_copies
-        sampler = rows * spec.vocab_size * (dt + 4 * copies) if last_stage else 0
-        held = hidden_states + sampler
-        formula = (
-            "V1 runner: max(forward, hidden_states + sampler) with forward = T × (a_h × hidden + mlp_width + q/tp + "
-            "2 × kv/tp) × dtype_bytes × scale; hidden_states = T × hidden × dtype_bytes; sampler = "
-            "min(max_num_seqs, T) × vocab × (dtype_bytes + 4 × fp32_copies)"
-        )
-        inputs = {
-            "T": tokens,
-            "a_h": cal.activation_hidden_factor,
-            "hidden": h,
-            "mlp_width": round(mlp_width, 1),
-            "dtype_bytes": dt,
-            "scale": scale,
-            "forward_bytes": int(forward),
-            "max_num_seqs": settings.max_num_seqs,
-            "vocab": spec.vocab_size,
-            "fp32_copies": copies,
-            "sampler_sorts_vocab": sampler_sorts_vocab,
-            "sampler_bytes": int(sampler),
-        }
+    scale = cal.v2_forward_scale
+    per_token, mlp_width = _forward_per_token(spec, tp=tp, cal=cal)
+    forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+    vocab_buffer = vocab_rows_per_rank(spec.vocab_size, tp) * h * dt * cal.v2_vocab_buffer_factor
+    sampler = rows * spec.vocab_size * cal.v2_sampler_bytes_per_logit
     if not last_stage:
-        formula += " (not the last pipeline stage: no logits, vocab buffer or sampler)"
-        inputs["last_stage"] = False
+        vocab_buffer = sampler = 0.0
+    held = vocab_buffer + hidden_states + sampler
+    warmup = 0
+    if warmup_profiled and last_stage:
+        # 0.33 runs the fp32 warm-up pass on the profile's logits; the vocab-sized buffer belongs to the logits
+        # computation, which the warm-up pass does not repeat.
+        warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal)
+        held = max(held, hidden_states + rows * spec.vocab_size * dt + warmup)
+    formula = (
+        "V2 runner: max(forward, vocab_buffer + hidden_states + sampler"
+        + (", hidden_states + logits + sampler_warmup" if warmup_profiled else "")
+        + ") with forward = T × (a_h × hidden + mlp_width + q/tp + 2 × kv/tp) × dtype_bytes × scale; "
+        "vocab_buffer = pad64(vocab)/tp × hidden × dtype_bytes; hidden_states = T × hidden × dtype_bytes; "
+        "sampler = min(max_num_seqs, T) × vocab × bytes_per_logit"
+        + ("; logits = min(max_num_seqs, T) × vocab × dtype_bytes" if warmup_profiled else "")
+    )
+    inputs: dict[str, object] = {
+        "T": tokens,
+        "a_h": cal.activation_hidden_factor,
+        "hidden": h,
+        "mlp_width": round(mlp_width, 1),
+        "dtype_bytes": dt,
+        "scale": scale,
+        "forward_bytes": int(forward),
+        "vocab": spec.vocab_size,
+        "vocab_buffer_bytes": int(vocab_buffer),
+        "hidden_states_bytes": int(hidden_states),
+        "max_num_seqs": settings.max_num_seqs,
+        "bytes_per_logit": cal.v2_sampler_bytes_per_logit,
+        "sampler_bytes": int(sampler),
+    }
+    if warmup_profiled:
+        inputs["sampler_warmup_bytes"] = int(warmup)
     return Explanation("activation", formula, inputs, int(max(forward, held)))
 
 

@@ -1,8 +1,15 @@
-"""The estimate of one replica: every term per GPU, the KV budget each leaves, and the replica's KV-cache figures."""
+"""The estimate of one replica: every term per GPU, the KV budget each leaves, and the replica's KV-cache figures.
+
+Three steps, as vLLM sizes its cache: settle what holds for the whole replica (``Replica``: the release's runner, the
+dtypes, the checkpoint scale, the hybrid page pools); per GPU, the terms vLLM's profile charges and the blocks the rest
+holds (``GpuBudget``); then the replica's block count, the minimum over its GPUs, which every GPU allocates
+(``GpuMemory``, ``MemoryEstimate``).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from qwendeploy.core.hardware import Gpu
 from qwendeploy.core.hybrid_attention import HybridLayout
@@ -17,8 +24,72 @@ from qwendeploy.core.memory.results import GpuMemory, MemoryEstimate
 from qwendeploy.core.memory.settings import EngineSettings
 from qwendeploy.core.memory.sharding import pp_layer_counts
 from qwendeploy.core.memory.weights import WeightShard, checkpoint_scale, rotary_cache_bytes, weight_shard
-from qwendeploy.core.models import ModelSpec
-from qwendeploy.core.params import param_breakdown
+from qwendeploy.core.models import ModelSpec, Quantization
+from qwendeploy.core.params import ParamBreakdown, param_breakdown
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What holds for every GPU of one replica, settled once before its GPUs are looked at."""
+
+    spec: ModelSpec
+    tp: int
+    pp: int
+    ep: int
+    settings: EngineSettings
+    """The engine arguments, with vLLM's unified block size for a hybrid model."""
+    acc: Accounting
+    cal: Calibration
+    runner: str
+    """``v1`` or ``v2``: the model runner the release uses for the model."""
+    graphs_in_budget: bool
+    """Whether the release subtracts its CUDA-graph estimate from the KV budget."""
+    dtype: str
+    """The activation dtype (bfloat16 falls back to float16 below compute capability 8.0)."""
+    quantization: Quantization | None
+    breakdown: ParamBreakdown
+    layer_counts: tuple[int, ...]
+    """Decoder layers per pipeline stage."""
+    rotary_bytes: int
+    checkpoint_scale: float
+    cuda_graph_capture_size: int
+    layouts: tuple[HybridLayout, ...]
+    """Hybrid models: each stage's page pool; empty otherwise."""
+
+    def samples(self, stage: int) -> bool:
+        """Whether ``stage`` computes logits and runs the sampler: the last pipeline stage, unless the model pools
+        (a pooling model's profile ends with the pooler)."""
+        return stage == self.pp - 1 and not self.spec.is_pooling
+
+    def runs_encoder(self, stage: int) -> bool:
+        """Whether ``stage`` runs the vision encoder: the first stage of a vision-language model."""
+        return self.spec.is_multimodal and stage == 0
+
+
+@dataclass(frozen=True)
+class GpuBudget:
+    """One GPU up to its KV budget: what vLLM's profile charges, and the blocks the rest would hold on its own."""
+
+    gpu: Gpu
+    stage: int
+    layers: int
+    shard: WeightShard
+    weights: int
+    """Bytes loaded: the shard scaled to the checkpoint, plus the rotary cache."""
+    activation: Explanation
+    non_torch: Explanation
+    cuda_graphs: Explanation
+    kv_bytes_per_token: Explanation
+    capacity: int
+    """gpu_memory_utilization × total."""
+    graphs_taken: int
+    """The CUDA graphs the budget pays for: all of them where the release subtracts its estimate, else 0."""
+    context_taken: int
+    """The CUDA context where the release charges it to the budget (0.8), else 0."""
+    budget: int
+    """capacity − weights − activation − non-torch − graphs taken − context taken (negative: the rest does not fit)."""
+    blocks: int
+    """Whole blocks of the budget: what this GPU alone could hold."""
 
 
 def estimate(
@@ -50,206 +121,292 @@ def estimate(
     if len(gpus) != tp * pp:
         raise ValueError(f"a replica with tp={tp} pp={pp} needs {tp * pp} GPUs, got {len(gpus)}")
     acc = accounting or accounting_for(CURRENT_VLLM)
-    runner = acc.runner(spec)
-    graphs_in = acc.graphs_subtracted(spec)
-    warmup_profiled = runner == "v2" and acc.sampler_warmup_profiled
+    r = replica(spec, gpus, tp=tp, pp=pp, ep=ep, settings=settings, acc=acc, cal=calibration)
+    budgets = [gpu_budget(r, i, gpu) for i, gpu in enumerate(gpus)]
+    num_blocks = min(b.blocks for b in budgets)
+    per_gpu = tuple(gpu_memory(r, b, num_blocks) for b in budgets)
+    return _replica_estimate(r, budgets, per_gpu, num_blocks)
+
+
+def replica(
+    spec: ModelSpec,
+    gpus: tuple[Gpu, ...],
+    *,
+    tp: int,
+    pp: int,
+    ep: int,
+    settings: EngineSettings,
+    acc: Accounting,
+    cal: Calibration,
+) -> Replica:
+    """The replica-wide values: runner and rules of the release, dtypes, checkpoint scale, rotary cache, page pools."""
     dtype = resolve_dtype(spec, settings.dtype)
     if dtype == "bfloat16" and settings.dtype == "auto" and not all(g.bf16 for g in gpus):
         dtype = "float16"  # no bf16 below compute capability 8.0; same bytes, and the profile says --dtype float16
     quant = effective_quantization(spec, settings.quantization)
     bd = param_breakdown(spec)
-    counts = pp_layer_counts(spec.num_hidden_layers, pp)
-    cal = calibration
-    rotary = rotary_cache_bytes(spec, max_model_len=settings.max_model_len, dtype=dtype)
-    ckpt_scale = checkpoint_scale(spec, dtype=dtype, quantization=quant, breakdown=bd)
-    capture = cuda_graph_capture_size(settings)
     layouts: list[HybridLayout] = []
+    engine = settings
     if spec.is_hybrid:
-        settings, layouts = hybrid_settings(spec, settings, tp=tp, pp=pp, dtype=dtype, acc=acc)
-    rows: list[tuple[Gpu, int, int, WeightShard, Explanation, Explanation, Explanation, Explanation, int, int]] = []
-    for i, gpu in enumerate(gpus):
-        stage = i // tp
-        layers = counts[stage]
-        shard = weight_shard(spec, tp=tp, pp_rank=stage, pp=pp, dtype=dtype, quantization=quant, ep=ep, breakdown=bd)
-        act = activation_bytes(
-            spec,
-            tp=tp,
-            layers=layers,
-            settings=settings,
-            dtype=dtype,
-            cal=cal,
-            runner=runner,
-            warmup_profiled=warmup_profiled,
-            # A pooling model computes no logits and runs no sampler: its profile ends with the pooler.
-            last_stage=stage == pp - 1 and not spec.is_pooling,
-            sampler_sorts_vocab=acc.sampler_sorts_vocab,
-        )
-        if spec.is_multimodal and stage == 0 and (runner == "v1" or acc.v2_profiles_encoder):
-            act = with_encoder(act, spec, tp=tp, dtype=dtype, settings=settings)
-        nt = non_torch_bytes(
-            tp=tp,
-            pp=pp,
-            custom_all_reduce=settings.custom_all_reduce,
-            cal=cal,
-            nvlink=settings.nvlink,
-            runner=runner,
-            all_reduce=acc.all_reduce_buffers,
-            small_base=acc.small_non_torch_base,
-        )
-        cg = cuda_graph_bytes(
-            layers=layers,
-            enforce_eager=settings.enforce_eager,
-            cal=cal,
-            tp=tp,
-            runner=runner,
-            hidden=spec.hidden_size,
-            capture_size=capture,
-        )
-        if layouts:
-            kvt = hybrid_kv_bytes_per_token(layouts[stage], tp=tp)
-        else:
-            kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=dtype)
-        capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
-        weights = round(shard.bytes * ckpt_scale) + rotary
-        graphs_taken = int(cg.value) if graphs_in else 0
-        # vLLM 0.8 charges the CUDA context (all of total − free that torch did not allocate) to the budget.
-        context_taken = cal.cuda_context_bytes if acc.context_in_budget else 0
-        budget = capacity - weights - int(act.value) - int(nt.value) - graphs_taken - context_taken
-        per_block = int(kvt.value) * settings.block_size
-        blocks = max(0, budget) // per_block if per_block else 0
-        rows.append((gpu, stage, layers, shard, act, nt, cg, kvt, budget, blocks))
+        engine, layouts = hybrid_settings(spec, settings, tp=tp, pp=pp, dtype=dtype, acc=acc)
+    return Replica(
+        spec=spec,
+        tp=tp,
+        pp=pp,
+        ep=ep,
+        settings=engine,
+        acc=acc,
+        cal=cal,
+        runner=acc.runner(spec),
+        graphs_in_budget=acc.graphs_subtracted(spec),
+        dtype=dtype,
+        quantization=quant,
+        breakdown=bd,
+        layer_counts=pp_layer_counts(spec.num_hidden_layers, pp),
+        rotary_bytes=rotary_cache_bytes(spec, max_model_len=settings.max_model_len, dtype=dtype),
+        checkpoint_scale=checkpoint_scale(spec, dtype=dtype, quantization=quant, breakdown=bd),
+        cuda_graph_capture_size=cuda_graph_capture_size(settings),
+        layouts=tuple(layouts),
+    )
 
-    num_blocks = min(r[9] for r in rows)
-    per_gpu: list[GpuMemory] = []
-    for gpu, stage, layers, shard, act, nt, cg, kvt, budget, blocks in rows:
-        capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
-        per_block = int(kvt.value) * settings.block_size
-        weights = round(shard.bytes * ckpt_scale) + rotary
-        last = stage == pp - 1 and not spec.is_pooling
-        work = working_bytes(
-            spec, tp=tp, layers=layers, settings=settings, dtype=dtype, cal=cal, runner=runner, last_stage=last
+
+def gpu_budget(r: Replica, index: int, gpu: Gpu) -> GpuBudget:
+    """GPU ``index`` of the replica (stage-major) up to its KV budget: weights, the profile's activation peak,
+    non-torch memory and, where the release charges them, the CUDA graphs and context; the blocks the rest holds."""
+    spec, tp, settings, cal = r.spec, r.tp, r.settings, r.cal
+    stage = index // tp
+    layers = r.layer_counts[stage]
+    shard = weight_shard(
+        spec, tp=tp, pp_rank=stage, pp=r.pp, dtype=r.dtype, quantization=r.quantization, ep=r.ep, breakdown=r.breakdown
+    )
+    nt = non_torch_bytes(
+        tp=tp,
+        pp=r.pp,
+        custom_all_reduce=settings.custom_all_reduce,
+        cal=cal,
+        nvlink=settings.nvlink,
+        runner=r.runner,
+        all_reduce=r.acc.all_reduce_buffers,
+        small_base=r.acc.small_non_torch_base,
+    )
+    cg = cuda_graph_bytes(
+        layers=layers,
+        enforce_eager=settings.enforce_eager,
+        cal=cal,
+        tp=tp,
+        runner=r.runner,
+        hidden=spec.hidden_size,
+        capture_size=r.cuda_graph_capture_size,
+    )
+    if r.layouts:
+        kvt = hybrid_kv_bytes_per_token(r.layouts[stage], tp=tp)
+    else:
+        kvt = kv_bytes_per_token(spec, tp=tp, layers=layers, kv_cache_dtype=settings.kv_cache_dtype, dtype=r.dtype)
+    act = _profile_activation(r, stage, layers)
+    capacity = math.ceil(gpu.total_bytes * settings.gpu_memory_utilization)
+    weights = round(shard.bytes * r.checkpoint_scale) + r.rotary_bytes
+    graphs_taken = int(cg.value) if r.graphs_in_budget else 0
+    # vLLM 0.8 charges the CUDA context (all of total − free that torch did not allocate) to the budget.
+    context_taken = cal.cuda_context_bytes if r.acc.context_in_budget else 0
+    budget = capacity - weights - int(act.value) - int(nt.value) - graphs_taken - context_taken
+    per_block = int(kvt.value) * settings.block_size
+    blocks = max(0, budget) // per_block if per_block else 0
+    return GpuBudget(
+        gpu=gpu,
+        stage=stage,
+        layers=layers,
+        shard=shard,
+        weights=weights,
+        activation=act,
+        non_torch=nt,
+        cuda_graphs=cg,
+        kv_bytes_per_token=kvt,
+        capacity=capacity,
+        graphs_taken=graphs_taken,
+        context_taken=context_taken,
+        budget=budget,
+        blocks=blocks,
+    )
+
+
+def _profile_activation(r: Replica, stage: int, layers: int) -> Explanation:
+    """The torch peak of the profiling run on a GPU of ``stage``, with the vision encoder where the profile runs it."""
+    act = activation_bytes(
+        r.spec,
+        tp=r.tp,
+        layers=layers,
+        settings=r.settings,
+        dtype=r.dtype,
+        cal=r.cal,
+        runner=r.runner,
+        warmup_profiled=r.runner == "v2" and r.acc.sampler_warmup_profiled,
+        last_stage=r.samples(stage),
+        sampler_sorts_vocab=r.acc.sampler_sorts_vocab,
+    )
+    if r.runs_encoder(stage) and (r.runner == "v1" or r.acc.v2_profiles_encoder):
+        act = with_encoder(act, r.spec, tp=r.tp, dtype=r.dtype, settings=r.settings)
+    return act
+
+
+def gpu_memory(r: Replica, b: GpuBudget, num_blocks: int) -> GpuMemory:
+    """One GPU once the replica's block count is known: its KV cache, working memory, footprint, and every term's
+    explanation."""
+    cal = r.cal
+    kv_bytes = num_blocks * int(b.kv_bytes_per_token.value) * r.settings.block_size
+    work = working_bytes(
+        r.spec,
+        tp=r.tp,
+        layers=b.layers,
+        settings=r.settings,
+        dtype=r.dtype,
+        cal=cal,
+        runner=r.runner,
+        last_stage=r.samples(b.stage),
+    )
+    if r.runs_encoder(b.stage):
+        # The first image request runs the encoder while serving, whether or not the profile did.
+        work = with_encoder(work, r.spec, tp=r.tp, dtype=r.dtype, settings=r.settings)
+    context = Explanation(
+        "cuda_context",
+        "CUDA context of the worker, created before vLLM's memory snapshot: outside the budget, must fit in "
+        "(1 − gpu_memory_utilization) × total of free memory",
+        {"cuda_context": cal.cuda_context_bytes},
+        cal.cuda_context_bytes,
+    )
+    return GpuMemory(
+        gpu=b.gpu,
+        pp_rank=b.stage,
+        layers=b.layers,
+        weights_bytes=b.weights,
+        activation_bytes=int(b.activation.value),
+        non_torch_bytes=int(b.non_torch.value),
+        cuda_graph_bytes=int(b.cuda_graphs.value),
+        cuda_context_bytes=cal.cuda_context_bytes,
+        kv_budget_bytes=b.budget,
+        kv_bytes_per_token=int(b.kv_bytes_per_token.value),
+        num_blocks=b.blocks,
+        kv_cache_bytes=kv_bytes,
+        capacity_bytes=b.capacity,
+        explanations=(
+            _weights_explanation(r, b),
+            b.activation,
+            b.non_torch,
+            b.cuda_graphs,
+            context,
+            b.kv_bytes_per_token,
+            _budget_explanation(r, b),
+            _blocks_explanation(r, b),
+            work,
+            _footprint_explanation(r, b, kv_bytes, work),
+        ),
+        graphs_in_budget=r.graphs_in_budget,
+        working_bytes=int(work.value),
+    )
+
+
+def _weights_explanation(r: Replica, b: GpuBudget) -> Explanation:
+    shard, scale = b.shard, r.checkpoint_scale
+    return Explanation(
+        "weights",
+        "embedding (first stage) + lm_head (last stage) rows × hidden × dtype_bytes, vocab padded to 64 and "
+        "split over tp; + replicated norms/routers × dtype_bytes; + sharded linear elements at their stored "
+        "size (q/o/MLP ÷ tp, k/v × ceil(kv/tp)/kv, experts ÷ tp×ep); + rotary cache (positions × head_dim × "
+        "dtype_bytes)"
+        + (
+            "; × checkpoint_scale = safetensors bytes ÷ config-derived bytes (the headers' total, split as the "
+            "config says)"
+            if scale != 1.0
+            else ""
+        ),
+        {
+            "pp_rank": b.stage,
+            "layers_on_gpu": b.layers,
+            "tp": r.tp,
+            "embedding_elements": int(shard.embedding),
+            "lm_head_elements": int(shard.lm_head),
+            "linear_elements": int(shard.layers_linear),
+            "replicated_elements": int(shard.layers_replicated + shard.final_norm),
+            "dtype": r.dtype,
+            "quantization": r.quantization.method if r.quantization else None,
+            "rotary_cache_bytes": r.rotary_bytes,
+            "checkpoint_bytes": r.spec.weight_bytes,
+            "checkpoint_scale": round(scale, 4),
+        },
+        b.weights,
+    )
+
+
+def _budget_explanation(r: Replica, b: GpuBudget) -> Explanation:
+    return Explanation(
+        "kv_budget",
+        "gpu_memory_utilization × total − weights − activation − non_torch"
+        + (
+            " − cuda_graphs (the release subtracts its graph estimate)"
+            if r.graphs_in_budget
+            else " (CUDA graphs are captured afterwards, on top of the budget)"
         )
-        if spec.is_multimodal and stage == 0:
-            # The first image request runs the encoder while serving, whether or not the profile did.
-            work = with_encoder(work, spec, tp=tp, dtype=dtype, settings=settings)
-        weights_exp = Explanation(
-            "weights",
-            "embedding (first stage) + lm_head (last stage) rows × hidden × dtype_bytes, vocab padded to 64 and "
-            "split over tp; + replicated norms/routers × dtype_bytes; + sharded linear elements at their stored "
-            "size (q/o/MLP ÷ tp, k/v × ceil(kv/tp)/kv, experts ÷ tp×ep); + rotary cache (positions × head_dim × "
-            "dtype_bytes)"
-            + (
-                "; × checkpoint_scale = safetensors bytes ÷ config-derived bytes (the headers' total, split as the "
-                "config says)"
-                if ckpt_scale != 1.0
-                else ""
-            ),
-            {
-                "pp_rank": stage,
-                "layers_on_gpu": layers,
-                "tp": tp,
-                "embedding_elements": int(shard.embedding),
-                "lm_head_elements": int(shard.lm_head),
-                "linear_elements": int(shard.layers_linear),
-                "replicated_elements": int(shard.layers_replicated + shard.final_norm),
-                "dtype": dtype,
-                "quantization": quant.method if quant else None,
-                "rotary_cache_bytes": rotary,
-                "checkpoint_bytes": spec.weight_bytes,
-                "checkpoint_scale": round(ckpt_scale, 4),
-            },
-            weights,
-        )
-        budget_exp = Explanation(
-            "kv_budget",
-            "gpu_memory_utilization × total − weights − activation − non_torch"
-            + (
-                " − cuda_graphs (the release subtracts its graph estimate)"
-                if graphs_in
-                else " (CUDA graphs are captured afterwards, on top of the budget)"
-            )
-            + (" − cuda_context (vLLM 0.8 charges total − free − torch memory)" if acc.context_in_budget else ""),
-            {
-                "vllm": acc.vllm_version,
-                "runner": runner,
-                "gpu_memory_utilization": settings.gpu_memory_utilization,
-                "total": gpu.total_bytes,
-                "capacity": capacity,
-                "weights": weights,
-                "activation": int(act.value),
-                "non_torch": int(nt.value),
-                "cuda_graphs": int(cg.value) if graphs_in else 0,
-                "cuda_context": context_taken,
-            },
-            budget,
-        )
-        blocks_exp = Explanation(
-            "num_blocks",
-            "floor(kv_budget / (block_size × kv_bytes_per_token)); the replica uses the minimum over its GPUs",
-            {"kv_budget": budget, "block_size": settings.block_size, "kv_bytes_per_token": int(kvt.value)},
-            blocks,
-            unit="blocks",
-        )
-        context_exp = Explanation(
-            "cuda_context",
-            "CUDA context of the worker, created before vLLM's memory snapshot: outside the budget, must fit in "
-            "(1 − gpu_memory_utilization) × total of free memory",
-            {"cuda_context": cal.cuda_context_bytes},
-            cal.cuda_context_bytes,
-        )
-        kv_bytes = num_blocks * per_block
-        footprint = cal.cuda_context_bytes + weights + int(nt.value) + kv_bytes + int(cg.value) + int(work.value)
-        footprint_exp = Explanation(
-            "footprint",
-            "cuda_context + weights + non_torch + kv_cache + cuda_graphs + working (what nvidia-smi shows while "
-            "serving; may exceed the budget)",
-            {
-                "cuda_context": cal.cuda_context_bytes,
-                "weights": weights,
-                "non_torch": int(nt.value),
-                "kv_cache": kv_bytes,
-                "cuda_graphs": int(cg.value),
-                "working": int(work.value),
-            },
-            footprint,
-        )
-        per_gpu.append(
-            GpuMemory(
-                gpu=gpu,
-                pp_rank=stage,
-                layers=layers,
-                weights_bytes=weights,
-                activation_bytes=int(act.value),
-                non_torch_bytes=int(nt.value),
-                cuda_graph_bytes=int(cg.value),
-                cuda_context_bytes=cal.cuda_context_bytes,
-                kv_budget_bytes=budget,
-                kv_bytes_per_token=int(kvt.value),
-                num_blocks=blocks,
-                kv_cache_bytes=kv_bytes,
-                capacity_bytes=capacity,
-                explanations=(
-                    weights_exp,
-                    act,
-                    nt,
-                    cg,
-                    context_exp,
-                    kvt,
-                    budget_exp,
-                    blocks_exp,
-                    work,
-                    footprint_exp,
-                ),
-                graphs_in_budget=graphs_in,
-                working_bytes=int(work.value),
-            )
-        )
+        + (" − cuda_context (vLLM 0.8 charges total − free − torch memory)" if r.acc.context_in_budget else ""),
+        {
+            "vllm": r.acc.vllm_version,
+            "runner": r.runner,
+            "gpu_memory_utilization": r.settings.gpu_memory_utilization,
+            "total": b.gpu.total_bytes,
+            "capacity": b.capacity,
+            "weights": b.weights,
+            "activation": int(b.activation.value),
+            "non_torch": int(b.non_torch.value),
+            "cuda_graphs": b.graphs_taken,
+            "cuda_context": b.context_taken,
+        },
+        b.budget,
+    )
+
+
+def _blocks_explanation(r: Replica, b: GpuBudget) -> Explanation:
+    return Explanation(
+        "num_blocks",
+        "floor(kv_budget / (block_size × kv_bytes_per_token)); the replica uses the minimum over its GPUs",
+        {
+            "kv_budget": b.budget,
+            "block_size": r.settings.block_size,
+            "kv_bytes_per_token": int(b.kv_bytes_per_token.value),
+        },
+        b.blocks,
+        unit="blocks",
+    )
+
+
+def _footprint_explanation(r: Replica, b: GpuBudget, kv_bytes: int, work: Explanation) -> Explanation:
+    context = r.cal.cuda_context_bytes
+    terms = {
+        "cuda_context": context,
+        "weights": b.weights,
+        "non_torch": int(b.non_torch.value),
+        "kv_cache": kv_bytes,
+        "cuda_graphs": int(b.cuda_graphs.value),
+        "working": int(work.value),
+    }
+    return Explanation(
+        "footprint",
+        "cuda_context + weights + non_torch + kv_cache + cuda_graphs + working (what nvidia-smi shows while "
+        "serving; may exceed the budget)",
+        terms,
+        sum(terms.values()),
+    )
+
+
+def _replica_estimate(
+    r: Replica, budgets: list[GpuBudget], per_gpu: tuple[GpuMemory, ...], num_blocks: int
+) -> MemoryEstimate:
+    """The replica's KV-cache figures as vLLM logs them, from its block count (a hybrid's from the page pool of the
+    GPU with the fewest blocks)."""
+    settings = r.settings
     tokens = num_blocks * settings.block_size
     conc = tokens / settings.max_model_len
     fit_len = max(0, num_blocks - 1) * settings.block_size
     layout: HybridLayout | None = None
-    if layouts:
-        layout = layouts[min(range(len(rows)), key=lambda i: rows[i][9]) // tp]
+    if r.layouts:
+        layout = r.layouts[min(budgets, key=lambda b: b.blocks).stage]
         tokens = layout.tokens_logged(num_blocks, settings.max_model_len)
         conc = layout.max_concurrency(num_blocks, settings.max_model_len)
         fit_len = layout.max_len_for(num_blocks, 1)
@@ -277,18 +434,18 @@ def estimate(
         ),
     )
     return MemoryEstimate(
-        per_gpu=tuple(per_gpu),
+        per_gpu=per_gpu,
         settings=settings,
-        accounting=acc,
-        tp=tp,
-        pp=pp,
-        dtype=dtype,
+        accounting=r.acc,
+        tp=r.tp,
+        pp=r.pp,
+        dtype=r.dtype,
         num_blocks=num_blocks,
         kv_cache_tokens=tokens,
         max_concurrency=conc,
         max_model_len_fit=fit_len,
         explanations=summary,
-        runner=runner,
-        graphs_in_budget=graphs_in,
+        runner=r.runner,
+        graphs_in_budget=r.graphs_in_budget,
         hybrid=layout,
     )
