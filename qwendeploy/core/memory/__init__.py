@@ -49,83 +49,106 @@ One idea a file:
 * ``results`` — what the estimate returns (``GpuMemory``, ``MemoryEstimate``).
 * ``composition`` — ``estimate``: the terms per GPU, the KV budget each leaves, the replica's figures.
 * ``explanation`` — ``Explanation``, one term with its formula and inputs.
+
+Every name is importable from the package (``from qwendeploy.core.memory import estimate``); each module is imported on
+the first use of one of its names, so importing the package costs nothing and ``CURRENT_VLLM`` costs one small module.
 """
 
 from __future__ import annotations
 
-from qwendeploy.core.memory.accounting import (
-    CURRENT_VLLM,
-    V2_ARCHITECTURES_0_24,
-    V2_MOE_ARCHITECTURES,
-    Accounting,
-    accounting_for,
-    parse_version,
-)
-from qwendeploy.core.memory.activations import activation_bytes, sampler_warmup_bytes, with_encoder, working_bytes
-from qwendeploy.core.memory.calibration import DEFAULT_CALIBRATION, Calibration
-from qwendeploy.core.memory.composition import estimate
-from qwendeploy.core.memory.dtypes import (
-    DTYPE_BYTES,
-    KV_DTYPE_BYTES,
-    effective_quantization,
-    kv_dtype_bytes,
-    resolve_dtype,
-)
-from qwendeploy.core.memory.explanation import Explanation
-from qwendeploy.core.memory.kv import KvPlan, hybrid_kv_bytes_per_token, hybrid_settings, kv_bytes_per_token, kv_plan
-from qwendeploy.core.memory.overheads import cuda_graph_bytes, cuda_graph_capture_size, non_torch_bytes
-from qwendeploy.core.memory.results import GpuMemory, MemoryEstimate
-from qwendeploy.core.memory.settings import DEFAULT_BLOCK_SIZE, EngineSettings
-from qwendeploy.core.memory.sharding import VOCAB_PADDING, kv_heads_per_rank, pp_layer_counts, vocab_rows_per_rank
-from qwendeploy.core.memory.weights import (
-    WeightShard,
-    checkpoint_scale,
-    linear_bytes,
-    model_weight_bytes,
-    rotary_cache_bytes,
-    weight_shard,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CURRENT_VLLM",
-    "DEFAULT_BLOCK_SIZE",
-    "DEFAULT_CALIBRATION",
-    "DTYPE_BYTES",
-    "KV_DTYPE_BYTES",
-    "V2_ARCHITECTURES_0_24",
-    "V2_MOE_ARCHITECTURES",
-    "VOCAB_PADDING",
-    "Accounting",
-    "Calibration",
-    "EngineSettings",
-    "Explanation",
-    "GpuMemory",
-    "KvPlan",
-    "MemoryEstimate",
-    "WeightShard",
-    "accounting_for",
-    "activation_bytes",
-    "checkpoint_scale",
-    "cuda_graph_bytes",
-    "cuda_graph_capture_size",
-    "effective_quantization",
-    "estimate",
-    "hybrid_kv_bytes_per_token",
-    "hybrid_settings",
-    "kv_bytes_per_token",
-    "kv_dtype_bytes",
-    "kv_heads_per_rank",
-    "kv_plan",
-    "linear_bytes",
-    "model_weight_bytes",
-    "non_torch_bytes",
-    "parse_version",
-    "pp_layer_counts",
-    "resolve_dtype",
-    "rotary_cache_bytes",
-    "sampler_warmup_bytes",
-    "vocab_rows_per_rank",
-    "weight_shard",
-    "with_encoder",
-    "working_bytes",
-]
+if TYPE_CHECKING:  # what mypy sees; at run time __getattr__ imports a name's module on first use
+    from qwendeploy.core.memory.accounting import CURRENT_VLLM as CURRENT_VLLM
+    from qwendeploy.core.memory.accounting import V2_ARCHITECTURES_0_24 as V2_ARCHITECTURES_0_24
+    from qwendeploy.core.memory.accounting import V2_MOE_ARCHITECTURES as V2_MOE_ARCHITECTURES
+    from qwendeploy.core.memory.accounting import Accounting as Accounting
+    from qwendeploy.core.memory.accounting import accounting_for as accounting_for
+    from qwendeploy.core.memory.accounting import parse_version as parse_version
+    from qwendeploy.core.memory.activations import activation_bytes as activation_bytes
+    from qwendeploy.core.memory.activations import sampler_warmup_bytes as sampler_warmup_bytes
+    from qwendeploy.core.memory.activations import with_encoder as with_encoder
+    from qwendeploy.core.memory.activations import working_bytes as working_bytes
+    from qwendeploy.core.memory.calibration import DEFAULT_CALIBRATION as DEFAULT_CALIBRATION
+    from qwendeploy.core.memory.calibration import Calibration as Calibration
+    from qwendeploy.core.memory.composition import estimate as estimate
+    from qwendeploy.core.memory.dtypes import DTYPE_BYTES as DTYPE_BYTES
+    from qwendeploy.core.memory.dtypes import KV_DTYPE_BYTES as KV_DTYPE_BYTES
+    from qwendeploy.core.memory.dtypes import effective_quantization as effective_quantization
+    from qwendeploy.core.memory.dtypes import kv_dtype_bytes as kv_dtype_bytes
+    from qwendeploy.core.memory.dtypes import resolve_dtype as resolve_dtype
+    from qwendeploy.core.memory.explanation import Explanation as Explanation
+    from qwendeploy.core.memory.kv import KvPlan as KvPlan
+    from qwendeploy.core.memory.kv import hybrid_kv_bytes_per_token as hybrid_kv_bytes_per_token
+    from qwendeploy.core.memory.kv import hybrid_settings as hybrid_settings
+    from qwendeploy.core.memory.kv import kv_bytes_per_token as kv_bytes_per_token
+    from qwendeploy.core.memory.kv import kv_plan as kv_plan
+    from qwendeploy.core.memory.overheads import cuda_graph_bytes as cuda_graph_bytes
+    from qwendeploy.core.memory.overheads import cuda_graph_capture_size as cuda_graph_capture_size
+    from qwendeploy.core.memory.overheads import non_torch_bytes as non_torch_bytes
+    from qwendeploy.core.memory.results import GpuMemory as GpuMemory
+    from qwendeploy.core.memory.results import MemoryEstimate as MemoryEstimate
+    from qwendeploy.core.memory.settings import DEFAULT_BLOCK_SIZE as DEFAULT_BLOCK_SIZE
+    from qwendeploy.core.memory.settings import EngineSettings as EngineSettings
+    from qwendeploy.core.memory.sharding import VOCAB_PADDING as VOCAB_PADDING
+    from qwendeploy.core.memory.sharding import kv_heads_per_rank as kv_heads_per_rank
+    from qwendeploy.core.memory.sharding import pp_layer_counts as pp_layer_counts
+    from qwendeploy.core.memory.sharding import vocab_rows_per_rank as vocab_rows_per_rank
+    from qwendeploy.core.memory.weights import WeightShard as WeightShard
+    from qwendeploy.core.memory.weights import checkpoint_scale as checkpoint_scale
+    from qwendeploy.core.memory.weights import linear_bytes as linear_bytes
+    from qwendeploy.core.memory.weights import model_weight_bytes as model_weight_bytes
+    from qwendeploy.core.memory.weights import rotary_cache_bytes as rotary_cache_bytes
+    from qwendeploy.core.memory.weights import weight_shard as weight_shard
+
+_MODULES: dict[str, tuple[str, ...]] = {
+    "accounting": (
+        "CURRENT_VLLM",
+        "V2_ARCHITECTURES_0_24",
+        "V2_MOE_ARCHITECTURES",
+        "Accounting",
+        "accounting_for",
+        "parse_version",
+    ),
+    "activations": ("activation_bytes", "sampler_warmup_bytes", "with_encoder", "working_bytes"),
+    "calibration": ("DEFAULT_CALIBRATION", "Calibration"),
+    "composition": ("estimate",),
+    "dtypes": ("DTYPE_BYTES", "KV_DTYPE_BYTES", "effective_quantization", "kv_dtype_bytes", "resolve_dtype"),
+    "explanation": ("Explanation",),
+    "kv": ("KvPlan", "hybrid_kv_bytes_per_token", "hybrid_settings", "kv_bytes_per_token", "kv_plan"),
+    "overheads": ("cuda_graph_bytes", "cuda_graph_capture_size", "non_torch_bytes"),
+    "results": ("GpuMemory", "MemoryEstimate"),
+    "settings": ("DEFAULT_BLOCK_SIZE", "EngineSettings"),
+    "sharding": ("VOCAB_PADDING", "kv_heads_per_rank", "pp_layer_counts", "vocab_rows_per_rank"),
+    "weights": (
+        "WeightShard",
+        "checkpoint_scale",
+        "linear_bytes",
+        "model_weight_bytes",
+        "rotary_cache_bytes",
+        "weight_shard",
+    ),
+}
+"""Each module of the package and the names it exports (the same as the imports above, checked by
+tests/core/test_memory_package.py)."""
+
+_HOME = {name: module for module, exported in _MODULES.items() for name in exported}
+
+__all__ = sorted(_HOME)
+
+
+if not TYPE_CHECKING:  # mypy checks each import against the names above, not against __getattr__
+
+    def __getattr__(name: str) -> Any:
+        """PEP 562: ``from qwendeploy.core.memory import estimate`` (or ``memory.estimate``) imports
+        ``memory.composition`` the first time; the value is then kept in the package's namespace."""
+        module = _HOME.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from qwendeploy.core.models import ModelSpec
+if TYPE_CHECKING:
+    from qwendeploy.core.models import ModelSpec
 
 CURRENT_VLLM = "0.33"
 """vLLM release whose accounting is the default (the newest release checked, see docs/memory-model.md)."""
