@@ -67,6 +67,8 @@ def cuda_graph_bytes(
     hidden: int = 0,
     capture_size: int = 512,
 ) -> Explanation:
+    """CUDA-graph memory on one GPU: a fixed part plus one per decoder layer (V1) or per unit of hidden size (V2),
+    scaled to the largest captured batch and shrinking with TP."""
     shrink = tp ** (-cal.cuda_graph_tp_exponent)
     size = capture_size / 512
     if runner == "v2":
