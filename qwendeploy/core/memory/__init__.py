@@ -57,8 +57,8 @@ the first use of one of its names, so importing the package costs nothing and ``
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy reads any TYPE_CHECKING as true
 if TYPE_CHECKING:  # what mypy sees; at run time __getattr__ imports a name's module on first use
     from qwendeploy.core.memory.accounting import CURRENT_VLLM as CURRENT_VLLM
     from qwendeploy.core.memory.accounting import V2_ARCHITECTURES_0_24 as V2_ARCHITECTURES_0_24
@@ -140,7 +140,7 @@ __all__ = sorted(_HOME)
 
 if not TYPE_CHECKING:  # mypy checks each import against the names above, not against __getattr__
 
-    def __getattr__(name: str) -> Any:
+    def __getattr__(name: str) -> object:
         """PEP 562: ``from qwendeploy.core.memory import estimate`` (or ``memory.estimate``) imports
         ``memory.composition`` the first time; the value is then kept in the package's namespace."""
         module = _HOME.get(name)
