@@ -16,7 +16,7 @@ vLLM keeps one pool of equally sized pages for both kinds of layer (``vllm/v1/kv
 * A request of L tokens takes ceil(L / block) blocks in every attention group and, in every linear-attention group,
   one state block — two with prefix caching (``mamba_cache_mode`` ``align``: ``MambaSpec.max_memory_usage_bytes`` =
   2 pages; ``none``: 1), which vLLM turns on for hybrids by default from 0.33 but not in 0.26
-  (``Accounting.hybrid_prefix_caching`` in core/memory.py says which release does what).
+  (``Accounting.hybrid_prefix_caching`` in core/memory/accounting.py says which release does what).
 * vLLM logs the maximum concurrency as ``num_blocks / blocks_per_request``
   (``get_max_concurrency_for_kv_cache_config``) and ``GPU KV cache size`` as ``int(concurrency × max_model_len)``
   (read in 0.26 and 0.33); an older ``_report_kv_cache_config`` logged ``num_blocks // groups × smallest block``.

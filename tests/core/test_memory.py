@@ -349,3 +349,19 @@ def test_safetensors_header_bytes_set_the_weight_term() -> None:
     for changed in (replace(s, quantization="fp8"), replace(s, dtype="float32")):
         with_headers = estimate(spec, (H100,), tp=1, pp=1, settings=changed).per_gpu[0].weights_bytes
         assert with_headers == estimate(QWEN25_7B, (H100,), tp=1, pp=1, settings=changed).per_gpu[0].weights_bytes
+
+
+def test_every_gpu_allocates_the_fewest_blocks_any_gpu_of_the_replica_holds() -> None:
+    # Three stages of 9/10/9 layers, the middle one on a card 8 GiB smaller: each GPU's own budget holds a different
+    # number of blocks; vLLM allocates the smallest count on every GPU, and the footprint counts that allocation.
+    small = replace(H100, index=1, total_bytes=H100.total_bytes - 8 * GiB, free_bytes=H100.free_bytes - 8 * GiB)
+    s = EngineSettings(max_model_len=32768)
+    est = estimate(QWEN25_7B, (H100, small, replace(H100, index=2)), tp=1, pp=3, settings=s)
+    assert [g.layers for g in est.per_gpu] == [9, 10, 9]
+    own = [g.num_blocks for g in est.per_gpu]
+    assert len(set(own)) == 3 and est.num_blocks == min(own) == own[1]
+    for g in est.per_gpu:
+        assert g.kv_cache_bytes == est.num_blocks * s.block_size * g.kv_bytes_per_token <= g.kv_budget_bytes
+        footprint = next(e for e in g.explanations if e.name == "footprint")
+        assert footprint.value == g.footprint_bytes
+    assert est.kv_cache_tokens == est.num_blocks * s.block_size

@@ -1,0 +1,29 @@
+"""The vLLM engine arguments that change memory (``EngineSettings``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The vLLM engine arguments that change memory."""
+
+    max_model_len: int
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    gpu_memory_utilization: float = 0.92
+    kv_cache_dtype: str = "auto"
+    dtype: str = "auto"
+    quantization: str | None = None
+    enforce_eager: bool = False
+    block_size: int = DEFAULT_BLOCK_SIZE
+    custom_all_reduce: bool = True
+    """Whether vLLM's custom all-reduce is in use (needs P2P between the TP ranks)."""
+    nvlink: bool = False
+    """Whether the TP ranks talk over NVLink (larger all-reduce workspaces)."""
+    expert_parallel: bool = False
+    enable_prefix_caching: bool = True
+    """vLLM's default; hybrid models keep two state blocks per request with it (core/hybrid_attention.py)."""
