@@ -9,11 +9,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from qwendeploy.core.diagnosis.catalog import Catalog, Rule
 from qwendeploy.core.diagnosis.gate import WordGate, trie_regex
 from qwendeploy.core.diagnosis.line_facts import FACT_WORDS
 from qwendeploy.core.diagnosis.lines import clean_line
 from qwendeploy.core.diagnosis.literals import signature_literals
-from qwendeploy.core.diagnosis.rules import Catalog, Rule, load_catalog
+from qwendeploy.core.diagnosis.loading import load_catalog
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from qwendeploy.core.diagnosis.catalog import Rule, template_fields
 from qwendeploy.core.diagnosis.compiled import compiled
 from qwendeploy.core.diagnosis.compiled import detect_phase as detect_phase
 from qwendeploy.core.diagnosis.compiled import phase_label as phase_label
@@ -29,7 +30,6 @@ from qwendeploy.core.diagnosis.fixes import plan_command as plan_command
 from qwendeploy.core.diagnosis.lines import MAX_LINE_CHARS as MAX_LINE_CHARS
 from qwendeploy.core.diagnosis.lines import quote
 from qwendeploy.core.diagnosis.literals import signature_literals as signature_literals
-from qwendeploy.core.diagnosis.rules import Rule, template_fields
 from qwendeploy.core.diagnosis.scan import scan_log
 from qwendeploy.core.diagnosis.state import Hit, ScanState
 from qwendeploy.core.diagnosis.values import Diagnosis as Diagnosis

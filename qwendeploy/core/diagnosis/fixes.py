@@ -1,7 +1,7 @@
 """Fix numbers and text: derivations that turn captured numbers into the numbers a fix names, template filling
 with a plain fallback when a number is missing, and the ``qwendeploy plan`` command that rewrites a profile.
 
-Pure: values in, strings out. rules.py (DERIVATIONS) lists what each derivation needs and provides.
+Pure: values in, strings out. catalog.py (DERIVATIONS) lists what each derivation needs and provides.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from qwendeploy.core.argv import drop_flags
-from qwendeploy.core.diagnosis.rules import template_fields
+from qwendeploy.core.diagnosis.catalog import template_fields
 from qwendeploy.core.profile import Profile
 
 
