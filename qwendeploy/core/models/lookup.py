@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from qwendeploy.core import safe_yaml
-from qwendeploy.core.models.entries import ModelCatalogError, name_part, parse_entries
+from qwendeploy.core.models.catalog_format import ModelCatalogError, name_part
 from qwendeploy.core.models.hf_config import spec_from_hf_config
 from qwendeploy.core.models.spec import ModelSpec
 from qwendeploy.errors import BadInput
@@ -25,6 +25,10 @@ def parse_model_catalog(text: str) -> tuple[ModelSpec, ...]:
     Raises:
         ModelCatalogError: the text is not a valid catalog (the message names the entry and the field).
     """
+    # The pydantic schema is built here, when the catalog is first read, not at import: code that only needs
+    # ModelSpec (doctor, serve) does not pay for it.
+    from qwendeploy.core.models.entries import parse_entries
+
     doc = parse_entries(safe_yaml.load(text))
     given_by_id: dict[str, dict[str, Any]] = {}
     specs: list[ModelSpec] = []
