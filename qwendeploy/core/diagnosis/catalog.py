@@ -100,7 +100,7 @@ FACTS: Mapping[str, str] = {
     "found re-parented to PID 1 on this machine",
     "nccl_test_hung": "doctor's own NCCL all-reduce test hung (doctor --nccl-test)",
 }
-"""Whole-log facts the engine computes (engine.py implements each)."""
+"""Whole-log facts the engine computes (facts.py implements each)."""
 
 
 DERIVATIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

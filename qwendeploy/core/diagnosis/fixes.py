@@ -29,7 +29,7 @@ def _pow2_at_most(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-# long: a flat table of small derivations, one branch each (DERIVATIONS in rules.py names them); phase B turns it
+# long: a flat table of small derivations, one branch each (DERIVATIONS in catalog.py names them); phase B turns it
 # into a dict of functions.
 def derive(name: str, v: dict[str, str], tp_not_set: bool) -> None:
     """Run derivation ``name`` on the values ``v`` (in place); ``tp_not_set``: the whole-log fact of that name."""
