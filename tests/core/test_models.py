@@ -359,3 +359,18 @@ def test_a_broken_catalog_names_the_entry_and_the_field(old: str, new: str, mess
     assert old in SMALL_CATALOG
     with pytest.raises(ModelCatalogError, match=message):
         parse_model_catalog(SMALL_CATALOG.replace(old, new, 1))
+
+
+def test_the_catalog_schema_is_built_on_first_read_not_at_import() -> None:
+    """Code that needs ModelSpec only (doctor, serve) does not build models.yaml's pydantic schema."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import qwendeploy.core.models as m\n"
+        "before = 'qwendeploy.core.models.entries' in sys.modules\n"
+        "m.find_model('qwen3-8b')\n"
+        "print(before, 'qwendeploy.core.models.entries' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.split() == ["False", "True"]
