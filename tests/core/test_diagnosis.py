@@ -337,9 +337,9 @@ rules:
 
 
 def test_parse_catalog_validates(monkeypatch: pytest.MonkeyPatch) -> None:
-    import qwendeploy.core.diagnosis.rules as rules_mod
+    import qwendeploy.core.diagnosis.schema as schema  # the pydantic models check categories against its CATEGORIES
 
-    monkeypatch.setattr(rules_mod, "CATEGORIES", ("shm_too_small", "unknown"))
+    monkeypatch.setattr(schema, "CATEGORIES", ("shm_too_small", "unknown"))
     assert len(parse_catalog(GOOD_RULE).rules) == 2
     bad = {
         "category: shm_too_small": "category: no_such",

@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from qwendeploy.core.models import (
+    ModelCatalogError,
     ModelSpec,
     catalog,
     find_model,
     parse_count,
+    parse_model_catalog,
     spec_from_hf_config,
     suggest_models,
 )
@@ -303,3 +305,72 @@ def test_catalog_specs_are_frozen_values() -> None:
     with pytest.raises(AttributeError):
         spec.hidden_size = 1  # type: ignore[misc]
     assert catalog() is catalog()
+
+
+SMALL_CATALOG = """
+schema_version: 1
+models:
+  - id: Org/Base-7B
+    published_params: 7.61B
+    yarn_factor: 4.0
+    config:
+      architectures: [Qwen2ForCausalLM]
+      model_type: qwen2
+      hidden_size: 3584
+      intermediate_size: 18944
+      num_hidden_layers: 28
+      num_attention_heads: 28
+      num_key_value_heads: 4
+      vocab_size: 152064
+      max_position_embeddings: 32768
+  - id: Org/Base-7B-AWQ
+    from: Org/Base-7B
+    yarn_factor: null
+    aliases: [b7q]
+    config:
+      quantization_config: {quant_method: awq, bits: 4, group_size: 128}
+"""
+
+
+def test_a_catalog_entry_inherits_from_an_earlier_one() -> None:
+    base, awq = parse_model_catalog(SMALL_CATALOG)
+    assert (awq.hidden_size, awq.published_params, awq.base_model) == (3584, 7_610_000_000, "Org/Base-7B")
+    assert awq.quantization is not None and awq.quantization.bits == 4
+    assert (base.yarn_factor, awq.yarn_factor) == (4.0, None)  # an explicit null drops the inherited factor
+    assert awq.aliases == ("base-7b-awq", "b7q")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("published_params: 7.61B", "published_params: lots", r"models\.0 \(id 'Org/Base-7B'\)\.published_params"),
+        ("    aliases: [b7q]", "    colour: red", r"models\.1 \(id 'Org/Base-7B-AWQ'\)\.colour: Extra inputs"),
+        ("from: Org/Base-7B", "from: Org/Later", r"entry 'Org/Base-7B-AWQ'\.from: 'Org/Later' is not an earlier"),
+        ("  - id: Org/Base-7B-AWQ", "  - id: org/base-7b", r"entry 'org/base-7b': id used twice"),
+        ("aliases: [b7q]", "aliases: [base-7b]", r"entry 'Org/Base-7B-AWQ'\.aliases: 'base-7b' already names"),
+        ("yarn_factor: 4.0", "yarn_factor: [4]", r"models\.0 \(id 'Org/Base-7B'\)\.yarn_factor"),
+        ("schema_version: 1", "schema_version: 2", r"schema_version"),
+        ("      hidden_size: 3584", "      hidden_size: big", r"entry 'Org/Base-7B': .*field 'hidden_size'"),
+        ("128}\n", "128}\n  - id: Org/Empty\n", r"models\.2 \(id 'Org/Empty'\): .*config is required"),
+    ],
+    ids=["count", "unknown-key", "from-later", "dup-id", "dup-alias", "type", "schema", "config", "no-config"],
+)
+def test_a_broken_catalog_names_the_entry_and_the_field(old: str, new: str, message: str) -> None:
+    assert old in SMALL_CATALOG
+    with pytest.raises(ModelCatalogError, match=message):
+        parse_model_catalog(SMALL_CATALOG.replace(old, new, 1))
+
+
+def test_the_catalog_schema_is_built_on_first_read_not_at_import() -> None:
+    """Code that needs ModelSpec only (doctor, serve) does not build models.yaml's pydantic schema."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import qwendeploy.core.models as m\n"
+        "before = 'qwendeploy.core.models.entries' in sys.modules\n"
+        "m.find_model('qwen3-8b')\n"
+        "print(before, 'qwendeploy.core.models.entries' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.split() == ["False", "True"]

@@ -2,7 +2,7 @@
 of a container, the host driver, and whose memory the processes named by a CUDA OOM are.
 
 Pure: each helper reads one line (or the collected state) and never does I/O. The engine calls them from its
-single pass over the log (see engine.py); rules.yaml names the facts and values they feed.
+single pass over the log (see scan.py); rules.yaml names the facts and values they feed.
 """
 
 from __future__ import annotations

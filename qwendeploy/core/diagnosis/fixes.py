@@ -1,7 +1,7 @@
 """Fix numbers and text: derivations that turn captured numbers into the numbers a fix names, template filling
 with a plain fallback when a number is missing, and the ``qwendeploy plan`` command that rewrites a profile.
 
-Pure: values in, strings out. rules.py (DERIVATIONS) lists what each derivation needs and provides.
+Pure: values in, strings out. catalog.py (DERIVATIONS) lists what each derivation needs and provides.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from qwendeploy.core.argv import drop_flags
-from qwendeploy.core.diagnosis.rules import template_fields
+from qwendeploy.core.diagnosis.catalog import template_fields
 from qwendeploy.core.profile import Profile
 
 
@@ -29,7 +29,7 @@ def _pow2_at_most(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-# long: a flat table of small derivations, one branch each (DERIVATIONS in rules.py names them); phase B turns it
+# long: a flat table of small derivations, one branch each (DERIVATIONS in catalog.py names them); phase B turns it
 # into a dict of functions.
 def derive(name: str, v: dict[str, str], tp_not_set: bool) -> None:
     """Run derivation ``name`` on the values ``v`` (in place); ``tp_not_set``: the whole-log fact of that name."""
