@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,7 @@ from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_o
 from qwendeploy.core.diagnosis.rules import load_catalog
 from qwendeploy.core.diagnosis.startup import StartupReport, compare
 from qwendeploy.core.diagnosis.startup import summary as startup_summary
+from qwendeploy.core.docker_args import DockerSpec, render_docker
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.vllm_args import LaunchSpec, display_command
 from qwendeploy.errors import LaunchFailed
@@ -192,6 +194,31 @@ class Launch:
     def native(cls, spec: LaunchSpec) -> Launch:
         return cls(spec=spec, argv=spec.argv, env=spec.env, display=display_command(spec))
 
+    @classmethod
+    def docker(cls, d: DockerSpec) -> Launch:
+        """``docker run …`` of one replica; the container is removed once stopped (and by the watchdog)."""
+        return cls(
+            spec=d.launch,
+            argv=d.argv,
+            env=d.env,
+            display=render_docker(d)["command"],
+            after_stop=_docker_rm(d.argv[0], d.container_name),
+            container=(d.argv[0], d.container_name),
+        )
+
+
+def _docker_rm(docker: str, container: str) -> Callable[[], None]:
+    def rm() -> None:
+        subprocess.run(
+            [docker, "rm", "-f", container],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
+
+    return rm
+
 
 @dataclass(frozen=True)
 class Event:
@@ -241,14 +268,6 @@ class _Replica:
     @property
     def name(self) -> str:
         return self.launch.spec.name
-
-
-def default_log_dir(env: Mapping[str, str]) -> Path:
-    """``$QWENDEPLOY_HOME/logs``, else ``$XDG_STATE_HOME/qwendeploy/logs`` or ``~/.local/state/qwendeploy/logs``."""
-    if env.get("QWENDEPLOY_HOME"):
-        return Path(env["QWENDEPLOY_HOME"]) / "logs"
-    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "qwendeploy" / "logs"
 
 
 class Supervisor:
