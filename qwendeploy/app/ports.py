@@ -101,8 +101,9 @@ class RayAddress(Protocol):
 
 
 class ServePreflight(Protocol):
-    """Serve's checks of the machine (GPUs or Ray cluster, ports, shm, model, log directory, security); never
-    raises for a missing driver (a ``skip``, or a ``fail`` when ``strict``)."""
+    """Serve's checks of the machine (this host's GPUs, or the Ray cluster at ``ray_address`` for a multi-node
+    profile; ports, shm, model, log directory, security); never raises for a missing driver (a ``skip``, or a
+    ``fail`` when ``strict``)."""
 
     def __call__(
         self,
@@ -112,6 +113,7 @@ class ServePreflight(Protocol):
         env: Mapping[str, str],
         strict: bool,
         insecure: bool,
+        ray_address: str | None,
         log_dir: Path,
     ) -> list[Check]: ...
 

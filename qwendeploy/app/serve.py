@@ -87,6 +87,8 @@ class Prepared:
     servers: tuple[Server, ...]
     env: Mapping[str, str]
     log_dir: Path
+    ray_address: str | None = None
+    """The Ray cluster a multi-node profile attaches to (None: one node)."""
     strict: bool = False
     insecure: bool = False
     warnings: tuple[str, ...] = ()
@@ -176,6 +178,7 @@ def prepare(request: ServeRequest, ports: ServePorts) -> Prepared:
     """
     prof = request.profile
     env = dict(request.env)
+    ray_address = ports.ray_address(env, prof.cluster.ray_port) if prof.placement.nodes > 1 else None
     warnings: list[str] = []
     key_env = prof.server.api_key_env
     if request.dry_run and key_env and not env.get(key_env):
@@ -187,7 +190,6 @@ def prepare(request: ServeRequest, ports: ServePorts) -> Prepared:
         executable = "docker"
     else:
         executable = vllm_binary(request.vllm_bin, env, ports.executables, required=not request.dry_run)
-        ray_address = ports.ray_address(env, prof.cluster.ray_port) if prof.placement.nodes > 1 else None
         specs = build_launch_specs(
             prof, vllm_bin=executable, base_env=env, host=request.host, port=request.port, ray_address=ray_address
         )
@@ -199,6 +201,7 @@ def prepare(request: ServeRequest, ports: ServePorts) -> Prepared:
         servers=servers,
         env=env,
         log_dir=request.log_dir or default_log_dir(env, request.home),
+        ray_address=ray_address,
         strict=request.strict,
         insecure=request.insecure,
         warnings=tuple(warnings),
@@ -229,6 +232,7 @@ def preflight_checks(prepared: Prepared, ports: ServePorts) -> list[Check]:
         env=prepared.env,
         strict=prepared.strict,
         insecure=prepared.insecure,
+        ray_address=prepared.ray_address,
         log_dir=prepared.log_dir,
     )
     if prepared.runtime == "docker":  # the container gets --ipc=host; the host's /dev/shm does not matter

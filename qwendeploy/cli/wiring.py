@@ -159,13 +159,21 @@ def serve_preflight(
     env: Mapping[str, str],
     strict: bool,
     insecure: bool,
+    ray_address: str | None,
     log_dir: Path,
 ) -> list[Check]:
     """``app.ports.ServePreflight``: adapters/preflight with NVML through this module's seam."""
     from qwendeploy.adapters import preflight
 
     return preflight.run_preflight(
-        profile, specs, env=env, strict=strict, insecure=insecure, probe=probe_report, log_dir=log_dir
+        profile,
+        specs,
+        env=env,
+        strict=strict,
+        insecure=insecure,
+        probe=probe_report,
+        ray_address=ray_address,
+        log_dir=log_dir,
     )
 
 
