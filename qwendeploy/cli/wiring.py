@@ -199,7 +199,8 @@ def supervise(
     gpu_check: bool,
 ) -> int:
     """``app.ports.Supervise``: adapters/supervisor over real processes."""
-    from qwendeploy.adapters.supervisor import Launch, Policy, Supervisor
+    from qwendeploy.adapters.supervisor import Launch, Supervisor
+    from qwendeploy.core.restart import Policy
 
     launches = [Launch.docker(s.docker) if s.docker is not None else Launch.native(s.spec) for s in servers]
     sup = Supervisor(
