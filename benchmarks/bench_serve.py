@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qwendeploy.adapters.supervisor import Event, Launch, Policy, Supervisor  # noqa: E402
+from qwendeploy.adapters.supervisor import Event, Launch, Supervisor  # noqa: E402
 from qwendeploy.core.profile import ModelSection, Profile, ServerSection  # noqa: E402
+from qwendeploy.core.restart import Policy  # noqa: E402
 from qwendeploy.core.vllm_args import build_launch_specs  # noqa: E402
 from tests.fakes.serving import FAKE_VLLM, free_port  # noqa: E402
 

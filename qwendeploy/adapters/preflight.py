@@ -343,13 +343,14 @@ def run_preflight(
     insecure: bool = False,
     probe: Callable[[], Any],
     ray_probe: Callable[[str, Sequence[str]], Any] | None = None,
+    ray_address: str | None = None,
     log_dir: Path | None = None,
 ) -> list[Check]:
     """Every check, in the order a user would fix them. ``probe`` returns an NvmlReport or raises ProbeError.
 
-    Multi-node profiles (placement.nodes > 1) check the Ray cluster instead of this host's GPUs: ``ray_probe``
-    (address, env keys) → ``core.cluster.RayCluster`` (default: ``adapters.ray_cluster.probe``). ``log_dir``:
-    where serve will write its logs (checked writable when given).
+    Multi-node profiles (placement.nodes > 1) check the Ray cluster at ``ray_address`` (chosen by the serve use
+    case) instead of this host's GPUs: ``ray_probe`` (address, env keys) → ``core.cluster.RayCluster`` (default:
+    ``adapters.ray_cluster.probe``). ``log_dir``: where serve will write its logs (checked writable when given).
     """
     checks = check_security(specs, insecure=insecure)
     checks += check_profile_env_secrets(profile)
@@ -357,7 +358,7 @@ def run_preflight(
         checks += check_log_dir(log_dir)
     checks += check_ports(specs)
     if profile.placement.nodes > 1:
-        checks += check_ray_cluster(profile, specs, env=env, ray_probe=ray_probe)
+        checks += check_ray_cluster(profile, ray_address, env=env, ray_probe=ray_probe)
     else:
         checks += check_gpus(profile, specs, strict=strict, probe=probe)
     checks += check_orphans()
@@ -368,18 +369,18 @@ def run_preflight(
 
 def check_ray_cluster(
     profile: Profile,
-    specs: Sequence[LaunchSpec],
+    address: str | None,
     *,
     env: Mapping[str, str],
     ray_probe: Callable[[str, Sequence[str]], Any] | None = None,
 ) -> list[Check]:
-    """The Ray cluster has the nodes and GPUs the profile needs, the profile's environment on every node and
-    the same vLLM/torch/ray everywhere (``core.cluster.check_cluster``). No cluster at all is a ``fail``."""
+    """The Ray cluster at ``address`` has the nodes and GPUs the profile needs, the profile's environment on every
+    node and the same vLLM/torch/ray everywhere (``core.cluster.check_cluster``). No cluster at all is a ``fail``."""
     from qwendeploy.adapters import ray_cluster
     from qwendeploy.core import cluster as core
 
-    address = next((s.env_set["RAY_ADDRESS"] for s in specs if "RAY_ADDRESS" in s.env_set), None)
-    address = address or ray_cluster.default_address(env, profile.cluster.ray_port)
+    if address is None:  # the use case chooses the address of every multi-node serve
+        return [Check("ray cluster", "fail", "No Ray cluster address was given for a multi-node profile.")]
     keys = sorted({*core.IFNAME_VARS, core.HOST_IP_VAR, *core.cluster_env(profile)})
     try:
         found = (ray_probe or (lambda a, k: ray_cluster.probe(a, env_keys=k, env=env)))(address, keys)

@@ -2,14 +2,15 @@
 
 One loop drives every replica (no thread per server): each tick it drains the servers' output, polls their
 exit status, and probes /health (every ``ready_poll_s`` while starting, every ``health_interval_s`` once
-ready). ``clock`` and ``sleep`` are injected.
+ready). ``clock`` and ``sleep`` are injected. What to do after a failure is decided in ``core/restart.py`` (pure),
+the start-up phases named in ``core/serve_phases.py``; process groups are ``adapters/process.py``'s.
 
 Per replica:
     starting --/health 200 and /v1/models lists the name--> ready
     starting --exit / readiness timeout--> failed attempt
     ready    --exit / health_failures consecutive failed probes--> failed attempt
     ready for reset_after_s --> restart count and backoff start again from zero
-    failed attempt --> stop what is left of the group, diagnose the log tail, then
+    failed attempt --> stop what is left of the group, diagnose the log tail, then core/restart.py's verdict:
         deterministic start-up failure (exit 2 before ready, "unrecognized arguments", a diagnosis of a
         start-up failure that will repeat: OOM while loading, TP not dividing heads, …) → give up
         policy never, or max_restarts used up → give up
@@ -21,8 +22,8 @@ request (SIGINT/SIGTERM) stops all (exit 0).
 
 from __future__ import annotations
 
-import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,141 +35,16 @@ import psutil
 
 from qwendeploy.adapters import process, serve_guard
 from qwendeploy.adapters.health import HttpHealth, base_url
-from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose, phase_of_line, shown_name
-from qwendeploy.core.diagnosis.rules import load_catalog
 from qwendeploy.core.diagnosis.startup import StartupReport, compare
 from qwendeploy.core.diagnosis.startup import summary as startup_summary
+from qwendeploy.core.docker_args import DockerSpec, render_docker
 from qwendeploy.core.profile import Profile
+from qwendeploy.core.restart import Policy, after_failure, diagnose_lines
+from qwendeploy.core.serve_phases import PHASE_ORDER, phase_of
 from qwendeploy.core.vllm_args import LaunchSpec, display_command
 from qwendeploy.errors import LaunchFailed
 
 EXIT_OK, EXIT_GAVE_UP = 0, 1
-
-DETERMINISTIC_CATEGORIES = load_catalog().deterministic
-"""Diagnosis categories that, before the server was ever ready, will happen again on a restart (the rule
-catalog's ``restart.deterministic``, data/rules.yaml)."""
-
-TRANSIENT_CATEGORIES = load_catalog().transient
-"""Top diagnoses that make an out-of-memory start-up worth a retry (``restart.transient``)."""
-
-_FALLBACK_DETERMINISTIC = re.compile(
-    r"unrecognized arguments|CUDA out of memory|OutOfMemoryError|must be divisible by tensor parallel size"
-    r"|error: argument |invalid choice|No available memory for the cache blocks"
-    r"|larger than the maximum number of tokens that can be stored in KV cache"
-)
-
-PHASES: tuple[str, ...] = (
-    "loading weights",
-    "profiling memory",
-    "KV cache allocated",
-    "capturing CUDA graphs",
-    "sampler warm-up",
-    "ready",
-)
-"""Start-up phases in order, as the status line names them."""
-
-PHASE_ORDER = {name: i for i, name in enumerate(PHASES)}
-
-_ENGINE_PHASES = {
-    "loading": "loading weights",
-    "profiling": "profiling memory",
-    "cudagraph": "capturing CUDA graphs",
-    "sampler": "sampler warm-up",
-    "serving": "ready",
-}
-"""The diagnosis catalog's phase names (``phase_of_line``, markers kept in data/rules.yaml) → ours."""
-
-_KV_ALLOCATED = re.compile(r"GPU KV cache size|# GPU blocks|GPU blocks:|Maximum concurrency for", re.I)
-"""The one milestone the diagnosis catalog does not name: the KV cache is sized (end of profiling)."""
-
-
-def phase_of(line: str) -> str | None:
-    """The start-up phase a log line announces. The diagnosis catalog's phase markers are the single source
-    (so `serve` and `doctor` agree on real vLLM logs); we add only the KV-cache milestone."""
-    if _KV_ALLOCATED.search(line):
-        return "KV cache allocated"
-    got = phase_of_line(line)
-    return _ENGINE_PHASES.get(got) if got else None
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A diagnosis as the supervisor reports it (the engine's Diagnosis, evidence reduced to its first lines)."""
-
-    category: str
-    summary: str
-    fix: str = ""
-    confidence: float | None = None
-    phase: str | None = None
-    evidence: tuple[str, ...] = ()
-    rule_id: str = ""
-    recognised: bool = True
-    """False only for the catch-all that quotes an error no rule knows."""
-
-    @property
-    def name(self) -> str:
-        return shown_name(self.category, self.rule_id, self.recognised)
-
-
-def diagnose_lines(lines: Sequence[str], profile: Profile | None) -> list[Finding]:
-    """Run the doctor's log rules on ``lines`` (empty if the rule engine itself fails: it must never take
-    supervision down with it)."""
-    try:
-        found = diagnose(list(lines), DiagnosisContext(profile=profile))
-    except Exception:
-        return []
-    return [
-        Finding(
-            category=d.category,
-            summary=d.summary,
-            fix=d.fix,
-            confidence=d.confidence,
-            phase=d.phase,
-            evidence=tuple(e.text for e in d.evidence[:3]),
-            rule_id=d.rule_id,
-            recognised=d.recognised,
-        )
-        for d in found
-    ]
-
-
-@dataclass(frozen=True)
-class Policy:
-    ready_timeout_s: float = 900.0
-    health_interval_s: float = 5.0
-    health_failures: int = 3
-    grace_s: float = 30.0
-    restart: Literal["on-failure", "never", "always"] = "on-failure"
-    max_restarts: int = 5
-    backoff_initial_s: float = 2.0
-    backoff_max_s: float = 60.0
-    reset_after_s: float = 600.0
-    """Ready this long → the restart count and backoff start again from zero (restart.reset_after_s)."""
-    ready_poll_s: float = 0.05
-    """/health probe period while starting (connection refused costs microseconds on loopback)."""
-    tick_s: float = 0.05
-    """Loop period: bounds how late an exit or a ready server is noticed."""
-    track_every_s: float = 1.0
-    """How often descendants are recorded (workers that may outlive the server)."""
-    probe_timeout_s: float = 1.0
-
-    @classmethod
-    def from_profile(cls, profile: Profile) -> Policy:
-        s, r = profile.server, profile.restart
-        return cls(
-            ready_timeout_s=s.ready_timeout_s,
-            health_interval_s=s.health_interval_s,
-            health_failures=s.health_failures,
-            grace_s=s.shutdown_grace_s,
-            restart=r.policy,
-            max_restarts=r.max_restarts,
-            backoff_initial_s=r.backoff_initial_s,
-            backoff_max_s=r.backoff_max_s,
-            reset_after_s=r.reset_after_s,
-        )
-
-    def backoff(self, restarts_done: int) -> float:
-        return float(min(self.backoff_initial_s * (2**restarts_done), self.backoff_max_s))
 
 
 @dataclass(frozen=True)
@@ -191,6 +67,31 @@ class Launch:
     @classmethod
     def native(cls, spec: LaunchSpec) -> Launch:
         return cls(spec=spec, argv=spec.argv, env=spec.env, display=display_command(spec))
+
+    @classmethod
+    def docker(cls, d: DockerSpec) -> Launch:
+        """``docker run …`` of one replica; the container is removed once stopped (and by the watchdog)."""
+        return cls(
+            spec=d.launch,
+            argv=d.argv,
+            env=d.env,
+            display=render_docker(d)["command"],
+            after_stop=_docker_rm(d.argv[0], d.container_name),
+            container=(d.argv[0], d.container_name),
+        )
+
+
+def _docker_rm(docker: str, container: str) -> Callable[[], None]:
+    def rm() -> None:
+        subprocess.run(
+            [docker, "rm", "-f", container],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
+
+    return rm
 
 
 @dataclass(frozen=True)
@@ -241,14 +142,6 @@ class _Replica:
     @property
     def name(self) -> str:
         return self.launch.spec.name
-
-
-def default_log_dir(env: Mapping[str, str]) -> Path:
-    """``$QWENDEPLOY_HOME/logs``, else ``$XDG_STATE_HOME/qwendeploy/logs`` or ``~/.local/state/qwendeploy/logs``."""
-    if env.get("QWENDEPLOY_HOME"):
-        return Path(env["QWENDEPLOY_HOME"]) / "logs"
-    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "qwendeploy" / "logs"
 
 
 class Supervisor:
@@ -549,7 +442,6 @@ class Supervisor:
         return res
 
     def _failed(self, r: _Replica, why: str, code: int | None) -> None:
-        p = self.policy
         assert r.proc is not None
         was_ready = r.state == "ready"
         proc = r.proc
@@ -570,35 +462,18 @@ class Supervisor:
             )
         # Exit 0 is a failure too: serve did not ask for it (a stop request never gets here), and vLLM's API
         # server exits 0 after its engine core died.
-        deterministic = not was_ready and not r.ever_ready and _deterministic(code, tail, findings)
-        if deterministic:
+        verdict = after_failure(
+            self.policy, restarts=r.restarts, ever_ready=was_ready or r.ever_ready, code=code, tail=tail, found=findings
+        )
+        if verdict.give_up:
             r.state = "failed"
-            self._emit(
-                "gave_up",
-                r.name,
-                "start-up failure that will repeat; not restarting. Fix the cause and run serve again.",
-                deterministic=True,
-                log=str(proc.log_path),
-            )
+            extra = {"deterministic": True} if verdict.deterministic else {}
+            self._emit("gave_up", r.name, verdict.message, **extra, log=str(proc.log_path))
             return
-        if p.restart == "never":
-            r.state = "failed"
-            self._emit("gave_up", r.name, "restart policy is never", log=str(proc.log_path))
-            return
-        if r.restarts >= p.max_restarts:
-            r.state = "failed"
-            self._emit(
-                "gave_up",
-                r.name,
-                f"gave up after {r.restarts} restart(s) (restart.max_restarts)",
-                log=str(proc.log_path),
-            )
-            return
-        delay = p.backoff(r.restarts)
         r.restarts += 1
         r.state = "backoff"
-        r.restart_at = self.clock() + delay
-        self._emit("restart", r.name, f"restart {r.restarts}/{p.max_restarts} in {delay:g}s", delay=delay)
+        r.restart_at = self.clock() + verdict.delay
+        self._emit("restart", r.name, verdict.message, delay=verdict.delay)
 
     def _check_gpus(self) -> None:
         if self.gpu_holders is None or not self._pids_seen:
@@ -639,27 +514,6 @@ def _same_process(pid: int, create_time: float | None) -> bool:
         return abs(psutil.Process(pid).create_time() - create_time) < 0.01
     except psutil.Error:
         return False
-
-
-def _deterministic(code: int | None, tail: Sequence[str], findings: Sequence[Finding]) -> bool:
-    """A failure before ready that a restart would only repeat: argparse's exit 2, a known deterministic
-    category, the top diagnosis placing a confident failure in a start-up phase, or a fallback pattern.
-
-    Not when the top diagnosis says the memory is held by another (or an orphaned) process: that clears
-    once those processes end. (The caller also never calls a failure deterministic once the replica has been
-    ready: the same command has started before.)"""
-    if code == 2:
-        return True
-    if findings and findings[0].category in TRANSIENT_CATEGORIES:
-        return False
-    if any(f.category in DETERMINISTIC_CATEGORIES for f in findings):
-        return True
-    if findings:
-        top = findings[0]
-        conf = top.confidence if isinstance(top.confidence, int | float) else 0.0
-        if top.phase and top.phase not in ("serving", "ready") and conf >= 0.5 and top.category != "unknown":
-            return True
-    return any(_FALLBACK_DETERMINISTIC.search(line) for line in tail)
 
 
 def _describe_exit(code: int) -> str:

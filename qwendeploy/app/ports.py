@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qwendeploy.core.cluster import HostNetFacts, RayCluster
 from qwendeploy.core.machine_facts import MachineFacts
@@ -71,3 +71,87 @@ class NcclTester(Protocol):
     """Runs the all-reduce test over ``gpus`` (an empty list: a skipped outcome saying there is nothing to test)."""
 
     def __call__(self, gpus: Sequence[str], timeout_s: float) -> NcclOutcome: ...
+
+
+# ------------------------------------------------------------------ serve (app/serve.py)
+# Its imports stay in this block (annotations only: ``from __future__ import annotations``), so that the ports of
+# each use case remain one contiguous block.
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from qwendeploy.app.serve import Server
+    from qwendeploy.core.checks import Check
+    from qwendeploy.core.profile import Profile
+    from qwendeploy.core.vllm_args import LaunchSpec
+
+
+class ExecutableFinder(Protocol):
+    """An executable file by name (looked up on ``path``, a PATH string) or by path (a name holding a separator);
+    None when there is none."""
+
+    def __call__(self, name: str, path: str | None) -> str | None: ...
+
+
+class RayAddress(Protocol):
+    """The Ray cluster a multi-node server attaches to (``HOST:PORT``), from the environment and the profile's
+    head port."""
+
+    def __call__(self, env: Mapping[str, str], ray_port: int) -> str: ...
+
+
+class ServePreflight(Protocol):
+    """Serve's checks of the machine (this host's GPUs, or the Ray cluster at ``ray_address`` for a multi-node
+    profile; ports, shm, model, log directory, security); never raises for a missing driver (a ``skip``, or a
+    ``fail`` when ``strict``)."""
+
+    def __call__(
+        self,
+        profile: Profile,
+        specs: Sequence[LaunchSpec],
+        *,
+        env: Mapping[str, str],
+        strict: bool,
+        insecure: bool,
+        ray_address: str | None,
+        log_dir: Path,
+    ) -> list[Check]: ...
+
+
+class Held(Protocol):
+    def release(self) -> None: ...
+
+
+class ServeLocks(Protocol):
+    """Exclusive locks on server names and ports, one serve each. Raises PreflightFailed when another serve holds
+    one."""
+
+    def __call__(self, env: Mapping[str, str], names: Sequence[str], ports: Sequence[int]) -> Held: ...
+
+
+class ServeEvent(Protocol):
+    """One thing the supervisor saw (start, line, phase, ready, exited, diagnosis, restart, gave_up, shutdown, …)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+class Supervise(Protocol):
+    """Start ``servers`` and supervise them until a stop request (0) or a give-up (1); ``gpu_check``: look for
+    processes of the servers still holding GPU memory after shutdown."""
+
+    def __call__(
+        self,
+        servers: Sequence[Server],
+        profile: Profile,
+        log_dir: Path,
+        on_event: Callable[[ServeEvent], None],
+        *,
+        gpu_check: bool,
+    ) -> int: ...

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -228,11 +227,11 @@ def _bench(
 
 def _vllm_bin(option: str | None, env: dict[str, str]) -> str | None:
     """The vLLM executable if there is one (--vllm-bin, $QWENDEPLOY_VLLM_BIN, PATH), else None."""
-    from qwendeploy.cli.serve import resolve_vllm_bin
+    from qwendeploy.app.serve import vllm_binary
+    from qwendeploy.cli.wiring import find_executable
 
-    path = resolve_vllm_bin(option, env, required=option is not None)
-    found = shutil.which(path, path=env.get("PATH")) if os.sep not in path else path
-    return found if found and os.path.isfile(found) and os.access(found, os.X_OK) else None
+    path = vllm_binary(option, env, find_executable, required=option is not None)
+    return find_executable(path, env.get("PATH"))
 
 
 def _sweep(

@@ -120,3 +120,108 @@ def doctor_ports() -> DoctorPorts:
     from qwendeploy.app.doctor import DoctorPorts
 
     return DoctorPorts(machine=gather_machine_facts, cluster=RayClusterProbe(), nccl=run_nccl_test)
+
+
+# ------------------------------------------------------------------ serve (app/serve.py's ports)
+# Imports for annotations stay in this block, so that each use case's adapters remain one contiguous block.
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from qwendeploy.adapters.serve_guard import Locks
+    from qwendeploy.app.ports import ServeEvent
+    from qwendeploy.app.serve import ServePorts, Server
+    from qwendeploy.core.checks import Check
+    from qwendeploy.core.vllm_args import LaunchSpec
+
+
+def find_executable(name: str, path: str | None) -> str | None:
+    """``app.ports.ExecutableFinder``: ``name`` on ``path`` (a PATH string), or ``name`` itself when it holds a
+    path separator; only an executable file counts."""
+    import os
+    import shutil
+
+    found = shutil.which(name, path=path) if os.sep not in name else name
+    return found if found and os.path.isfile(found) and os.access(found, os.X_OK) else None
+
+
+def ray_address(env: Mapping[str, str], ray_port: int) -> str:
+    """``app.ports.RayAddress``: ``$RAY_ADDRESS``, else the head on this host."""
+    from qwendeploy.adapters.ray_cluster import default_address
+
+    return default_address(env, ray_port)
+
+
+def serve_preflight(
+    profile: Profile,
+    specs: Sequence[LaunchSpec],
+    *,
+    env: Mapping[str, str],
+    strict: bool,
+    insecure: bool,
+    ray_address: str | None,
+    log_dir: Path,
+) -> list[Check]:
+    """``app.ports.ServePreflight``: adapters/preflight with NVML through this module's seam."""
+    from qwendeploy.adapters import preflight
+
+    return preflight.run_preflight(
+        profile,
+        specs,
+        env=env,
+        strict=strict,
+        insecure=insecure,
+        probe=probe_report,
+        ray_address=ray_address,
+        log_dir=log_dir,
+    )
+
+
+def serve_locks(env: Mapping[str, str], names: Sequence[str], ports: Sequence[int]) -> Locks:
+    """``app.ports.ServeLocks``: lock files under ``$QWENDEPLOY_HOME/run`` (or the runtime directory)."""
+    from qwendeploy.adapters import serve_guard
+
+    return serve_guard.acquire(serve_guard.default_lock_dir(env), names=names, ports=ports)
+
+
+def gpu_holders(pids: set[int]) -> list[tuple[int, int | None]]:
+    """Of ``pids``, those NVML sees holding GPU memory, with how much."""
+    report = probe_report()
+    return [(p.pid, p.used_bytes) for g in report.gpus for p in g.processes if p.pid in pids]
+
+
+def supervise(
+    servers: Sequence[Server],
+    profile: Profile,
+    log_dir: Path,
+    on_event: Callable[[ServeEvent], None],
+    *,
+    gpu_check: bool,
+) -> int:
+    """``app.ports.Supervise``: adapters/supervisor over real processes."""
+    from qwendeploy.adapters.supervisor import Launch, Supervisor
+    from qwendeploy.core.restart import Policy
+
+    launches = [Launch.docker(s.docker) if s.docker is not None else Launch.native(s.spec) for s in servers]
+    sup = Supervisor(
+        launches,
+        Policy.from_profile(profile),
+        log_dir=log_dir,
+        on_event=on_event,
+        profile=profile,
+        gpu_holders=gpu_holders if gpu_check else None,
+    )
+    return sup.run().exit_code
+
+
+def serve_ports() -> ServePorts:
+    """The real adapters serve uses."""
+    from qwendeploy.app.serve import ServePorts
+
+    return ServePorts(
+        executables=find_executable,
+        ray_address=ray_address,
+        preflight=serve_preflight,
+        locks=serve_locks,
+        supervise=supervise,
+    )

@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from qwendeploy.adapters import serve_guard
-from qwendeploy.adapters.supervisor import Event, Launch, Policy, Supervisor
+from qwendeploy.adapters.supervisor import Event, Launch, Supervisor
 from qwendeploy.core.profile import ModelSection, Profile, ServerSection
+from qwendeploy.core.restart import Policy
 from qwendeploy.core.vllm_args import build_launch_specs
 from qwendeploy.errors import PreflightFailed
 from tests.fakes.serving import FAKE_VLLM, alive, free_port, read_until, server_pids, wait_for

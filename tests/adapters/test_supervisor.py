@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qwendeploy.adapters.supervisor import Event, Launch, Policy, Supervisor
+from qwendeploy.adapters.supervisor import Event, Launch, Supervisor
 from qwendeploy.core.profile import EngineSection, ModelSection, Profile, ServerSection
+from qwendeploy.core.restart import Policy
 from qwendeploy.core.vllm_args import build_launch_specs
 from tests.fakes.serving import FAKE_VLLM, alive, free_port, server_pids
 
@@ -199,9 +200,9 @@ def test_oom_at_start_after_the_server_was_ready_is_retried(tmp_path: Path) -> N
 
 
 def test_deterministic_rules_use_real_categories_and_spare_transient_oom() -> None:
-    from qwendeploy.adapters.supervisor import DETERMINISTIC_CATEGORIES, TRANSIENT_CATEGORIES, Finding
-    from qwendeploy.adapters.supervisor import _deterministic as deterministic
     from qwendeploy.core.diagnosis.rules import load_catalog
+    from qwendeploy.core.restart import DETERMINISTIC_CATEGORIES, TRANSIENT_CATEGORIES, Finding
+    from qwendeploy.core.restart import is_deterministic as deterministic
 
     known = {r.category for r in load_catalog().rules}
     assert known >= DETERMINISTIC_CATEGORIES | TRANSIENT_CATEGORIES

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qwendeploy.adapters.supervisor import PHASE_ORDER, phase_of
+from qwendeploy.core.serve_phases import PHASE_ORDER, phase_of
 
 RUNS = Path(__file__).parent.parent / "fixtures" / "gpu-runs" / "h200-vllm0.26"
 FULL = [

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from qwendeploy.adapters.supervisor import _deterministic, diagnose_lines
 from qwendeploy.core.diagnosis.engine import DiagnosisContext, diagnose
+from qwendeploy.core.restart import diagnose_lines
+from qwendeploy.core.restart import is_deterministic as _deterministic
 
 RUNS = Path(__file__).parent.parent / "fixtures" / "gpu-runs" / "h100-vllm0.26"
 MPCLIENT = "MPClient: engine core exited unexpectedly"
