@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qwendeploy.core.cluster import HostNetFacts, RayCluster
 from qwendeploy.core.machine_facts import MachineFacts
+
+if TYPE_CHECKING:  # plan's: annotations only, so app.plan starts without them
+    from qwendeploy.core.hardware import Machine
+    from qwendeploy.core.models import ModelSpec
+    from qwendeploy.core.profile import Profile
 
 
 class LogSource(Protocol):
@@ -71,3 +76,37 @@ class NcclTester(Protocol):
     """Runs the all-reduce test over ``gpus`` (an empty list: a skipped outcome saying there is nothing to test)."""
 
     def __call__(self, gpus: Sequence[str], timeout_s: float) -> NcclOutcome: ...
+
+
+# plan
+
+
+class GpuProbe(Protocol):
+    """This machine's GPUs for ``--gpus auto`` or ``0,2,3``. Raises ProbeError (no NVML / driver) or BadInput (a
+    GPU that is not here)."""
+
+    def __call__(self, selection: str) -> Machine: ...
+
+
+class ModelSource(Protocol):
+    """A model that is not in the built-in catalog: a local directory with config.json, or a Hub repo id. Raises
+    UnknownModel (nothing there, or the Hub unreachable and nothing cached) or BadInput (a config.json the
+    estimator cannot read)."""
+
+    def __call__(self, ref: str, revision: str | None) -> ModelSpec: ...
+
+
+class VllmVersionSource(Protocol):
+    """The installed vLLM's version (None: none installed), read without importing vLLM."""
+
+    def __call__(self) -> str | None: ...
+
+
+class ProfileStore(Protocol):
+    """Where ``plan -o`` writes its profile."""
+
+    def check_target(self, path: Path, force: bool) -> None:
+        """Raises ProfileExists (there, without ``force``) or BadInput (not writable there) before any planning."""
+
+    def write(self, path: Path, profile: Profile, header: str, force: bool) -> Path:
+        """Writes ``profile`` under the ``header`` comment and returns the path written."""
