@@ -217,3 +217,23 @@ def test_the_request_carries_the_options_the_planner_uses() -> None:
         True,
     )
     assert [v.id for v in req.variants][:1] == ["Qwen/Qwen2.5-72B-Instruct"]  # the 16-bit base first
+
+
+def test_the_command_line_defaults_are_the_options_defaults() -> None:
+    """``command_line`` leaves out options at PlanOptions' defaults, so they must be the command's own."""
+    import inspect
+    from dataclasses import MISSING, fields
+    from enum import Enum
+
+    from qwendeploy.cli.plan import plan as command
+
+    renamed = {"max_model_len": "context", "tensor_parallel_size": "tp", "pipeline_parallel_size": "pp"}
+    renamed |= {"data_parallel_size": "dp"}
+    cli = {
+        renamed.get(name, name): p.default.value if isinstance(p.default, Enum) else p.default
+        for name, p in inspect.signature(command).parameters.items()
+        if name not in ("explain", "json_out")
+    }
+    ours = {f.name: f.default for f in fields(PlanOptions)}
+    assert ours.pop("model") is MISSING and cli.pop("model") is inspect.Parameter.empty
+    assert cli == ours
