@@ -179,8 +179,6 @@ LONG_FUNCTIONS_ALLOWED = {
     ("core/planner/cost.py", "decode_cost"): "one formula in steps (phase B split the planner by idea; not yet this)",
     ("core/planner/search.py", "_evaluate"): "one candidate's checks in order (not yet split in phase B)",
     ("core/planner/search.py", "plan"): "the search loop (not yet split in phase B)",
-    ("core/profile_builder.py", "profile_from_plan"): "split in phase B (edited on another branch during phase A)",
-    ("cli/plan.py", "plan"): "split in phase B (edited on another branch during phase A)",
 }
 
 

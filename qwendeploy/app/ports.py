@@ -10,6 +10,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qwendeploy.core.cluster import HostNetFacts, RayCluster
 from qwendeploy.core.machine_facts import MachineFacts
 
+if TYPE_CHECKING:  # annotations only, so that app.plan and app.serve start without them
+    from collections.abc import Callable, Mapping
+
+    from qwendeploy.app.serve import Server
+    from qwendeploy.core.checks import Check
+    from qwendeploy.core.hardware import Machine
+    from qwendeploy.core.models import ModelSpec
+    from qwendeploy.core.profile import Profile
+    from qwendeploy.core.vllm_args import LaunchSpec
+
 
 class LogSource(Protocol):
     """A log opened but not read: ``lines()`` streams it once."""
@@ -74,16 +84,6 @@ class NcclTester(Protocol):
 
 
 # ------------------------------------------------------------------ serve (app/serve.py)
-# Its imports stay in this block (annotations only: ``from __future__ import annotations``), so that the ports of
-# each use case remain one contiguous block.
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-
-    from qwendeploy.app.serve import Server
-    from qwendeploy.core.checks import Check
-    from qwendeploy.core.profile import Profile
-    from qwendeploy.core.vllm_args import LaunchSpec
 
 
 class ExecutableFinder(Protocol):
@@ -155,3 +155,37 @@ class Supervise(Protocol):
         *,
         gpu_check: bool,
     ) -> int: ...
+
+
+# plan
+
+
+class GpuProbe(Protocol):
+    """This machine's GPUs for ``--gpus auto`` or ``0,2,3``. Raises ProbeError (no NVML / driver) or BadInput (a
+    GPU that is not here)."""
+
+    def __call__(self, selection: str) -> Machine: ...
+
+
+class ModelSource(Protocol):
+    """A model that is not in the built-in catalog: a local directory with config.json, or a Hub repo id. Raises
+    UnknownModel (nothing there, or the Hub unreachable and nothing cached) or BadInput (a config.json the
+    estimator cannot read)."""
+
+    def __call__(self, ref: str, revision: str | None) -> ModelSpec: ...
+
+
+class VllmVersionSource(Protocol):
+    """The installed vLLM's version (None: none installed), read without importing vLLM."""
+
+    def __call__(self) -> str | None: ...
+
+
+class ProfileStore(Protocol):
+    """Where ``plan -o`` writes its profile."""
+
+    def check_target(self, path: Path, force: bool) -> None:
+        """Raises ProfileExists (there, without ``force``) or BadInput (not writable there) before any planning."""
+
+    def write(self, path: Path, profile: Profile, header: str, force: bool) -> Path:
+        """Writes ``profile`` under the ``header`` comment and returns the path written."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from qwendeploy import __version__
+
+if TYPE_CHECKING:
+    from typer._click.core import Context as ClickContext  # the class TyperOption's methods take
 
 
 def _version(value: bool) -> None:
@@ -34,7 +37,7 @@ def _switches_without_a_type() -> None:
     if getattr(typed, "_qwendeploy_switches", False):
         return
 
-    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+    def display_type_rich(self: TyperOption, ctx: ClickContext) -> str | None:
         return None if self.is_flag else typed(self, ctx)
 
     display_type_rich._qwendeploy_switches = True  # type: ignore[attr-defined]
@@ -83,7 +86,7 @@ def build_app(only: str | None = None) -> typer.Typer:
 _switches_without_a_type()
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typer.Typer:
     """``qwendeploy.cli.app``, the whole command line (tests, docs generation), built on first use."""
     if name == "app":
         whole = build_app()

@@ -1,18 +1,20 @@
-"""``qwendeploy plan``: resolve the model and GPUs, search placements, render, optionally write a profile."""
+"""``qwendeploy plan``: the options parsed into one ``PlanOptions``, the use case (:mod:`qwendeploy.app.plan`)
+called through the real adapters (:func:`qwendeploy.cli.wiring.plan_ports`), the plan rendered."""
 
 from __future__ import annotations
 
-import re
-import shlex
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from qwendeploy.cli.errors import user_errors
-from qwendeploy.errors import BadInput
+from qwendeploy.core.networks import DEFAULT_NETWORK
+
+if TYPE_CHECKING:
+    from qwendeploy.app.plan import PlanOptions
+    from qwendeploy.core.planner import Plan
 
 
 class ObjectiveChoice(str, Enum):
@@ -20,86 +22,7 @@ class ObjectiveChoice(str, Enum):
     latency = "latency"
 
 
-_INT_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)\s*$")
-
-
-def parse_tokens(text: str, flag: str = "--max-model-len") -> int:
-    """vLLM's human-readable integers: lower-case decimal (``128k`` = 128000), upper-case binary (``128K`` = 131072).
-
-    Raises:
-        BadInput: not an integer of that form.
-    """
-    m = _INT_RE.match(text)
-    if not m:
-        raise BadInput(f"{flag} must be a number of tokens such as 131072, 128K or 32k; got {text!r}.")
-    n, suffix = int(m.group(1)), m.group(2)
-    if suffix:
-        power = "kmg".index(suffix.lower()) + 1
-        n *= (1024 if suffix.isupper() else 1000) ** power
-    return n
-
-
-def _machine(gpus: str, nodes: int):  # type: ignore[no-untyped-def]
-    """The inventory: a simulated ``NxNAME`` or NVML (``auto`` / ``0,2,3``)."""
-    if re.fullmatch(r"\s*(auto|\d+(\s*,\s*\d+)*)\s*", gpus):
-        from qwendeploy.cli import wiring
-        from qwendeploy.core.cluster import replicate_nodes
-
-        if nodes < 1:
-            raise BadInput(f"--nodes must be a positive integer, got {nodes}.")
-        # --gpus auto --nodes N: N identical nodes like this one.
-        return replicate_nodes(wiring.probe_machine(gpus.strip()), nodes)
-    from qwendeploy.core.gpus import parse_inventory
-
-    return parse_inventory(gpus, nodes)
-
-
-def _variants(spec_id: str) -> tuple:  # type: ignore[type-arg]
-    """Other official checkpoints of a catalog model, tried when nothing fits: for a quantized one its 16-bit base
-    first (an FP8 checkpoint cannot run on a card older than compute capability 8.0), then the quantized ones."""
-    from qwendeploy.core.models import find_model
-
-    out = []
-    spec = find_model(spec_id)
-    if spec is not None and spec.base_model and (base := find_model(spec.base_model)) is not None:
-        out.append(base)
-        spec_id = base.id
-    for suffix in ("-FP8", "-AWQ", "-GPTQ-Int8", "-GPTQ-Int4"):
-        v = find_model(spec_id + suffix)
-        if v is not None and v.id != (spec.id if spec else None):
-            out.append(v)
-    return tuple(out)
-
-
-def _command(
-    model: str,
-    gpus: str,
-    nodes: int,
-    max_model_len: str | None,
-    concurrency: int,
-    objective: str,
-    fixed: list[tuple[str, object]],
-    output: Path | None,
-) -> str:
-    parts = ["qwendeploy", "plan", model, "--gpus", gpus]
-    if nodes != 1:
-        parts += ["--nodes", str(nodes)]
-    if max_model_len is not None:
-        parts += ["--context", max_model_len]
-    if concurrency != 1:
-        parts += ["--concurrency", str(concurrency)]
-    if objective != "throughput":
-        parts += ["--objective", objective]
-    for flag, value in fixed:
-        if value is True:
-            parts.append(flag)
-        elif value is not None and value is not False:
-            parts += [flag, str(value)]
-    if output is not None:
-        parts += ["-o", str(output)]
-    return shlex.join(parts)
-
-
+# long: Typer declares each of plan's 28 options as a parameter; the body only copies them into PlanOptions.
 def plan(
     model: Annotated[str, typer.Argument(help="Hugging Face repo id, catalog alias or local model directory.")],
     gpus: Annotated[
@@ -111,7 +34,7 @@ def plan(
     ] = 1,
     network: Annotated[
         str, typer.Option(help="Link between nodes: 25gbe, 100gbe, 400gbe, ib-hdr, ib-ndr (prices PP across nodes).")
-    ] = "100gbe",
+    ] = DEFAULT_NETWORK,
     head_address: Annotated[
         str | None, typer.Option(help="Multi-node: the head node's address, written to cluster.head_address.")
     ] = None,
@@ -186,49 +109,16 @@ def plan(
 ) -> None:
     """Estimate memory, search TP/PP/DP placements and choose one (exit 0 fits, 1 nothing fits, 2 bad input)."""
     with user_errors():
-        from pydantic import ValidationError
+        from qwendeploy.app.plan import PlanOptions
 
-        from qwendeploy.adapters.hub import load_model
-        from qwendeploy.cli import render_plan
-        from qwendeploy.core.planner import PlanRequest, raise_if_infeasible
-        from qwendeploy.core.planner import plan as make_plan
-
-        auto_fit = max_model_len is not None and max_model_len.strip().lower() in ("auto", "-1")
-        target = parse_tokens(max_model_len) if max_model_len is not None and not auto_fit else None
-        if not 1 <= port <= 65535:
-            raise BadInput(f"--port must be between 1 and 65535, got {port}.")
-        _check_flags(
+        opts = PlanOptions(
+            model=model,
+            gpus=gpus,
             nodes=nodes,
-            concurrency=concurrency,
-            counts=(
-                ("--tensor-parallel-size", tensor_parallel_size),
-                ("--pipeline-parallel-size", pipeline_parallel_size),
-                ("--data-parallel-size", data_parallel_size),
-                ("--max-num-seqs", max_num_seqs),
-                ("--max-num-batched-tokens", max_num_batched_tokens),
-            ),
-            texts=(
-                ("--name", name),
-                ("--host", host),
-                ("--head-address", head_address),
-                ("--ifname", ifname),
-                ("--revision", revision),
-                ("--quantization", quantization),
-                ("--kv-cache-dtype", kv_cache_dtype),
-            ),
-        )
-        if output is not None:
-            from qwendeploy.adapters.profile_files import check_target
-
-            check_target(output, force=force)  # a bad -o fails before any planning or output
-        spec = load_model(model, revision=revision)
-        machine = _machine(gpus, nodes)
-        _check_machine_size(len(machine.gpus), nodes)
-        version, version_source = _release(vllm_version)
-        req = PlanRequest(
-            spec=spec,
-            machine=machine,
-            max_model_len=target,
+            network=network,
+            head_address=head_address,
+            ifname=ifname,
+            context=max_model_len,
             concurrency=concurrency,
             objective=objective.value,
             tp=tensor_parallel_size,
@@ -241,146 +131,48 @@ def plan(
             dtype=dtype,
             quantization=quantization,
             enforce_eager=enforce_eager,
-            vllm_version=version,
-            vllm_version_source=version_source,
-            allow_untrained_context=allow_untrained_context,
+            vllm_version=vllm_version,
             disable_custom_all_reduce=disable_custom_all_reduce,
-            network=network,
-            variants=_variants(spec.id) if spec.source == "catalog" else (),
+            allow_untrained_context=allow_untrained_context,
+            revision=revision,
+            output=output,
+            force=force,
+            name=name,
+            port=port,
+            host=host,
         )
-        result = make_plan(req)
-        from qwendeploy.core.suggestions import auto_context_note, with_engine_suggestions
+        _plan(opts, explain=explain, json_out=json_out)
 
-        if auto_fit and not result.fits:
-            # vLLM's --max-model-len auto: the longest context that fits memory, up to the model's own maximum.
-            longest = max((c.max_model_len_fit or 0 for c in result.candidates if c.status == "shorter"), default=0)
-            if longest:
-                result = make_plan(replace(req, max_model_len=longest))
-                note = auto_context_note(result, shortened=True)
-                result = replace(result, notes=(note, *result.notes))
-        elif auto_fit:
-            result = replace(result, notes=(auto_context_note(result, shortened=False), *result.notes))
-        result = with_engine_suggestions(result)  # nothing fits: engine changes that would, and why
-        if json_out:
-            typer.echo(render_plan.dumps(render_plan.plan_json(result, explain=explain)))
-        else:
+
+def _plan(opts: PlanOptions, *, explain: bool, json_out: bool) -> None:
+    """Plan, render (a plan that does not fit too, before exit 1), then write the profile ``-o`` asks for."""
+    from qwendeploy.app.plan import run_plan, save_profile
+    from qwendeploy.cli import render_plan, wiring
+    from qwendeploy.core.planner import raise_if_infeasible
+
+    ports = wiring.plan_ports()
+    result = run_plan(ports, opts)
+    if json_out:
+        typer.echo(render_plan.dumps(render_plan.plan_json(result, explain=explain)))
+    else:
+        from rich.console import Console
+
+        render_plan.render(Console(highlight=False, soft_wrap=False), result, explain=explain)
+    raise_if_infeasible(result)
+    if opts.output is not None:
+        path = save_profile(ports, opts, result, summary=_summary(result))
+        if not json_out:
             from rich.console import Console
 
-            render_plan.render(Console(highlight=False, soft_wrap=False), result, explain=explain)
-        raise_if_infeasible(result)
-        if output is not None:
-            from qwendeploy.adapters.profile_files import write_profile
-            from qwendeploy.core.profile_builder import profile_from_plan
-
-            fixed: list[tuple[str, object]] = [
-                ("--tp", tensor_parallel_size),
-                ("--pp", pipeline_parallel_size),
-                ("--dp", data_parallel_size),
-                ("--gpu-memory-utilization", gpu_memory_utilization),
-                ("--max-num-seqs", max_num_seqs),
-                ("--max-num-batched-tokens", max_num_batched_tokens),
-                ("--kv-cache-dtype", kv_cache_dtype),
-                ("--dtype", None if dtype == "auto" else dtype),
-                ("--quantization", quantization),
-                ("--enforce-eager", enforce_eager),
-                ("--vllm-version", vllm_version),
-                ("--allow-untrained-context", allow_untrained_context),
-                ("--disable-custom-all-reduce", disable_custom_all_reduce),
-                ("--revision", revision),
-                ("--name", name),
-                ("--port", None if port == 8000 else port),
-                ("--host", None if host == "127.0.0.1" else host),
-                ("--network", None if network == "100gbe" else network),
-                ("--head-address", head_address),
-                ("--ifname", ifname),
-            ]
-            command = _command(model, gpus, nodes, max_model_len, concurrency, objective.value, fixed, output)
-            try:
-                profile = profile_from_plan(
-                    result,
-                    name=name or _default_name(result.request.spec.id),
-                    host=host,
-                    port=port,
-                    generated_by=command,
-                    revision=revision,
-                    served_model_name=name,
-                    head_address=head_address,
-                    socket_ifname=ifname,
-                )
-            except ValidationError as e:  # the flags checked above make this rare; never a traceback
-                from qwendeploy.core.profile import describe_errors
-
-                raise BadInput(f"These flags do not make a valid profile: {describe_errors(e)}") from None
-            header = f"Generated by: {command}\n{render_plan.one_line(result)}"
-            from qwendeploy.cli.launch_text import launch_specs, reach_words
-
-            if reach := reach_words(launch_specs(result), result.chosen.dp if result.chosen else 1):
-                header += f"\nClients: {reach}"
-            path = write_profile(output, profile, header=header, force=force)
-            if not json_out:
-                from rich.console import Console
-
-                Console(highlight=False).print(f"Wrote {path}", markup=False)
+            Console(highlight=False).print(f"Wrote {path}", markup=False)
 
 
-def _check_flags(
-    *,
-    nodes: int,
-    concurrency: int,
-    counts: tuple[tuple[str, int | None], ...],
-    texts: tuple[tuple[str, str | None], ...],
-) -> None:
-    """Bounds of the flags that end up in the profile or size the search (the profile schema's own checks,
-    so a bad flag fails before any planning, with the flag's name; docs/limits.md lists the bounds)."""
-    from qwendeploy.core import limits
-    from qwendeploy.core.field_checks import check_argument, check_host, check_ifname, check_name
+def _summary(result: Plan) -> str:
+    """The profile's header under its command: the plan in one line, and how clients reach the replicas."""
+    from qwendeploy.cli.launch_text import launch_specs, reach_words
+    from qwendeploy.cli.render_plan import one_line
 
-    if not 1 <= nodes <= limits.MAX_NODES_CLUSTER:
-        raise BadInput(f"--nodes must be between 1 and {limits.MAX_NODES_CLUSTER}, got {nodes}.")
-    if concurrency > limits.MAX_CONCURRENCY:
-        raise BadInput(f"--concurrency must be at most {limits.MAX_CONCURRENCY}, got {concurrency}.")
-    for flag, value in counts:
-        bound = limits.MAX_PARALLEL if "parallel" in flag else limits.MAX_COUNT
-        if value is not None and value > bound:
-            raise BadInput(f"{flag} must be at most {bound}, got {value}.")
-    checks = {"--name": check_name, "--host": check_host, "--head-address": check_host, "--ifname": check_ifname}
-    checks.update({"--revision": check_argument, "--quantization": check_argument, "--kv-cache-dtype": check_argument})
-    for flag, text in texts:
-        if text is None:
-            continue
-        try:
-            if "\x00" in text:
-                raise ValueError("holds a NUL character")
-            checks[flag](text)
-        except ValueError as e:
-            raise BadInput(f"{flag} {limits.shown(text, 60)}: {e}.") from None
-
-
-def _check_machine_size(total: int, nodes: int) -> None:
-    from qwendeploy.core import limits
-
-    if total > limits.MAX_TOTAL_GPUS:
-        raise BadInput(
-            f"--gpus × --nodes makes {total} GPUs ({nodes} node(s)); plans span at most {limits.MAX_TOTAL_GPUS}.",
-            hint="Plan one replica's nodes; more replicas of the same plan are more copies of the profile.",
-        )
-
-
-def _default_name(model_id: str) -> str:
-    """``Qwen/Qwen2.5-7B-Instruct`` → ``qwen2.5-7b-instruct``: a name safe for log files."""
-    base = model_id.rstrip("/").rsplit("/", 1)[-1].lower()
-    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "-" for c in base)
-    return safe[:64].strip("-._") or "qwen"  # a valid profile name (limits.NAME_RE, at most 64 characters)
-
-
-def _release(asked: str | None) -> tuple[str, str]:
-    """The vLLM release to plan for and why: asked, installed, or the newest modelled."""
-    from qwendeploy.adapters.vllm_release import installed_vllm_version
-    from qwendeploy.core.releases import NEWEST_MODELLED
-
-    if asked is not None:
-        return asked, "asked"
-    installed = installed_vllm_version()
-    if installed is not None:
-        return installed, "installed"
-    return NEWEST_MODELLED, ""
+    summary = one_line(result)
+    if reach := reach_words(launch_specs(result), result.chosen.dp if result.chosen else 1):
+        summary += f"\nClients: {reach}"
+    return summary

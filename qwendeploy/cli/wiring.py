@@ -1,7 +1,8 @@
 """Where the CLI gets its hardware adapters — and the one seam tests replace.
 
 Commands never import pynvml themselves; they call :func:`probe_report` / :func:`probe_machine` here, and the
-use cases of :mod:`qwendeploy.app` get their adapters from the builders below (:func:`doctor_ports`).
+use cases of :mod:`qwendeploy.app` get their adapters from the builders below (:func:`doctor_ports`,
+:func:`plan_ports`).
 
 Test seam (documented, not an environment variable): tests assign
 
@@ -18,17 +19,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from qwendeploy.adapters.log_reader import LogFile
     from qwendeploy.adapters.nccl_test import NcclTestOutcome
     from qwendeploy.adapters.nvml import NvmlReport, ProcessInfo
+    from qwendeploy.adapters.serve_guard import Locks
     from qwendeploy.app.doctor import DoctorPorts
+    from qwendeploy.app.plan import PlanPorts
+    from qwendeploy.app.ports import ServeEvent
+    from qwendeploy.app.serve import ServePorts, Server
+    from qwendeploy.core.checks import Check
     from qwendeploy.core.cluster import HostNetFacts, RayCluster
     from qwendeploy.core.hardware import Machine
     from qwendeploy.core.machine_facts import MachineFacts
+    from qwendeploy.core.models import ModelSpec
     from qwendeploy.core.profile import Profile
+    from qwendeploy.core.vllm_args import LaunchSpec
 
 BACKEND_FACTORY: Callable[[], Any] | None = None
 """None: the real ``pynvml`` module (imported lazily inside the NVML adapter)."""
@@ -123,16 +131,6 @@ def doctor_ports() -> DoctorPorts:
 
 
 # ------------------------------------------------------------------ serve (app/serve.py's ports)
-# Imports for annotations stay in this block, so that each use case's adapters remain one contiguous block.
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from qwendeploy.adapters.serve_guard import Locks
-    from qwendeploy.app.ports import ServeEvent
-    from qwendeploy.app.serve import ServePorts, Server
-    from qwendeploy.core.checks import Check
-    from qwendeploy.core.vllm_args import LaunchSpec
 
 
 def find_executable(name: str, path: str | None) -> str | None:
@@ -224,4 +222,41 @@ def serve_ports() -> ServePorts:
         preflight=serve_preflight,
         locks=serve_locks,
         supervise=supervise,
+    )
+
+
+def load_model(ref: str, revision: str | None) -> ModelSpec:
+    """``app.ports.ModelSource``: a local model directory or a Hub repo (the Hub client is loaded only here)."""
+    from qwendeploy.adapters.hub import load_model as load
+
+    return load(ref, revision=revision)
+
+
+def installed_vllm_version() -> str | None:
+    """``app.ports.VllmVersionSource``: the installed vLLM's release, from package metadata."""
+    from qwendeploy.adapters.vllm_release import installed_vllm_version as installed
+
+    return installed()
+
+
+class ProfileFiles:
+    """``app.ports.ProfileStore`` over the file system (atomic writes; never over a non-regular file)."""
+
+    def check_target(self, path: Path, force: bool) -> None:
+        from qwendeploy.adapters.profile_files import check_target
+
+        check_target(path, force=force)
+
+    def write(self, path: Path, profile: Profile, header: str, force: bool) -> Path:
+        from qwendeploy.adapters.profile_files import write_profile
+
+        return write_profile(path, profile, header=header, force=force)
+
+
+def plan_ports() -> PlanPorts:
+    """The real adapters plan uses (NVML through this module's seam)."""
+    from qwendeploy.app.plan import PlanPorts
+
+    return PlanPorts(
+        gpus=probe_machine, models=load_model, vllm_version=installed_vllm_version, profiles=ProfileFiles()
     )

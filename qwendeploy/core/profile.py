@@ -8,7 +8,10 @@ Secrets never live here: ``server.api_key_env`` names an environment variable.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import inspect
+import sys
 from typing import Any, Literal
 
 import yaml
@@ -74,7 +77,10 @@ def _json_value(value: Any, path: str, depth: int = 0) -> None:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
+    # Field docstrings are read when the JSON Schema is asked for (json_schema), not by pydantic's
+    # use_attribute_docstrings at import, which parses this file for every class: half of the import, paid by
+    # every plan and serve that never shows a description.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _strings(self) -> Any:
@@ -362,11 +368,38 @@ class Profile(_Section):
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of the profile, for editors (``# yaml-language-server: $schema=...``) and the docs."""
+    """JSON Schema of the profile, for editors (``# yaml-language-server: $schema=...``) and the docs; each field's
+    docstring is its description."""
     schema = Profile.model_json_schema()
+    docs = field_docstrings()
+    for model, where in [("Profile", schema), *schema.get("$defs", {}).items()]:
+        properties = where.get("properties", {})
+        for name, prop in properties.items():
+            if doc := docs.get(model, {}).get(name):
+                properties[name] = dict(sorted({**prop, "description": doc}.items()))  # pydantic sorts the keys
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = SCHEMA_ID
     return schema
+
+
+def field_docstrings() -> dict[str, dict[str, str]]:
+    """Class name → field → the string literal right under the field, cleaned as ``inspect.cleandoc`` does: the
+    attribute docstrings pydantic's ``use_attribute_docstrings`` reads, from this module's source."""
+    out: dict[str, dict[str, str]] = {}
+    for node in ast.parse(inspect.getsource(sys.modules[__name__])).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        docs = out.setdefault(node.name, {})
+        for stmt, after in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+    return out
 
 
 _OMIT_WHEN_DEFAULT: tuple[tuple[str, ...], ...] = (("cluster",), ("placement", "data_parallel_backend"))

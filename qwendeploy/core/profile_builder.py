@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Literal, cast, get_args
 
 from qwendeploy.core import family_rules
-from qwendeploy.core.planner import Plan
+from qwendeploy.core.memory import MemoryEstimate
+from qwendeploy.core.planner import Candidate, Plan
 from qwendeploy.core.profile import (
     ClusterSection,
     EngineSection,
@@ -21,6 +22,7 @@ from qwendeploy.core.vllm_args import one_endpoint_dp
 from qwendeploy.errors import PlanInfeasible
 
 _Dtype = Literal["auto", "bfloat16", "float16", "half", "float", "float32"]
+_DTYPES = get_args(_Dtype)
 
 
 def profile_from_plan(
@@ -48,31 +50,102 @@ def profile_from_plan(
     c = p.chosen
     if c is None or c.estimate is None:
         raise PlanInfeasible("Nothing fits, so there is no profile to write.")
-    req, est = p.request, c.estimate
-    tp, pp, dp = c.tp, c.pp, c.dp
-    link = c.cost.link if c.cost else "none"
-    env: dict[str, str] = {}
-    disable_car = False
-    if link == "pcie-no-p2p":
-        # GeForce cards without P2P: NCCL must not try peer-to-peer, and vLLM's custom all-reduce needs it.
-        env["NCCL_P2P_DISABLE"] = "1"
-        disable_car = True
-    disable_car = disable_car or req.disable_custom_all_reduce
-    nodes = len({g.node for g in c.gpus}) or 1
-    # Multi-node (Ray): a replica spanning nodes runs on Ray's executor; replicas that each fit one node run
-    # as vLLM data parallelism placed by Ray. Ray owns GPU placement there, so no per-host GPU list.
-    spans = nodes > 1 and any(len({g.node for g in c.gpus[r * tp * pp : (r + 1) * tp * pp]}) > 1 for r in range(dp))
-    multi = nodes > 1
+    no_p2p = (c.cost.link if c.cost else "none") == "pcie-no-p2p"
+    multi = len({g.node for g in c.gpus}) > 1
     cluster = ClusterSection(
         head_address=head_address,
         socket_ifname=socket_ifname,
-        gpus_per_node=req.machine.gpus_per_node,
-        network=req.network,
+        gpus_per_node=p.request.machine.gpus_per_node,
+        network=p.request.network,
     )
+    return Profile(
+        name=name,
+        generated_by=generated_by,
+        model=_model(p, c.estimate, revision),
+        placement=_placement(p, c),
+        engine=_engine(p, c, c.estimate, disable_custom_all_reduce=no_p2p or p.request.disable_custom_all_reduce),
+        server=ServerSection(host=host, port=port, served_model_name=served_model_name),
+        cluster=cluster if multi else ClusterSection(),
+        # GeForce cards without P2P: NCCL must not try peer-to-peer (and vLLM's custom all-reduce, which needs it,
+        # is off above).
+        env={"NCCL_P2P_DISABLE": "1"} if no_p2p else {},
+        estimate=_estimate(p, c.estimate),
+        hardware=HardwareSection(
+            fingerprint=p.request.machine.fingerprint(),
+            gpus=[g.name for g in c.gpus],
+            interconnect=p.request.machine.interconnect,
+            simulated=p.request.machine.simulated,
+        ),
+    )
+
+
+def _model(p: Plan, est: MemoryEstimate, revision: str | None) -> ModelSection:
+    """The model as vLLM loads it: the dtype asked (``auto`` unless a known one), float16 said outright where the
+    cards have no bfloat16 (rather than left to each vLLM release's fallback), the context and overrides planned."""
+    req = p.request
+    dtype = cast(_Dtype, req.dtype if req.dtype in _DTYPES else "auto")
+    if dtype == "auto" and est.dtype == "float16" and req.spec.torch_dtype == "bfloat16":
+        dtype = "float16"
+    return ModelSection(
+        id=req.spec.id,
+        revision=revision,
+        dtype=dtype,
+        quantization=req.quantization,
+        max_model_len=p.max_model_len,
+        hf_overrides=p.hf_overrides,
+    )
+
+
+def _placement(p: Plan, c: Candidate) -> PlacementSection:
+    """Where the replicas run.
+
+    One node: the GPUs by UUID (index on a simulated inventory). Several nodes (Ray): a replica spanning nodes runs
+    on Ray's executor; replicas that each fit one node run as vLLM data parallelism placed by Ray. Ray owns GPU
+    placement there, so no per-host GPU list.
+    """
+    tp, pp, dp = c.tp, c.pp, c.dp
+    hw = p.request.machine
+    nodes = len({g.node for g in c.gpus}) or 1
+    multi = nodes > 1
+    spans = multi and any(len({g.node for g in c.gpus[r * tp * pp : (r + 1) * tp * pp]}) > 1 for r in range(dp))
+    return PlacementSection(
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        data_parallel_size=dp,
+        gpus=[] if multi else [g.uuid if (g.uuid and not hw.simulated) else str(g.index) for g in c.gpus],
+        nodes=nodes,
+        distributed_executor_backend="ray" if spans or (multi and dp == 1) else None,
+        # One endpoint where the release has vLLM's own data-parallel serving (core.vllm_args explains).
+        data_parallel_mode="vllm" if dp > 1 and (multi or one_endpoint_dp(p.accounting.vllm_version)) else "servers",
+        data_parallel_backend="ray" if multi and dp > 1 else None,
+    )
+
+
+def _engine(p: Plan, c: Candidate, est: MemoryEstimate, *, disable_custom_all_reduce: bool) -> EngineSection:
+    """vLLM's engine settings: the memory budget planned, the user's fixed batching (vLLM's defaults otherwise,
+    which the estimate assumed), the KV dtype chosen and the model family's runner arguments."""
+    req = p.request
     util = c.gpu_memory_utilization
     if util is None:
         util = p.accounting.default_gpu_memory_utilization
-    hw = req.machine
+    max_num_seqs = req.max_num_seqs
+    if max_num_seqs is None and req.max_num_batched_tokens is not None:
+        # A fixed --max-num-batched-tokens below vLLM's default sequence cap lowered the cap: write it.
+        lowered = est.settings.max_num_seqs == req.max_num_batched_tokens
+        max_num_seqs = est.settings.max_num_seqs if lowered else None
+    return EngineSection(
+        gpu_memory_utilization=round(util, 4),
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=req.max_num_batched_tokens,
+        kv_cache_dtype=c.kv_cache_dtype,
+        enforce_eager=req.enforce_eager,
+        disable_custom_all_reduce=disable_custom_all_reduce,
+        extra_args=family_rules.runner_args(req.spec),
+    )
+
+
+def _estimate(p: Plan, est: MemoryEstimate) -> EstimateSection:
+    """What the plan expects vLLM to report, per GPU, for doctor and serve to compare against."""
     per_gpu = [
         GpuEstimate(
             weights_bytes=m.weights_bytes,
@@ -85,60 +158,9 @@ def profile_from_plan(
         )
         for m in est.per_gpu
     ]
-    dtype = cast(
-        _Dtype, req.dtype if req.dtype in ("auto", "bfloat16", "float16", "half", "float", "float32") else "auto"
-    )
-    if dtype == "auto" and est.dtype == "float16" and req.spec.torch_dtype == "bfloat16":
-        dtype = "float16"  # cards without bf16: say it, rather than rely on each vLLM release's fallback
-    return Profile(
-        name=name,
-        generated_by=generated_by,
-        model=ModelSection(
-            id=req.spec.id,
-            revision=revision,
-            dtype=dtype,
-            quantization=req.quantization,
-            max_model_len=p.max_model_len,
-            hf_overrides=p.hf_overrides,
-        ),
-        placement=PlacementSection(
-            tensor_parallel_size=tp,
-            pipeline_parallel_size=pp,
-            data_parallel_size=dp,
-            gpus=[] if multi else [g.uuid if (g.uuid and not hw.simulated) else str(g.index) for g in c.gpus],
-            nodes=nodes,
-            distributed_executor_backend="ray" if spans or (multi and dp == 1) else None,
-            # One endpoint where the release has vLLM's own data-parallel serving (core.vllm_args explains).
-            data_parallel_mode="vllm"
-            if dp > 1 and (multi or one_endpoint_dp(p.accounting.vllm_version))
-            else "servers",
-            data_parallel_backend="ray" if multi and dp > 1 else None,
-        ),
-        engine=EngineSection(
-            gpu_memory_utilization=round(util, 4),
-            # A fixed --max-num-batched-tokens below vLLM's default sequence cap lowered the cap: write it.
-            max_num_seqs=req.max_num_seqs
-            if req.max_num_seqs is not None or req.max_num_batched_tokens is None
-            else (est.settings.max_num_seqs if est.settings.max_num_seqs == req.max_num_batched_tokens else None),
-            max_num_batched_tokens=req.max_num_batched_tokens,
-            kv_cache_dtype=c.kv_cache_dtype,
-            enforce_eager=req.enforce_eager,
-            disable_custom_all_reduce=disable_car,
-            extra_args=family_rules.runner_args(req.spec),
-        ),
-        server=ServerSection(host=host, port=port, served_model_name=served_model_name),
-        cluster=cluster if multi else ClusterSection(),
-        env=env,
-        estimate=EstimateSection(
-            kv_cache_tokens=est.kv_cache_tokens,
-            max_concurrency=round(est.kv_cache_tokens / p.max_model_len, 2),
-            per_gpu=per_gpu,
-            vllm_version=p.accounting.vllm_version,
-        ),
-        hardware=HardwareSection(
-            fingerprint=hw.fingerprint(),
-            gpus=[g.name for g in c.gpus],
-            interconnect=hw.interconnect,
-            simulated=hw.simulated,
-        ),
+    return EstimateSection(
+        kv_cache_tokens=est.kv_cache_tokens,
+        max_concurrency=round(est.kv_cache_tokens / p.max_model_len, 2),
+        per_gpu=per_gpu,
+        vllm_version=p.accounting.vllm_version,
     )

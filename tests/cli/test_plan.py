@@ -303,3 +303,28 @@ def test_context_auto_takes_the_longest_that_fits(tmp_path: Path) -> None:
     assert d["max_model_len"] == max(shorter)  # what the fixed plan said is the longest that fits
     prof = read_profile(out)
     assert prof.model.max_model_len == d["max_model_len"] and "--context auto" in (prof.generated_by or "")
+
+
+def test_a_catalog_model_is_planned_without_loading_the_hub_adapter() -> None:
+    """Start-up: a catalog id is resolved from the catalog, so neither the Hub adapter nor huggingface_hub is
+    imported (bare repo ids and local folders still go through the adapter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runpy; sys.argv = ['qwendeploy', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('qwendeploy', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('qwendeploy.adapters.hub', 'huggingface_hub') if m in sys.modules), "
+        "file=sys.stderr)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", code, *SEED, "--json"], capture_output=True, text=True, cwd=root)
+    assert '"fits": true' in r.stdout and "LOADED []" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(
+        [sys.executable, "-c", code, "plan", str(root / "tests" / "fixtures" / "nowhere"), "--gpus", "1xH100"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert "Unknown model" in r.stderr and "'qwendeploy.adapters.hub'" in r.stderr, r.stderr[-2000:]

@@ -49,3 +49,37 @@ def test_safe_load_refuses_python_tags() -> None:
 
 def test_defaults_bind_loopback() -> None:
     assert Profile(model=ModelSection(id="x")).server.host == "127.0.0.1"
+
+
+def test_every_field_in_the_schema_is_described_by_its_docstring() -> None:
+    """The descriptions the JSON Schema and docs/reference/profile.md show are the fields' docstrings, read when the
+    schema is asked for (not at import)."""
+    from qwendeploy.core.profile import json_schema
+
+    schema = json_schema()
+    sections = [("Profile", schema), *schema["$defs"].items()]
+    assert len(sections) >= 10
+    undescribed = [f"{m}.{n}" for m, s in sections for n, p in s["properties"].items() if not p.get("description")]
+    assert undescribed == []
+    assert schema["properties"]["model"] == {"$ref": "#/$defs/ModelSection", "description": "What to serve."}
+    port = schema["$defs"]["ServerSection"]["properties"]["port"]
+    assert list(port) == sorted(port) and port["description"].startswith("TCP port → --port")
+
+
+def test_field_docstrings_are_read_as_pydantic_reads_them() -> None:
+    """pydantic's own reader (what ``use_attribute_docstrings`` runs at class creation) is the oracle."""
+    extraction = pytest.importorskip("pydantic._internal._docs_extraction")
+    from pydantic import BaseModel
+
+    import qwendeploy.core.profile as module
+    from qwendeploy.core.profile import field_docstrings
+
+    ours = field_docstrings()
+    models = [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, BaseModel) and c.__module__ == module.__name__
+    ]
+    assert len(models) >= 10
+    for cls in models:
+        assert ours.get(cls.__name__, {}) == extraction.extract_docstrings_from_cls(cls, use_inspect=True), cls.__name__
