@@ -37,6 +37,7 @@ CATEGORIES: tuple[str, ...] = (
     "gpu_hardware_fault",
     "dtype_unsupported",
     "port_in_use",
+    "invalid_arguments",
     "unknown",
 )
 """Every category a diagnosis can have (issue 3 fixes the names)."""
@@ -121,6 +122,7 @@ DERIVATIONS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ray_note": ((), ("ray_gpus_note",)),
     "visible_note": ((), ("visible_value_note",)),
     "driver_found_cuda": ((), ("driver_detail", "cuda_needed_note")),
+    "argument_hint": ((), ("rejected", "argument_hint")),
 }
 """Computations that turn captured numbers into fix numbers, and the template fields each provides."""
 

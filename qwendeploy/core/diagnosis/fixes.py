@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from qwendeploy.core.argv import drop_flags
 from qwendeploy.core.diagnosis.catalog import template_fields
 from qwendeploy.core.profile import Profile
+from qwendeploy.core.vllm_args import REMOVED_FLAGS
 
 
 def _num(values: Mapping[str, str], key: str) -> float | None:
@@ -109,6 +110,8 @@ def derive(name: str, v: dict[str, str], tp_not_set: bool) -> None:
     elif name == "visible_note":
         value = v.get("visible_min_value")
         v["visible_value_note"] = f" (CUDA_VISIBLE_DEVICES={value})" if value else ""
+    elif name == "argument_hint":
+        v["rejected"], v["argument_hint"] = _argument_hint(v)
     elif name == "driver_found_cuda":
         found = _num(v, "driver_found")
         v["driver_detail"] = (
@@ -168,3 +171,54 @@ def plan_command(profile: Profile, args: Sequence[str]) -> str:
     if any(t in ("-o", "--output") or t.startswith("--output=") for t in out) and "--force" not in out:
         out.append("--force")
     return shlex.join(out)
+
+
+_REQUEST_PARAMETERS = frozenset({"--temperature", "--top-p", "--top-k", "--max-tokens", "--presence-penalty"})
+"""Sampling parameters people pass to the server: in vLLM they belong to each request."""
+
+
+def _replacement(flag: str) -> str:
+    """What replaces a removed flag, said for someone running ``vllm serve`` (REMOVED_FLAGS speaks of profiles)."""
+    instead = REMOVED_FLAGS[flag]
+    if instead == "nothing (removed)":
+        return "drop it"
+    if instead.startswith("model.hf_overrides"):
+        return "--hf-overrides with the same JSON under the config's key (a qwendeploy profile: model.hf_overrides)"
+    if instead.startswith("placement.distributed_executor_backend"):
+        return "--distributed-executor-backend ray"
+    return f"use {instead}"
+
+
+def _argument_hint(v: Mapping[str, str]) -> tuple[str, str]:
+    """What vLLM's argument parser rejected (``rejected``, quoted for the summary) and what to do about it
+    (``argument_hint``, one sentence for the fix), from an "unrecognized arguments" or "invalid choice" line."""
+    bad, flag, value = v.get("bad_args", "").strip(), v.get("bad_flag", "").strip(), v.get("bad_value", "").strip()
+    if flag:
+        return f" ({flag}: invalid value {value})", f"Give {flag} one of the values the error lists."
+    if not bad:
+        return "", "Compare the command with `vllm serve --help` of the release that runs (`vllm --version`)."
+    rejected = f' ("{bad[:120]}" unrecognized)'
+    first = bad.split()[0]
+    if first in ("serve", "vllm"):
+        return rejected, (
+            "`serve …` reached a program that already is `vllm serve`: the vllm/vllm-openai image's entrypoint is "
+            "`vllm serve`, so give the image only the model and the flags (drop `vllm serve` after the image name)."
+        )
+    if not first.startswith("-"):
+        return rejected, (
+            f"{first} was given where the program expects flags: an image whose entrypoint is the API server takes "
+            f"the model as --model {first}; `vllm serve` takes it as its first argument."
+        )
+    name = first.split("=", 1)[0]
+    name = "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+    if name in REMOVED_FLAGS:
+        return rejected, f"{name} was removed from vLLM: {_replacement(name)}."
+    if name in _REQUEST_PARAMETERS:
+        return rejected, (
+            f"{name} is a request parameter, not a server flag: send it with each request, or set the server's "
+            f"defaults with --override-generation-config (JSON)."
+        )
+    return rejected, (
+        f"{name} is not a flag of the vLLM that runs: it is newer than this release or was removed. Check it "
+        f"against `vllm serve --help` of that release (`vllm --version`), or use an image tag that has it."
+    )

@@ -100,6 +100,7 @@ _ALWAYS_SET: Mapping[str, tuple[str, ...]] = {
     "ray_note": ("ray_gpus_note",),
     "driver_found_cuda": ("driver_detail", "cuda_needed_note"),
     "visible_note": ("visible_value_note",),
+    "argument_hint": ("rejected", "argument_hint"),
 }
 """Derived notes that are always set (to "" when their inputs are missing)."""
 

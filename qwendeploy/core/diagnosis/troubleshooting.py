@@ -38,6 +38,7 @@ _TITLES: Mapping[str, str] = {
     "gpu_hardware_fault": "GPU hardware fault (ECC, Xid, fallen off the bus)",
     "dtype_unsupported": "bfloat16 on a GPU older than compute capability 8.0",
     "port_in_use": "Port already in use",
+    "invalid_arguments": "vLLM rejected its command line",
     "unknown": "Unrecognised error",
 }
 
