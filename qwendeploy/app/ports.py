@@ -4,6 +4,7 @@ tests may supply any object of the same shape."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -13,8 +14,8 @@ from qwendeploy.core.machine_facts import MachineFacts
 if TYPE_CHECKING:  # annotations only, so that app.plan and app.serve start without them
     from collections.abc import Callable, Mapping
 
-    from qwendeploy.app.serve import Server
     from qwendeploy.core.checks import Check
+    from qwendeploy.core.docker_args import DockerSpec
     from qwendeploy.core.hardware import Machine
     from qwendeploy.core.models import ModelSpec
     from qwendeploy.core.profile import Profile
@@ -84,6 +85,17 @@ class NcclTester(Protocol):
 
 
 # ------------------------------------------------------------------ serve (app/serve.py)
+
+
+@dataclass(frozen=True)
+class Server:
+    """One server to start: vLLM's spec (name, host, port, GPUs, argv/env of a native launch), the ``docker run``
+    that wraps it under the docker runtime, and its description with every secret redacted (``shown``: what
+    ``--dry-run`` prints; ``shown["command"]`` is the command as displayed)."""
+
+    spec: LaunchSpec
+    shown: Mapping[str, Any]
+    docker: DockerSpec | None = None
 
 
 class ExecutableFinder(Protocol):

@@ -21,10 +21,11 @@ from qwendeploy.app.ports import (
     ServeEvent,
     ServeLocks,
     ServePreflight,
+    Server,
     Supervise,
 )
 from qwendeploy.core.checks import Check
-from qwendeploy.core.docker_args import DockerSpec, build_docker_specs, docker_image, render_docker
+from qwendeploy.core.docker_args import build_docker_specs, docker_image, render_docker
 from qwendeploy.core.profile import Profile, check_host
 from qwendeploy.core.vllm_args import LaunchSpec, build_launch_specs, render_spec
 from qwendeploy.errors import BadInput, PreflightFailed
@@ -63,17 +64,6 @@ class ServeRequest:
     strict: bool = False
     insecure: bool = False
     log_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class Server:
-    """One server to start: vLLM's spec (name, host, port, GPUs, argv/env of a native launch), the ``docker run``
-    that wraps it under the docker runtime, and its description with every secret redacted (``shown``: what
-    ``--dry-run`` prints; ``shown["command"]`` is the command as displayed)."""
-
-    spec: LaunchSpec
-    shown: Mapping[str, Any]
-    docker: DockerSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from qwendeploy.adapters.serve_guard import Locks
     from qwendeploy.app.doctor import DoctorPorts
     from qwendeploy.app.plan import PlanPorts
-    from qwendeploy.app.ports import ServeEvent
-    from qwendeploy.app.serve import ServePorts, Server
+    from qwendeploy.app.ports import ServeEvent, Server
+    from qwendeploy.app.serve import ServePorts
     from qwendeploy.core.checks import Check
     from qwendeploy.core.cluster import HostNetFacts, RayCluster
     from qwendeploy.core.hardware import Machine
