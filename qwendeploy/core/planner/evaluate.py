@@ -36,6 +36,15 @@ class Shape:
 
 
 @dataclass(frozen=True)
+class ReplicaEstimate:
+    """One replica's GPUs, its gpu_memory_utilization and the estimate at it."""
+
+    estimate: MemoryEstimate
+    replica: tuple[Gpu, ...]
+    util: float
+
+
+@dataclass(frozen=True)
 class Sized:
     """A placement's GPUs assigned and sized: the candidate is judged by its replica with the smallest KV cache."""
 
@@ -192,7 +201,7 @@ def _size(
 ) -> Sized | Rejection:
     """Estimate every distinct replica and keep the one with the smallest KV cache."""
     batching = _batching(req, replicas[0][0])
-    worst: tuple[MemoryEstimate, tuple[Gpu, ...], float] | None = None
+    worst: ReplicaEstimate | None = None
     seen: set[tuple[object, ...]] = set()
     for replica in replicas:
         link = link_class(machine, replica[: shape.tp])
@@ -219,10 +228,10 @@ def _size(
         est = estimate(
             req.spec, replica, tp=shape.tp, pp=shape.pp, settings=settings, accounting=acc, calibration=req.calibration
         )
-        if worst is None or est.num_blocks < worst[0].num_blocks:
-            worst = (est, replica, util)
+        if worst is None or est.num_blocks < worst.estimate.num_blocks:
+            worst = ReplicaEstimate(est, replica, util)
     assert worst is not None
-    est, replica, util = worst
+    est, replica, util = worst.estimate, worst.replica, worst.util
     target_blocks = est.blocks_for(max_len, req.concurrency)
     block = est.settings.block_size
     return Sized(
