@@ -25,6 +25,7 @@ from qwendeploy.core.planner import Plan, PlanRequest, plan
 from qwendeploy.core.profile import Profile, describe_errors
 from qwendeploy.core.profile_builder import profile_from_plan
 from qwendeploy.core.releases import NEWEST_MODELLED
+from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT
 from qwendeploy.core.suggestions import auto_context_note, with_engine_suggestions
 from qwendeploy.errors import BadInput
 
@@ -69,8 +70,8 @@ class PlanOptions:
     """Where to write the profile (None: no profile)."""
     force: bool = False
     name: str | None = None
-    port: int = 8000
-    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    host: str = DEFAULT_HOST
 
     @property
     def auto_context(self) -> bool:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from qwendeploy.cli.errors import user_errors
+from qwendeploy.core.server_address import client_host
 from qwendeploy.errors import BadInput
 
 if TYPE_CHECKING:
@@ -28,10 +29,6 @@ def _levels(text: str) -> list[int]:
     if not out or any(c < 1 for c in out):
         raise BadInput(f"--concurrency takes positive integers separated by commas (1,16,64); got {text!r}.")
     return sorted(dict.fromkeys(out))
-
-
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def _planned(prof: Profile) -> tuple[PlanRequest, Candidate] | str:
@@ -156,7 +153,7 @@ def _bench(
         from qwendeploy.adapters.profile_files import read_profile
 
         prof = read_profile(target)
-        url = f"http://{_client_host(prof.server.host)}:{prof.server.port}"
+        url = f"http://{client_host(prof.server.host)}:{prof.server.port}"
         name = prof.name
         api_key_env = api_key_env or prof.server.api_key_env
         if prof.placement.data_parallel_size > 1 and prof.placement.data_parallel_mode == "servers":

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qwendeploy.core.planner import Plan
+from qwendeploy.core.server_address import client_host
 from qwendeploy.core.vllm_args import LaunchSpec
 
 
@@ -43,12 +44,8 @@ def wrapped_command(argv: Sequence[str], env_set: Mapping[str, str] | None = Non
     return " \\\n".join(line if n == 0 else indent + line for n, line in enumerate(lines))
 
 
-def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
 def endpoints(specs: Sequence[LaunchSpec]) -> list[str]:
-    return [f"http://{_client_host(s.host)}:{s.port}/v1" for s in specs]
+    return [f"http://{client_host(s.host)}:{s.port}/v1" for s in specs]
 
 
 def reach_words(specs: Sequence[LaunchSpec], dp: int) -> str:

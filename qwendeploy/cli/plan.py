@@ -11,6 +11,7 @@ import typer
 
 from qwendeploy.cli.errors import user_errors
 from qwendeploy.core.networks import DEFAULT_NETWORK
+from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT
 
 if TYPE_CHECKING:
     from qwendeploy.app.plan import PlanOptions
@@ -104,8 +105,8 @@ def plan(
             help="Profile name, also the served model name (default: the model's name, e.g. qwen2.5-7b-instruct)."
         ),
     ] = None,
-    port: Annotated[int, typer.Option(help="Port written to the profile.")] = 8000,
-    host: Annotated[str, typer.Option(help="Bind address written to the profile.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port written to the profile.")] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option(help="Bind address written to the profile.")] = DEFAULT_HOST,
 ) -> None:
     """Estimate memory, search TP/PP/DP placements and choose one (exit 0 fits, 1 nothing fits, 2 bad input)."""
     with user_errors():

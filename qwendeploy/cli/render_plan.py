@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qwendeploy.core.hardware import Machine
-from qwendeploy.core.memory import GpuMemory, MemoryEstimate
+from qwendeploy.core.memory import DEFAULT_BLOCK_SIZE, GpuMemory, MemoryEstimate
 from qwendeploy.core.planner import Candidate, Plan
 from qwendeploy.core.suggestions import shortfall_bytes
 from qwendeploy.core.units import GiB, human_size
@@ -115,7 +115,7 @@ def plan_json(p: Plan, *, explain: bool = False) -> dict[str, Any]:
             "max_num_seqs": est.settings.max_num_seqs if est else None,
             "max_num_batched_tokens": est.settings.max_num_batched_tokens if est else None,
             "enforce_eager": req.enforce_eager,
-            "block_size": est.settings.block_size if est else 16,
+            "block_size": est.settings.block_size if est else DEFAULT_BLOCK_SIZE,
         },
         "hf_overrides": p.hf_overrides,
         "per_gpu": per_gpu_json(est),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from qwendeploy.cli.errors import user_errors
+from qwendeploy.core.server_address import DEFAULT_HOST
 
 if TYPE_CHECKING:  # deferred at run time: `serve --help` must not import rich, psutil or the supervisor
     from rich.console import Console
@@ -38,7 +39,7 @@ def serve(
         bool, typer.Option("--json", help="Machine-readable output (with --dry-run: one JSON object).")
     ] = False,
     port: Annotated[int | None, typer.Option(help="Override server.port (replica i uses port+i).")] = None,
-    host: Annotated[str | None, typer.Option(help="Override server.host (default 127.0.0.1).")] = None,
+    host: Annotated[str | None, typer.Option(help=f"Override server.host (default {DEFAULT_HOST}).")] = None,
     vllm_bin: Annotated[
         str | None, typer.Option("--vllm-bin", help="vLLM executable (else $QWENDEPLOY_VLLM_BIN, else vllm on PATH).")
     ] = None,

@@ -37,7 +37,9 @@ from qwendeploy.core.limits import (
     MAX_RESTARTS,
     MAX_SECONDS,
 )
+from qwendeploy.core.memory.accounting import DEFAULT_GPU_MEMORY_UTILIZATION
 from qwendeploy.core.networks import DEFAULT_NETWORK
+from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT
 from qwendeploy.errors import BadInput, ProfileInvalid
 
 PROFILE_VERSION = 1
@@ -207,7 +209,7 @@ class ClusterSection(_Section):
 
 
 class EngineSection(_Section):
-    gpu_memory_utilization: float = Field(default=0.92, gt=0.0, le=1.0)
+    gpu_memory_utilization: float = Field(default=DEFAULT_GPU_MEMORY_UTILIZATION, gt=0.0, le=1.0)
     """Fraction of each GPU's memory vLLM may use → --gpu-memory-utilization (vLLM's default is 0.92)."""
     max_num_seqs: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     """Requests batched at once → --max-num-seqs. None: vLLM's default."""
@@ -233,9 +235,9 @@ class EngineSection(_Section):
 
 
 class ServerSection(_Section):
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     """Address to bind → --host. Anything but loopback needs api_key_env (or serve --insecure)."""
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     """TCP port → --port (data-parallel servers use port, port+1, …)."""
     api_key_env: str | None = None
     """Name of the environment variable holding the API key → --api-key. The key itself is never stored."""

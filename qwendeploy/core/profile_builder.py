@@ -18,6 +18,7 @@ from qwendeploy.core.profile import (
     Profile,
     ServerSection,
 )
+from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT
 from qwendeploy.core.vllm_args import one_endpoint_dp
 from qwendeploy.errors import PlanInfeasible
 
@@ -29,8 +30,8 @@ def profile_from_plan(
     p: Plan,
     *,
     name: str = "qwen",
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
     generated_by: str | None = None,
     revision: str | None = None,
     served_model_name: str | None = None,

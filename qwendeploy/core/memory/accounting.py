@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 CURRENT_VLLM = "0.33"
 """vLLM release whose accounting is the default (the newest release checked, see docs/memory-model.md)."""
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+"""vLLM's default ``--gpu-memory-utilization`` from 0.20 on (0.9 before; ``accounting_for`` says which)."""
 
 
 V2_ARCHITECTURES_0_24 = frozenset(
@@ -159,7 +161,7 @@ def accounting_for(vllm_version: str = CURRENT_VLLM) -> Accounting:
         runner = "all"
     return Accounting(
         vllm_version=f"{major}.{minor}",
-        default_gpu_memory_utilization=0.92 if v >= (0, 20) else 0.9,
+        default_gpu_memory_utilization=DEFAULT_GPU_MEMORY_UTILIZATION if v >= (0, 20) else 0.9,
         graph_estimate_flag=v >= (0, 20),
         v2_runner=runner,
         v2_estimates_graphs=v >= (0, 29),

@@ -102,7 +102,9 @@ class KvPlan:
     max_concurrency: float
 
 
-def kv_plan(budget_bytes: int, bytes_per_token: int, max_model_len: int, block_size: int = 16) -> KvPlan:
+def kv_plan(
+    budget_bytes: int, bytes_per_token: int, max_model_len: int, block_size: int = DEFAULT_BLOCK_SIZE
+) -> KvPlan:
     """Blocks, tokens and concurrency for ``budget_bytes`` of KV memory on one GPU."""
     blocks = budget_bytes // (bytes_per_token * block_size)
     return KvPlan(blocks, blocks * block_size, blocks * block_size / max_model_len)

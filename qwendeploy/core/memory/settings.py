@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qwendeploy.core.memory.accounting import DEFAULT_GPU_MEMORY_UTILIZATION
+
 DEFAULT_BLOCK_SIZE = 16
+"""vLLM's default ``--block-size`` (tokens per KV-cache block)."""
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,7 @@ class EngineSettings:
     max_model_len: int
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
-    gpu_memory_utilization: float = 0.92
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     kv_cache_dtype: str = "auto"
     dtype: str = "auto"
     quantization: str | None = None

@@ -3,8 +3,9 @@
 Pure: the caller resolves the model and probes (or simulates) the GPUs; ``plan`` decides.
 
 One idea a module: ``values`` (request, candidate, plan), ``rules`` (vLLM's rules and the request's
-checks), ``assignment`` (GPUs to TP groups and links), ``cost`` (the ranking cost model), ``search`` (evaluate,
-rank, choose) and ``explain`` (the prose). Everything is importable from ``qwendeploy.core.planner`` as before.
+checks), ``assignment`` (GPUs to TP groups and links), ``cost`` (the ranking cost model), ``evaluate`` (one
+placement judged), ``search`` (enumerate, rank, choose), ``suggest`` (what would fit) and ``explain`` (the
+prose). Everything is importable from ``qwendeploy.core.planner`` as before.
 
 How a candidate is judged (docs/planning.md has the long form):
 
@@ -42,6 +43,8 @@ from qwendeploy.core.planner.cost import Cost as Cost
 from qwendeploy.core.planner.cost import CostModel as CostModel
 from qwendeploy.core.planner.cost import decode_cost as decode_cost
 from qwendeploy.core.planner.cost import weights_read_fraction as weights_read_fraction
+from qwendeploy.core.planner.evaluate import _evaluate as _evaluate
+from qwendeploy.core.planner.evaluate import _lowered as _lowered
 from qwendeploy.core.planner.explain import _LINK_WORDS as _LINK_WORDS
 from qwendeploy.core.planner.explain import _contrast as _contrast
 from qwendeploy.core.planner.explain import _explain as _explain
@@ -49,6 +52,7 @@ from qwendeploy.core.planner.explain import _holders as _holders
 from qwendeploy.core.planner.explain import _network_lines as _network_lines
 from qwendeploy.core.planner.explain import _tokens as _tokens
 from qwendeploy.core.planner.rules import ONLINE_QUANTIZATION as ONLINE_QUANTIZATION
+from qwendeploy.core.planner.rules import Batching as Batching
 from qwendeploy.core.planner.rules import _check_quantization as _check_quantization
 from qwendeploy.core.planner.rules import _check_request as _check_request
 from qwendeploy.core.planner.rules import _gib as _gib
@@ -61,8 +65,6 @@ from qwendeploy.core.planner.rules import default_batching as default_batching
 from qwendeploy.core.planner.rules import tp_rule_violation as tp_rule_violation
 from qwendeploy.core.planner.rules import valid_tp_sizes as valid_tp_sizes
 from qwendeploy.core.planner.rules import yarn_override as yarn_override
-from qwendeploy.core.planner.search import _evaluate as _evaluate
-from qwendeploy.core.planner.search import _lowered as _lowered
 from qwendeploy.core.planner.search import plan as plan
 from qwendeploy.core.planner.search import raise_if_infeasible as raise_if_infeasible
 from qwendeploy.core.planner.suggest import _free_the_gpus as _free_the_gpus

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 from qwendeploy.core.hardware import Gpu, Machine
 from qwendeploy.core.memory import (
     DTYPE_BYTES,
+    GpuMemory,
     MemoryEstimate,
 )
 from qwendeploy.core.models import ModelSpec
-from qwendeploy.core.networks import find_network
+from qwendeploy.core.networks import Network, find_network
 from qwendeploy.core.params import param_breakdown
 from qwendeploy.core.planner.assignment import LinkClass, link_class
 
@@ -117,6 +118,149 @@ def weights_read_fraction(spec: ModelSpec, batch: float) -> float:
     return min(1.0, (total - routed + routed * touched) / total)
 
 
+@dataclass(frozen=True)
+class StageTime:
+    """One pipeline stage's share of a decode step on the replica's slowest GPU, in seconds."""
+
+    memory_s: float
+    """Reading the weights the batch touches and the batch's KV cache."""
+    comm_s: float
+    """TP all-reduces (two per layer)."""
+    compute_s: float
+    """The batch's matrix products."""
+
+    @property
+    def gpu_s(self) -> float:
+        """The GPU's work: the three one after another."""
+        return self.memory_s + self.comm_s + self.compute_s
+
+
+@dataclass(frozen=True)
+class ReplicaLinks:
+    """How one replica's GPUs reach each other: the TP group's link, the link between stages on one node, and
+    how many stage boundaries cross nodes."""
+
+    tp_link: LinkClass
+    local_link: LinkClass
+    """Between two pipeline stages on the same node."""
+    network_hops: int
+    """Stage boundaries that cross nodes."""
+
+
+def replica_links(machine: Machine, replica: tuple[Gpu, ...], tp: int, pp: int) -> ReplicaLinks:
+    """The links of ``replica`` (its GPUs in stage order, ``tp`` per stage)."""
+    link = link_class(machine, replica[:tp])
+    stage_nodes = [replica[i * tp].node for i in range(pp) if i * tp < len(replica)]
+    hops = sum(1 for i in range(1, len(stage_nodes)) if stage_nodes[i] != stage_nodes[i - 1])
+    local: LinkClass = link if link != "none" else ("nvlink" if machine.interconnect == "nvlink" else "pcie-p2p")
+    return ReplicaLinks(tp_link=link, local_link=local, network_hops=hops)
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """Everything a decode step's time depends on for one placement, resolved once: the slowest GPU's memory
+    and speed, the links and the model's per-token work. Its methods price a step at a given batch."""
+
+    cm: CostModel
+    spec: ModelSpec
+    tp: int
+    worst: GpuMemory
+    """The replica's GPU with the most to read per step: it sets the pace."""
+    links: ReplicaLinks
+    network: Network
+    mean_context: float
+    """Tokens in a request's KV cache on average."""
+    dtype_bytes: int
+    bandwidth: float
+    """The slowest GPU's achieved memory bandwidth, bytes/s."""
+    peak_flops: float
+    flops_per_token: float
+    """2 FLOPs per active parameter per token, the slowest GPU's share."""
+
+    def link_bandwidth(self, cls: str) -> float:
+        return self.network.bandwidth if cls == "network" else self.cm.bw(cls)
+
+    def link_latency(self, cls: str) -> float:
+        return self.network.latency_s if cls == "network" else self.cm.latency(cls)
+
+    def stage(self, b: float) -> StageTime:
+        """One stage's GPU work for a micro-batch of ``b`` requests."""
+        w = self.worst
+        read = w.weights_bytes * weights_read_fraction(self.spec, b) + b * self.mean_context * w.kv_bytes_per_token
+        comm = 0.0
+        if self.tp > 1:
+            link = self.links.tp_link
+            msg = b * self.spec.hidden_size * self.dtype_bytes
+            per_ar = self.link_latency(link) + 2 * (self.tp - 1) / self.tp * msg / self.link_bandwidth(link)
+            comm = 2 * w.layers * per_ar
+        compute = b * self.flops_per_token / (self.peak_flops * self.cm.compute_efficiency)
+        return StageTime(memory_s=read / self.bandwidth, comm_s=comm, compute_s=compute)
+
+    def host(self, b: float) -> float:
+        """The engine's host work per step for ``b`` running requests."""
+        return self.cm.step_floor_s + self.cm.seq_overhead_s * b
+
+    def hop(self, cls: str, tokens: float) -> float:
+        """``tokens`` tokens' activations crossing one stage boundary over a link of class ``cls``."""
+        act = self.spec.hidden_size * self.dtype_bytes  # bytes of one token's activations
+        return self.link_latency(cls) + tokens * act / self.link_bandwidth(cls)
+
+
+def step_model(
+    req: PlanRequest, machine: Machine, est: MemoryEstimate, replica: tuple[Gpu, ...], mean_context: float
+) -> StepModel:
+    """Resolve what a decode step of ``est`` on ``replica`` costs, for requests ``mean_context`` tokens long."""
+    cm = req.cost
+    worst = max(est.per_gpu, key=lambda m: m.weights_bytes + m.kv_bytes_per_token)
+    bw = (worst.gpu.memory_bandwidth_gbps or 1000.0) * 1e9 * cm.bandwidth_efficiency
+    peak_flops = (worst.gpu.tensor_tflops or 0.0) * 1e12 or bw / cm.bandwidth_efficiency * cm.default_flops_per_byte
+    # Split over the replica's GPUs as their weights are.
+    weights_total = sum(m.weights_bytes for m in est.per_gpu) or 1
+    return StepModel(
+        cm=cm,
+        spec=req.spec,
+        tp=est.tp,
+        worst=worst,
+        links=replica_links(machine, replica, est.tp, est.pp),
+        network=find_network(req.network),
+        mean_context=mean_context,
+        dtype_bytes=DTYPE_BYTES[est.dtype],
+        bandwidth=bw,
+        peak_flops=peak_flops,
+        flops_per_token=2.0 * param_breakdown(req.spec).active() * worst.weights_bytes / weights_total,
+    )
+
+
+def ranking_batch(req: PlanRequest, est: MemoryEstimate, mean_context: float) -> int:
+    """Requests per replica at the ranking load: one for the latency objective, else as many as the KV cache holds
+    at ``mean_context`` tokens each (at least one, at most max_num_seqs)."""
+    if req.objective == "latency":
+        return 1
+    usable = max(0, est.num_blocks - 1) * est.settings.block_size
+    return max(1, min(est.settings.max_num_seqs, int(usable // max(1.0, mean_context))))
+
+
+@dataclass(frozen=True)
+class PipelineHops:
+    """Activations crossing a replica's stage boundaries once per step, for one micro-batch."""
+
+    network_s: float
+    """One boundary over the network."""
+    mean_s: float
+    """The mean over all boundaries (over the network where stages sit on different nodes, else inside the node);
+    0 without pipeline parallelism."""
+
+
+def pipeline_hops(m: StepModel, pp: int, micro: float) -> PipelineHops:
+    """The per-boundary hop times of a ``pp``-stage replica for ``micro`` requests."""
+    net_hop = m.hop("network", micro)
+    if pp <= 1:
+        return PipelineHops(network_s=net_hop, mean_s=0.0)
+    hops = m.links.network_hops
+    total = hops * net_hop + (pp - 1 - hops) * m.hop(m.links.local_link, micro)
+    return PipelineHops(network_s=net_hop, mean_s=total / (pp - 1))
+
+
 def decode_cost(
     req: PlanRequest,
     machine: Machine,
@@ -131,79 +275,36 @@ def decode_cost(
     """§5's decode model for one placement. By default at the ranking load (requests ``mean_context_fraction``
     full, as many per replica as the KV cache holds, or one for the latency objective); ``batch`` and
     ``mean_context`` evaluate another load instead (``qwendeploy bench`` sets them to the benchmark's own), and
-    then ``tokens_per_s`` is the throughput of all replicas at that batch."""
-    cm = req.cost
-    tp, pp = est.tp, est.pp
-    link = link_class(machine, replica[:tp])
-    net = find_network(req.network)
-    stage_nodes = [replica[i * tp].node for i in range(pp) if i * tp < len(replica)]
-    net_hops = sum(1 for i in range(1, len(stage_nodes)) if stage_nodes[i] != stage_nodes[i - 1])
-    local_link: LinkClass = link if link != "none" else ("nvlink" if machine.interconnect == "nvlink" else "pcie-p2p")
+    then ``tokens_per_s`` is the throughput of all replicas at that batch.
 
-    def link_bw(cls: str) -> float:
-        return net.bandwidth if cls == "network" else cm.bw(cls)
-
-    def link_lat(cls: str) -> float:
-        return net.latency_s if cls == "network" else cm.latency(cls)
-
-    dt = DTYPE_BYTES[est.dtype]
-    mean_ctx = mean_context if mean_context is not None else max_len * cm.mean_context_fraction
-    # The slowest GPU of the replica sets the pace.
-    worst = max(est.per_gpu, key=lambda m: m.weights_bytes + m.kv_bytes_per_token)
-    bw = (worst.gpu.memory_bandwidth_gbps or 1000.0) * 1e9 * cm.bandwidth_efficiency
+    A step: each stage takes the longer of the engine's host work and its GPU work (memory reads, all-reduces,
+    matrix products), the stages run one after another with the activations hopping between them."""
+    pp = est.pp
+    mean_ctx = mean_context if mean_context is not None else max_len * req.cost.mean_context_fraction
+    m = step_model(req, machine, est, replica, mean_ctx)
     load_given = batch is not None
     if batch is None:
-        if req.objective == "latency":
-            batch = 1
-        else:
-            usable = max(0, est.num_blocks - 1) * est.settings.block_size
-            batch = max(1, min(est.settings.max_num_seqs, int(usable // max(1.0, mean_ctx))))
+        batch = ranking_batch(req, est, mean_ctx)
     micro = max(1.0, batch / pp)
-
-    peak_flops = (worst.gpu.tensor_tflops or 0.0) * 1e12 or bw / cm.bandwidth_efficiency * cm.default_flops_per_byte
-    # 2 FLOPs per active parameter per token, split over the replica's GPUs as their weights are.
-    weights_total = sum(m.weights_bytes for m in est.per_gpu) or 1
-    flops_per_token = 2.0 * param_breakdown(req.spec).active() * worst.weights_bytes / weights_total
-
-    def stage_time(b: float) -> tuple[float, float, float]:
-        mem = (worst.weights_bytes * weights_read_fraction(req.spec, b) + b * mean_ctx * worst.kv_bytes_per_token) / bw
-        comm = 0.0
-        if tp > 1:
-            msg = b * req.spec.hidden_size * dt
-            per_ar = link_lat(link) + 2 * (tp - 1) / tp * msg / link_bw(link)
-            comm = 2 * worst.layers * per_ar
-        return mem, comm, b * flops_per_token / (peak_flops * cm.compute_efficiency)
-
-    def host_time(b: float) -> float:
-        return cm.step_floor_s + cm.seq_overhead_s * b
-
-    mem, comm, compute = stage_time(micro)
-    stage = max(host_time(micro), mem + comm + compute)
-    act = req.spec.hidden_size * dt  # bytes of one token's activations between stages
-
-    def hop_time(cls: str, tokens: float) -> float:
-        return link_lat(cls) + tokens * act / link_bw(cls)
-
-    # Activations cross every stage boundary once per step: over the network where stages sit on different
-    # nodes, else inside the node. ``hop`` is the mean per boundary.
-    net_hop = hop_time("network", micro)
-    hops_total = net_hops * net_hop + (pp - 1 - net_hops) * hop_time(local_link, micro) if pp > 1 else 0.0
-    hop = hops_total / (pp - 1) if pp > 1 else 0.0
-    eff = cm.pp_bubble_efficiency if pp > 1 else 1.0
+    work = m.stage(micro)
+    stage = max(m.host(micro), work.gpu_s)
+    hops = pipeline_hops(m, pp, micro)
+    hop = hops.mean_s
+    eff = req.cost.pp_bubble_efficiency if pp > 1 else 1.0
     throughput = dp * micro / (stage + hop) * eff
-    single = 1.0 / (pp * max(host_time(1), sum(stage_time(1))) + (pp - 1) * hop)
-    step = pp * stage + (pp - 1) * hop
+    single = 1.0 / (pp * max(m.host(1), m.stage(1).gpu_s) + (pp - 1) * hop)
+    net_hops = m.links.network_hops
     return Cost(
         batch=batch,
-        step_ms=step * 1e3,
-        memory_ms=mem * 1e3,
-        comm_ms=comm * 1e3,
-        compute_ms=compute * 1e3,
-        host_ms=host_time(micro) * 1e3,
+        step_ms=(pp * stage + (pp - 1) * hop) * 1e3,
+        memory_ms=work.memory_s * 1e3,
+        comm_ms=work.comm_s * 1e3,
+        compute_ms=work.compute_s * 1e3,
+        host_ms=m.host(micro) * 1e3,
         tokens_per_s=single if req.objective == "latency" and not load_given else throughput,
         single_stream_tokens_per_s=single,
-        link=link,
+        link=m.links.tp_link,
         network_hops=net_hops,
-        network_hop_ms=net_hops * net_hop * 1e3,
-        prefill_hop_ms=hop_time("network", est.settings.max_num_batched_tokens) * 1e3 if net_hops else 0.0,
+        network_hop_ms=net_hops * hops.network_s * 1e3,
+        prefill_hop_ms=m.hop("network", est.settings.max_num_batched_tokens) * 1e3 if net_hops else 0.0,
     )

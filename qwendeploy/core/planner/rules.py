@@ -4,6 +4,7 @@ TP/PP/KV options searched, YaRN, vLLM's default batching."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qwendeploy.core.hardware import Gpu, Machine
@@ -114,14 +115,22 @@ def yarn_override(spec: ModelSpec, max_model_len: int) -> dict[str, Any] | None:
     }
 
 
-def default_batching(gpu: Gpu) -> tuple[int, int]:
-    """vLLM's (max_num_seqs, max_num_batched_tokens) defaults for the API server on this GPU.
+@dataclass(frozen=True)
+class Batching:
+    """vLLM's batching limits: sequences in one step and tokens in one step (prefill chunks included)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+
+def default_batching(gpu: Gpu) -> Batching:
+    """vLLM's max_num_seqs and max_num_batched_tokens defaults for the API server on this GPU.
 
     Large GPUs (≥ 70 GiB, not A100) get 1024 / 8192, others 256 / 2048 (vLLM's ``EngineArgs`` defaults).
     """
     if gpu.total_bytes >= 70 * GiB and "A100" not in gpu.name.upper():
-        return 1024, 8192
-    return 256, 2048
+        return Batching(max_num_seqs=1024, max_num_batched_tokens=8192)
+    return Batching(max_num_seqs=256, max_num_batched_tokens=2048)
 
 
 def _is_geforce(gpu: Gpu) -> bool:

@@ -15,6 +15,7 @@ from qwendeploy.core.memory import (
     MemoryEstimate,
 )
 from qwendeploy.core.models import ModelSpec
+from qwendeploy.core.networks import DEFAULT_NETWORK
 from qwendeploy.core.planner.cost import DEFAULT_COST, Cost, CostModel
 
 Objective = Literal["throughput", "latency"]
@@ -46,7 +47,7 @@ class PlanRequest:
     cost: CostModel = DEFAULT_COST
     variants: tuple[ModelSpec, ...] = ()
     """Quantized variants of the model (from the catalog), tried when nothing fits."""
-    network: str = "100gbe"
+    network: str = DEFAULT_NETWORK
     """Link between nodes (core.networks.NETWORKS): its bandwidth and latency price PP hops across nodes."""
     disable_custom_all_reduce: bool = False
     """``--disable-custom-all-reduce``: vLLM allocates no custom all-reduce buffers."""
