@@ -8,6 +8,7 @@ kept in ``nvml_total_bytes`` for display.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -119,3 +120,9 @@ class Machine:
         parts = [f"{g.node}:{g.name}:{g.total_bytes}" for g in self.gpus]
         parts.append(f"nodes={self.nodes}:ic={self.interconnect}")
         return "sha256:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def is_geforce(gpu: Gpu) -> bool:
+    """A GeForce card (its driver disables CUDA peer-to-peer over PCIe), by NVML's name."""
+    name = gpu.name.upper()
+    return "GEFORCE" in name or re.search(r"RTX\s*[345]0\d\d", name) is not None

@@ -12,16 +12,12 @@ from collections import Counter
 from dataclasses import replace
 
 from qwendeploy.core.planner import Candidate, Plan, PlanRequest, plan
-from qwendeploy.core.units import GiB
+from qwendeploy.core.units import gib_text
 from qwendeploy.errors import BadInput
 
 HIGHER_UTILIZATION: tuple[float, ...] = (0.94, 0.95, 0.96, 0.97, 0.98)
 """Budgets tried above vLLM's default, smallest first. Above 0.98 the CUDA context and working memory outside the
 budget no longer fit on any card (the planner checks the whole footprint against free memory)."""
-
-
-def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
 
 
 def _fits(req: PlanRequest) -> Plan | None:
@@ -141,10 +137,10 @@ def why_nothing_fits(p: Plan) -> tuple[str, ...]:
         capacity = min(m.capacity_bytes for m in c.estimate.per_gpu)
         util = c.gpu_memory_utilization
         lines.append(
-            f"Closest: {c.label} needs {_gib(c.needed_bytes_per_gpu or 0)} per GPU for {target}; vLLM's budget is "
-            f"{_gib(capacity)}"
-            + (f" ({util} × {_gib(c.estimate.per_gpu[0].gpu.total_bytes)})" if util else "")
-            + f": {_gib(short)} short per GPU."
+            f"Closest: {c.label} needs {gib_text(c.needed_bytes_per_gpu or 0)} per GPU for {target}; vLLM's budget is "
+            f"{gib_text(capacity)}"
+            + (f" ({util} × {gib_text(c.estimate.per_gpu[0].gpu.total_bytes)})" if util else "")
+            + f": {gib_text(short)} short per GPU."
         )
         if c.status == "shorter" and c.max_model_len_fit:
             lines.append(f"It holds {c.max_model_len_fit:,} tokens at most.")

@@ -12,6 +12,11 @@ def gib(n_bytes: float) -> float:
     return n_bytes / GiB
 
 
+def gib_text(n_bytes: float) -> str:
+    """``12.3 GiB``: one decimal, for the planner's messages."""
+    return f"{n_bytes / GiB:.1f} GiB"
+
+
 def human_size(n_bytes: float) -> str:
     """``12.34 GiB`` style, the way vLLM's logs print memory."""
     if abs(n_bytes) >= GiB:

@@ -38,11 +38,11 @@ from qwendeploy.core.planner.assignment import _skips_busy_gpu as _skips_busy_gp
 from qwendeploy.core.planner.assignment import _tp_groups as _tp_groups
 from qwendeploy.core.planner.assignment import left_out as left_out
 from qwendeploy.core.planner.assignment import link_class as link_class
-from qwendeploy.core.planner.cost import DEFAULT_COST as DEFAULT_COST
-from qwendeploy.core.planner.cost import Cost as Cost
-from qwendeploy.core.planner.cost import CostModel as CostModel
 from qwendeploy.core.planner.cost import decode_cost as decode_cost
 from qwendeploy.core.planner.cost import weights_read_fraction as weights_read_fraction
+from qwendeploy.core.planner.cost_model import DEFAULT_COST as DEFAULT_COST
+from qwendeploy.core.planner.cost_model import Cost as Cost
+from qwendeploy.core.planner.cost_model import CostModel as CostModel
 from qwendeploy.core.planner.evaluate import _evaluate as _evaluate
 from qwendeploy.core.planner.evaluate import _lowered as _lowered
 from qwendeploy.core.planner.explain import _LINK_WORDS as _LINK_WORDS
@@ -55,8 +55,6 @@ from qwendeploy.core.planner.rules import ONLINE_QUANTIZATION as ONLINE_QUANTIZA
 from qwendeploy.core.planner.rules import Batching as Batching
 from qwendeploy.core.planner.rules import _check_quantization as _check_quantization
 from qwendeploy.core.planner.rules import _check_request as _check_request
-from qwendeploy.core.planner.rules import _gib as _gib
-from qwendeploy.core.planner.rules import _is_geforce as _is_geforce
 from qwendeploy.core.planner.rules import _kv_options as _kv_options
 from qwendeploy.core.planner.rules import _model_limit as _model_limit
 from qwendeploy.core.planner.rules import _pp_options as _pp_options

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from qwendeploy.core.hardware import Gpu, Machine
-from qwendeploy.core.planner.rules import _gib, _is_geforce
+from qwendeploy.core.hardware import Gpu, Machine, is_geforce
+from qwendeploy.core.units import gib_text
 
 LinkClass = Literal["none", "nvlink", "pcie-p2p", "pcie-no-p2p", "network"]
 
@@ -28,12 +28,12 @@ def link_class(machine: Machine, group: Sequence[Gpu]) -> LinkClass:
                 elif link.kind == "nvlink":
                     cls = "pcie-no-p2p"  # NVLink bridged but CUDA peer access denied (e.g. between containers)
                 else:
-                    p2p = link.p2p if link.p2p is not None else not (_is_geforce(a) or _is_geforce(b))
+                    p2p = link.p2p if link.p2p is not None else not (is_geforce(a) or is_geforce(b))
                     cls = "pcie-p2p" if p2p else "pcie-no-p2p"
             elif machine.interconnect == "nvlink":
                 cls = "nvlink"
             else:
-                cls = "pcie-no-p2p" if (_is_geforce(a) or _is_geforce(b)) else "pcie-p2p"
+                cls = "pcie-no-p2p" if (is_geforce(a) or is_geforce(b)) else "pcie-p2p"
             if rank[cls] > rank[worst]:
                 worst = cls
     return worst
@@ -100,10 +100,10 @@ def left_out(machine: Machine, used: Sequence[Gpu]) -> str:
     idle = [g for g in rest if g.free_bytes >= floor]
     parts = []
     if busy:
-        frees = ", ".join(f"GPU {g.index} has {_gib(g.free_bytes)} free" for g in busy)
+        frees = ", ".join(f"GPU {g.index} has {gib_text(g.free_bytes)} free" for g in busy)
         parts.append(
             f"leaves GPU {', '.join(str(g.index) for g in busy)} out for less free memory ({frees}; the GPUs used "
-            f"have {_gib(floor)} or more, and every replica is sized to its GPU with the least free memory)"
+            f"have {gib_text(floor)} or more, and every replica is sized to its GPU with the least free memory)"
         )
     if idle:
         parts.append(

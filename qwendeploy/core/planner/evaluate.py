@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 from qwendeploy.core.hardware import Gpu, Machine
 from qwendeploy.core.memory import Accounting, EngineSettings, MemoryEstimate, effective_quantization, estimate
 from qwendeploy.core.planner.assignment import _assign, _custom_all_reduce, _skips_busy_gpu, left_out, link_class
-from qwendeploy.core.planner.cost import Cost, decode_cost
-from qwendeploy.core.planner.rules import Batching, _gib, _model_limit, default_batching, tp_rule_violation
+from qwendeploy.core.planner.cost import decode_cost
+from qwendeploy.core.planner.cost_model import Cost
+from qwendeploy.core.planner.rules import Batching, _model_limit, default_batching, tp_rule_violation
 from qwendeploy.core.planner.values import Candidate, PlanRequest, Status
-from qwendeploy.core.units import human_size
+from qwendeploy.core.units import gib_text, human_size
 
 
 @dataclass(frozen=True)
@@ -180,14 +181,14 @@ def _utilisation(req: PlanRequest, replica: tuple[Gpu, ...], default_util: float
             g = min(replica, key=lambda g: g.free_bytes)
             return Rejection(
                 "free_memory",
-                f"GPU {g.index} has {_gib(g.free_bytes)} free; vLLM needs gpu_memory_utilization {util} × "
-                f"{_gib(g.total_bytes)} = {_gib(util * g.total_bytes)} free (plus its CUDA context) to start",
+                f"GPU {g.index} has {gib_text(g.free_bytes)} free; vLLM needs gpu_memory_utilization {util} × "
+                f"{gib_text(g.total_bytes)} = {gib_text(util * g.total_bytes)} free (plus its CUDA context) to start",
             )
         return util
     util = min(default_util, math.floor(room * 100) / 100)
     if util < 0.05:
         g = min(replica, key=lambda g: g.free_bytes)
-        return Rejection("free_memory", f"GPU {g.index} has only {_gib(g.free_bytes)} free")
+        return Rejection("free_memory", f"GPU {g.index} has only {gib_text(g.free_bytes)} free")
     return util
 
 
@@ -255,9 +256,9 @@ def _budget_rejection(req: PlanRequest, sized: Sized, acc: Accounting) -> Reject
         lowered = _lowered(req, util, acc.default_gpu_memory_utilization, sized.replica)
         return Rejection(
             "memory",
-            f"does not fit: weights {_gib(m0.weights_bytes)} + activation {_gib(m0.activation_bytes)} + overhead "
-            f"{_gib(fixed - m0.weights_bytes - m0.activation_bytes)} per GPU leave no room for a KV cache in "
-            f"{util} × {_gib(m0.gpu.total_bytes)} = {_gib(sized.capacity_bytes)}" + lowered,
+            f"does not fit: weights {gib_text(m0.weights_bytes)} + activation {gib_text(m0.activation_bytes)} + "
+            f"overhead {gib_text(fixed - m0.weights_bytes - m0.activation_bytes)} per GPU leave no room for a KV cache "
+            f"in {util} × {gib_text(m0.gpu.total_bytes)} = {gib_text(sized.capacity_bytes)}" + lowered,
         )
     # What sits outside the budget (CUDA context, graphs captured after the KV cache in some releases, the sampler
     # warm-up's working memory) must still fit in what the GPU physically has free.
@@ -283,7 +284,7 @@ def _judge(req: PlanRequest, machine: Machine, shape: Shape, sized: Sized, max_l
     conc = f" × {req.concurrency} requests" if req.concurrency > 1 else ""
     # Say which GPUs were skipped only when a busier one was left out (not for a plain remainder).
     skipped = f"; {left_out(machine, sized.gpus)}" if _skips_busy_gpu(machine, sized.gpus) else ""
-    needed, capacity = _gib(sized.needed_bytes_per_gpu), _gib(sized.capacity_bytes)
+    needed, capacity = gib_text(sized.needed_bytes_per_gpu), gib_text(sized.capacity_bytes)
     if est.fits(req.concurrency):
         cost = decode_cost(req, machine, est, sized.replica, shape.dp, max_len)
         speed = "" if req.spec.is_pooling else f", ~{cost.tokens_per_s:,.0f} tok/s"
@@ -311,4 +312,6 @@ def _lowered(req: PlanRequest, util: float, default_util: float, replica: Sequen
     if req.gpu_memory_utilization is not None or util >= default_util:
         return ""
     low = min(replica, key=lambda g: g.free_bytes)
-    return f" (gpu_memory_utilization lowered to {util} because GPU {low.index} has only {_gib(low.free_bytes)} free)"
+    return (
+        f" (gpu_memory_utilization lowered to {util} because GPU {low.index} has only {gib_text(low.free_bytes)} free)"
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from qwendeploy.core.hardware import Gpu
 from qwendeploy.core.networks import NETWORKS, SLOW_HOP_FRACTION, SLOW_PREFILL_HOP_S, find_network
 from qwendeploy.core.params import param_breakdown
-from qwendeploy.core.planner.cost import Cost
-from qwendeploy.core.planner.rules import _gib
+from qwendeploy.core.planner.cost_model import Cost
 from qwendeploy.core.planner.values import Candidate, PlanRequest
+from qwendeploy.core.units import gib_text
 
 # ----------------------------------------------------------------------------------------------------------
 # Explaining and suggesting
@@ -50,9 +50,9 @@ def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None
     active = bd.active() / bd.total() if bd.total() else 1.0
     # An MoE step reads only the experts its tokens are routed to; a TP 1 replica has no all-reduce at all.
     reads = (
-        f"{_gib(held * active)} of weights per GPU (the active experts of the {_gib(held)} it holds)"
+        f"{gib_text(held * active)} of weights per GPU (the active experts of the {gib_text(held)} it holds)"
         if active < 0.999
-        else f"{_gib(held)} of weights per GPU"
+        else f"{gib_text(held)} of weights per GPU"
     )
     comm = (
         f"of which {cost.comm_ms:.1f} ms is all-reduce over {_LINK_WORDS[cost.link]}"
@@ -61,7 +61,7 @@ def _explain(req: PlanRequest, ranked: list[Candidate], chosen: Candidate | None
     )
     lines.append(
         f"Each replica holds {est.kv_cache_tokens:,} KV tokens ({est.per_gpu[0].kv_bytes_per_token:,} B/token per "
-        f"GPU, {_gib(kv_per_gpu)} of KV per GPU); a decode step reads {reads} and takes ~{cost.step_ms:.1f} ms "
+        f"GPU, {gib_text(kv_per_gpu)} of KV per GPU); a decode step reads {reads} and takes ~{cost.step_ms:.1f} ms "
         f"({_step_parts(req, cost)}), {comm}."
     )
     others = [x for x in ranked if x.fits and x is not c and x.cost is not None]
@@ -89,7 +89,7 @@ def _contrast(c: Candidate, x: Candidate) -> str:
     reasons: list[str] = []
     wc, wx = c.estimate.per_gpu[0].weights_bytes, x.estimate.per_gpu[0].weights_bytes
     if wc < wx * 0.95:
-        reasons.append(f"each GPU holds and reads {_gib(wc)} of weights instead of {_gib(wx)}")
+        reasons.append(f"each GPU holds and reads {gib_text(wc)} of weights instead of {gib_text(wx)}")
     kvc, kvx = c.estimate.kv_cache_tokens * c.dp, x.estimate.kv_cache_tokens * x.dp
     if kvc > kvx * 1.05:
         reasons.append(
@@ -159,7 +159,9 @@ def _tokens(c: Candidate) -> str:
 def _holders(g: Gpu) -> str:
     procs = sorted(g.processes, key=lambda p: -(p.used_bytes or 0))
     named = [
-        f"PID {p.pid}" + (f" ({p.name[:40]})" if p.name else "") + (f" {_gib(p.used_bytes)}" if p.used_bytes else "")
+        f"PID {p.pid}"
+        + (f" ({p.name[:40]})" if p.name else "")
+        + (f" {gib_text(p.used_bytes)}" if p.used_bytes else "")
         for p in procs[:3]
     ]
     return ", ".join(named) + (f" and {len(procs) - 3} more" if len(procs) > 3 else "") if named else ""

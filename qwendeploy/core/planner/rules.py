@@ -3,7 +3,6 @@ TP/PP/KV options searched, YaRN, vLLM's default batching."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +24,6 @@ from qwendeploy.errors import BadInput
 
 if TYPE_CHECKING:
     from qwendeploy.core.planner.values import PlanRequest
-
-
-def _gib(n: float) -> str:
-    """A GiB figure for the messages of the rules, the search and the suggestions."""
-    return f"{n / GiB:.1f} GiB"
 
 
 def tp_rule_violation(spec: ModelSpec, tp: int, *, quantization: str | None = None) -> tuple[str, str] | None:
@@ -131,10 +125,6 @@ def default_batching(gpu: Gpu) -> Batching:
     if gpu.total_bytes >= 70 * GiB and "A100" not in gpu.name.upper():
         return Batching(max_num_seqs=1024, max_num_batched_tokens=8192)
     return Batching(max_num_seqs=256, max_num_batched_tokens=2048)
-
-
-def _is_geforce(gpu: Gpu) -> bool:
-    return "GEFORCE" in gpu.name.upper() or re.search(r"RTX\s*[345]0\d\d", gpu.name.upper()) is not None
 
 
 def _model_limit(spec: ModelSpec) -> int:

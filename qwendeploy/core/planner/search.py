@@ -19,7 +19,6 @@ from qwendeploy.core.planner.evaluate import _evaluate
 from qwendeploy.core.planner.explain import _explain
 from qwendeploy.core.planner.rules import (
     _check_request,
-    _gib,
     _kv_options,
     _pp_options,
     _tp_options,
@@ -29,6 +28,7 @@ from qwendeploy.core.planner.rules import (
 from qwendeploy.core.planner.suggest import _suggest
 from qwendeploy.core.planner.values import Candidate, Plan, PlanRequest, Status
 from qwendeploy.core.releases import release_note
+from qwendeploy.core.units import gib_text
 from qwendeploy.errors import BadInput, PlanInfeasible
 
 
@@ -172,6 +172,6 @@ def raise_if_infeasible(p: Plan) -> None:
         f"Nothing fits {p.request.spec.id} at {p.max_model_len} tokens"
         + (f" × {p.request.concurrency} requests" if p.request.concurrency > 1 else "")
         + f" on {len(p.request.machine.gpus)}× {p.request.machine.gpus[0].name}"
-        + (f": other processes hold {_gib(used)} of GPU {', '.join(str(g.index) for g in busy)}." if busy else "."),
+        + (f": other processes hold {gib_text(used)} of GPU {', '.join(str(g.index) for g in busy)}." if busy else "."),
         hint=hint,
     )

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from qwendeploy.core.hardware import Machine
 from qwendeploy.core.planner.explain import _holders, _tokens
-from qwendeploy.core.planner.rules import _gib
 from qwendeploy.core.planner.values import Candidate, Plan, PlanRequest
+from qwendeploy.core.units import gib_text
 from qwendeploy.errors import BadInput
 
 Replan = Callable[..., Plan]
@@ -62,7 +62,7 @@ def _free_the_gpus(req: PlanRequest, replan: Replan) -> str | None:
     if p.chosen is None:
         return None
     held = "; ".join(
-        f"GPU {g.index} has {_gib(g.free_bytes)} free" + (f" ({_holders(g)} hold the rest)" if g.processes else "")
+        f"GPU {g.index} has {gib_text(g.free_bytes)} free" + (f" ({_holders(g)} hold the rest)" if g.processes else "")
         for g in busy
     )
     vllm = any("vllm" in proc.name.lower() for g in busy for proc in g.processes)

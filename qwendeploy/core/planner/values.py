@@ -16,7 +16,7 @@ from qwendeploy.core.memory import (
 )
 from qwendeploy.core.models import ModelSpec
 from qwendeploy.core.networks import DEFAULT_NETWORK
-from qwendeploy.core.planner.cost import DEFAULT_COST, Cost, CostModel
+from qwendeploy.core.planner.cost_model import DEFAULT_COST, Cost, CostModel
 
 Objective = Literal["throughput", "latency"]
 Status = Literal["fits", "shorter", "no"]
