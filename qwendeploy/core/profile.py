@@ -14,7 +14,6 @@ import inspect
 import sys
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qwendeploy.core import limits, safe_yaml
@@ -409,6 +408,8 @@ profiles read exactly as before (loading fills the defaults back in)."""
 
 def dump_yaml(profile: Profile, *, header: str | None = None) -> str:
     """Serialise a profile; ``header`` lines become leading comments (e.g. the command that wrote it)."""
+    import yaml  # here, not at import: a plan that writes no profile needs no YAML (~15 ms of imports)
+
     data = profile.model_dump(mode="json", exclude_none=False)
     defaults = Profile(model=profile.model).model_dump(mode="json", exclude_none=False)
     for path in _OMIT_WHEN_DEFAULT:
