@@ -163,3 +163,18 @@ def test_a_pickle_holds_plain_values() -> None:
     """What is kept is the frozen dataclasses the lookups use (no pydantic model, no parser state)."""
     data = pickle.dumps(build_gpu_catalog(GPUS_YAML))
     assert b"pydantic" not in data and b"yaml" not in data
+
+
+def test_the_key_follows_the_code_that_builds_the_catalog() -> None:
+    """An edited core module (here: its modification time moved, its text untouched) is another key."""
+    from qwendeploy.adapters.catalog_cache import code_fingerprint
+
+    source = ROOT / "qwendeploy" / "core" / "models" / "hf_config.py"
+    stat = source.stat()
+    before = code_fingerprint()
+    try:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert code_fingerprint() != before
+    finally:
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert code_fingerprint() == before
