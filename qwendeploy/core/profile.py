@@ -79,7 +79,9 @@ class _Section(BaseModel):
     # Field docstrings are read when the JSON Schema is asked for (json_schema), not by pydantic's
     # use_attribute_docstrings at import, which parses this file for every class: half of the import, paid by
     # every plan and serve that never shows a description.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # defer_build: the schema is built on the first validation (a profile read, or written by plan -o), not at
+    # import; plan shows its launch command from a profile it constructs unvalidated (profile_builder, checked=False).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
     @model_validator(mode="after")
     def _strings(self) -> Any:
