@@ -18,6 +18,7 @@ from qwendeploy.core.profile import (
     ModelSection,
     PlacementSection,
     Profile,
+    RestartSection,
     ServerSection,
 )
 from qwendeploy.core.vllm_args import one_endpoint_dp
@@ -86,6 +87,8 @@ def profile_from_plan(
         placement=_placement(p, c, checked),
         engine=_engine(p, c, c.estimate, disable_custom_all_reduce=disable_custom_all_reduce, checked=checked),
         server=_make(ServerSection, checked, host=host, port=port, served_model_name=served_model_name),
+        # Given, not left to the default factory, which validates (building a schema the unchecked path avoids).
+        restart=_make(RestartSection, checked),
         cluster=cluster if multi else _make(ClusterSection, checked),
         # GeForce cards without P2P: NCCL must not try peer-to-peer (and vLLM's custom all-reduce, which needs it,
         # is off above).

@@ -133,6 +133,8 @@ PROBE = (
     "except SystemExit:\n    pass\n"
     "names = ('yaml', 'qwendeploy.core.gpu_entries', 'qwendeploy.core.models.entries')\n"
     "built = [m for m in names if m in sys.modules]\n"
+    "profile = sys.modules.get('qwendeploy.core.profile')\n"
+    "built += ['the profile schema'] if profile and profile.Profile.__pydantic_complete__ else []\n"
     "print('BUILT', built, file=sys.stderr)\n"
 )
 
@@ -147,8 +149,9 @@ def _plan(cache_home: Path) -> tuple[str, str]:
 
 
 def test_the_command_line_reads_its_catalogs_from_the_cache(tmp_path: Path) -> None:
-    """The first plan builds and keeps both catalogs; the next parses no YAML and builds no catalog schema, and
-    prints the same plan — the same as a plan whose cache cannot be written."""
+    """The first plan builds and keeps both catalogs; the next parses no YAML and builds no pydantic schema (the
+    catalogs' or the profile's: plan shows its launch command from a constructed profile), and prints the same
+    plan — the same as a plan whose cache cannot be written."""
     first, built_first = _plan(tmp_path / "cache")
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "qwendeploy").iterdir()) == ["gpus", "models"]
     second, built_second = _plan(tmp_path / "cache")
