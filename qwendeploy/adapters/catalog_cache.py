@@ -9,8 +9,9 @@ catalog, an upgraded package or a changed parser simply misses and builds afresh
 read-only or full disk, a damaged or foreign file) falls back silently to building the catalog; nothing here
 ever stops a command.
 
-Trust: a pickle runs code when loaded, so the directory is created private (0700) and only files of the user's
-own cache directory are read — the same trust as the user's own ``site-packages`` or shell start-up files.
+Trust: a pickle runs code when loaded, so the directory is created private (0700), and a file is read only when it
+and its directory belong to the user and no one else can write them — the same trust as the user's own
+``site-packages`` or shell start-up files.
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ class FileCatalogCache:
 
     def get(self, name: str, text: str) -> object | None:
         try:
-            data = self._path(name, text).read_bytes()
-            value: object = pickle.loads(data)  # the user's own private cache, named by its content's hash
+            path = self._path(name, text)
+            if not (_private(path.parent) and _private(path)):
+                return None  # someone else could have written it: never unpickle it
+            value: object = pickle.loads(path.read_bytes())  # the user's own private file, named by its key
         except Exception:  # a missing, unreadable or damaged file is a miss, whatever unpickling raised
             return None
         return value
@@ -113,6 +116,13 @@ class FileCatalogCache:
         for _, old in sorted(files, reverse=True)[KEEP:]:
             with contextlib.suppress(OSError):
                 old.unlink()
+
+
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by no one else (a cache directory set to a shared place such as /tmp must
+    not let another user plant a pickle)."""
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def from_environment(env: Mapping[str, str]) -> FileCatalogCache | None:

@@ -181,3 +181,16 @@ def test_the_key_follows_the_code_that_builds_the_catalog() -> None:
     finally:
         os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert code_fingerprint() == before
+
+
+def test_a_file_others_could_write_is_never_read(installed: FileCatalogCache) -> None:
+    build = Builds()
+    catalog_cache.load("gpus", GPUS_YAML, build, GpuCatalog)
+    (path,) = installed.directory.iterdir()
+    path.chmod(0o666)
+    assert installed.get("gpus", GPUS_YAML) is None
+    path.chmod(0o600)
+    installed.directory.chmod(0o777)
+    assert installed.get("gpus", GPUS_YAML) is None
+    installed.directory.chmod(0o700)
+    assert installed.get("gpus", GPUS_YAML) is not None
