@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -98,5 +99,8 @@ def __getattr__(name: str) -> typer.Typer:
 def main() -> None:
     """The ``qwendeploy`` entry point: a command named first gets an app holding only it; anything else (``--help``,
     ``--version``, an unknown name) gets the whole command line, whose help and errors list every command."""
+    from qwendeploy.cli.wiring import install_catalog_cache
+
+    install_catalog_cache(os.environ)
     args = sys.argv[1:]
     build_app(args[0] if args and args[0] in COMMANDS else None)()

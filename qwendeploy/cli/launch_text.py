@@ -23,7 +23,7 @@ def launch_specs(p: Plan) -> list[LaunchSpec]:
     from qwendeploy.core.profile_builder import profile_from_plan
     from qwendeploy.core.vllm_args import build_launch_specs
 
-    return build_launch_specs(profile_from_plan(p), vllm_bin="vllm", base_env={})
+    return build_launch_specs(profile_from_plan(p, checked=False), vllm_bin="vllm", base_env={})
 
 
 def wrapped_command(argv: Sequence[str], env_set: Mapping[str, str] | None = None, *, indent: str = "  ") -> str:

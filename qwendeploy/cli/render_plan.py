@@ -344,7 +344,7 @@ def vllm_command(p: Plan) -> str:
     from qwendeploy.core.profile_builder import profile_from_plan
     from qwendeploy.core.vllm_args import build_launch_specs, shell_command
 
-    specs = build_launch_specs(profile_from_plan(p), vllm_bin="vllm", base_env={})
+    specs = build_launch_specs(profile_from_plan(p, checked=False), vllm_bin="vllm", base_env={})
     return shell_command(specs[0].argv, specs[0].env_set) if specs else ""
 
 

@@ -260,3 +260,12 @@ def plan_ports() -> PlanPorts:
     return PlanPorts(
         gpus=probe_machine, models=load_model, vllm_version=installed_vllm_version, profiles=ProfileFiles()
     )
+
+
+def install_catalog_cache(env: Mapping[str, str]) -> None:
+    """Remember the built catalogs between runs under the user's cache directory (``core.catalog_cache``); the
+    entry point calls this, so tests and library use build their catalogs in-process unless they install one."""
+    from qwendeploy.adapters import catalog_cache as files
+    from qwendeploy.core import catalog_cache
+
+    catalog_cache.install(files.from_environment(env))

@@ -7,15 +7,15 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from qwendeploy.core import safe_yaml
+from qwendeploy.core import catalog_cache, safe_yaml
 from qwendeploy.core.hardware import Gpu, Link, Machine
+from qwendeploy.core.units import MiB
 from qwendeploy.errors import BadInput, UnknownGpu
 
-MiB = 1 << 20
+if TYPE_CHECKING:
+    from qwendeploy.core.gpu_entries import GpuCatalogFile, GpuEntry
 
 
 @dataclass(frozen=True)
@@ -63,104 +63,76 @@ def _norm(name: str) -> str:
     return re.sub(r"(\d)gb", r"\1g", s)
 
 
-class GpuEntry(BaseModel):
-    """One card as ``gpus.yaml`` writes it (the FAQ at the top of the file explains the fields)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(pattern=r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
-    name: str
-    nvml_name: str
-    aliases: tuple[str, ...] = ()
-    memory_type: str
-    nvml_total_mib: int = Field(gt=0)
-    total_bytes: int = Field(gt=0)
-    bandwidth_gbps: float = Field(gt=0)
-    tensor_tflops: float | None = Field(default=None, gt=0)
-    compute_capability: str = Field(pattern=r"^\d+\.\d+$")
-    bf16: bool
-    fp8: bool
-    interconnect: Literal["nvlink", "pcie"]
-    nvlink_gbps: float | None = None
-    nvlink_links: int = Field(default=0, ge=0)
-    pcie_gen: int = Field(ge=1)
-    p2p: bool
-    total_basis: str = ""
-    confidence: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _total_below_nvml(self) -> GpuEntry:
-        if self.total_bytes > self.nvml_total_mib * MiB:
-            raise ValueError("total_bytes (CUDA's total) cannot exceed nvml_total_mib (NVML's)")
-        return self
-
-    def to_type(self) -> GpuType:
-        cc_major, cc_minor = (int(x) for x in self.compute_capability.split("."))
-        return GpuType(
-            id=self.id,
-            name=self.name,
-            nvml_name=self.nvml_name,
-            aliases=self.aliases,
-            memory_type=self.memory_type,
-            nvml_total_bytes=self.nvml_total_mib * MiB,
-            total_bytes=self.total_bytes,
-            bandwidth_gbps=self.bandwidth_gbps,
-            tensor_tflops=self.tensor_tflops,
-            compute_capability=(cc_major, cc_minor),
-            bf16=self.bf16,
-            fp8=self.fp8,
-            interconnect=self.interconnect,
-            nvlink_gbps=self.nvlink_gbps,
-            pcie_gen=self.pcie_gen,
-            p2p=self.p2p,
-            nvlink_links=self.nvlink_links,
-            confidence=", ".join(f"{k}={v}" for k, v in self.confidence.items()),
-        )
-
-
-class GpuCatalogFile(BaseModel):
-    """``qwendeploy/data/gpus.yaml``: the cards, and names that could mean several of them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_version: Literal[1]
-    ambiguous: dict[str, tuple[str, ...]] = Field(default_factory=dict)
-    gpus: tuple[GpuEntry, ...] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _ids(self) -> GpuCatalogFile:
-        ids = [g.id for g in self.gpus]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"duplicate ids {dupes}")
-        unknown = sorted({i for v in self.ambiguous.values() for i in v} - set(ids))
-        if unknown:
-            raise ValueError(f"ambiguous names unknown ids {unknown}")
-        return self
-
-
 def parse_gpu_catalog(text: str) -> GpuCatalogFile:
     """Validate catalog YAML text.
 
     Raises:
         ValueError: not a valid catalog; the message names the entry and field (pydantic's own wording).
     """
+    from pydantic import ValidationError
+
+    from qwendeploy.core.gpu_entries import GpuCatalogFile
+
     try:
         return GpuCatalogFile.model_validate(safe_yaml.load(text))
     except ValidationError as e:
         raise ValueError(f"gpus.yaml is not a valid GPU catalog: {e}") from None
 
 
+@dataclass(frozen=True)
+class GpuCatalog:
+    """The catalog as the lookups use it: plain values (what :mod:`qwendeploy.core.catalog_cache` remembers)."""
+
+    gpus: tuple[GpuType, ...]
+    """Every card, in file order."""
+    ambiguous: tuple[tuple[str, tuple[str, ...]], ...]
+    """A name that could mean several cards → their ids."""
+
+
+def build_gpu_catalog(text: str) -> GpuCatalog:
+    """gpus.yaml text → the validated catalog as plain values.
+
+    Raises:
+        ValueError: not a valid catalog (see :func:`parse_gpu_catalog`).
+    """
+    doc = parse_gpu_catalog(text)
+    return GpuCatalog(gpus=tuple(_card(e) for e in doc.gpus), ambiguous=tuple(doc.ambiguous.items()))
+
+
+def _card(entry: GpuEntry) -> GpuType:
+    """A validated entry as the value the lookups use."""
+    cc_major, cc_minor = (int(x) for x in entry.compute_capability.split("."))
+    return GpuType(
+        id=entry.id,
+        name=entry.name,
+        nvml_name=entry.nvml_name,
+        aliases=entry.aliases,
+        memory_type=entry.memory_type,
+        nvml_total_bytes=entry.nvml_total_mib * MiB,
+        total_bytes=entry.total_bytes,
+        bandwidth_gbps=entry.bandwidth_gbps,
+        tensor_tflops=entry.tensor_tflops,
+        compute_capability=(cc_major, cc_minor),
+        bf16=entry.bf16,
+        fp8=entry.fp8,
+        interconnect=entry.interconnect,
+        nvlink_gbps=entry.nvlink_gbps,
+        pcie_gen=entry.pcie_gen,
+        p2p=entry.p2p,
+        nvlink_links=entry.nvlink_links,
+        confidence=", ".join(f"{k}={v}" for k, v in entry.confidence.items()),
+    )
+
+
 @functools.cache
-def _doc() -> GpuCatalogFile:
+def _catalog() -> GpuCatalog:
     text = resources.files("qwendeploy").joinpath("data/gpus.yaml").read_text(encoding="utf-8")
-    return parse_gpu_catalog(text)
+    return catalog_cache.load("gpus", text, build_gpu_catalog, GpuCatalog)
 
 
-@functools.cache
 def gpu_catalog() -> tuple[GpuType, ...]:
     """Every card in the catalog, in file order (loaded once)."""
-    return tuple(e.to_type() for e in _doc().gpus)
+    return _catalog().gpus
 
 
 @functools.cache
@@ -169,7 +141,7 @@ def _names() -> tuple[dict[str, GpuType], dict[str, tuple[str, ...]]]:
     for g in gpu_catalog():
         for n in (g.id, g.name, g.nvml_name, *g.aliases):
             index.setdefault(_norm(n), g)
-    ambiguous = {_norm(k): v for k, v in _doc().ambiguous.items()}  # ids checked by GpuCatalogFile
+    ambiguous = {_norm(k): v for k, v in _catalog().ambiguous}  # ids checked by GpuCatalogFile
     return index, ambiguous
 
 

@@ -14,7 +14,6 @@ import inspect
 import sys
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qwendeploy.core import limits, safe_yaml
@@ -82,7 +81,9 @@ class _Section(BaseModel):
     # Field docstrings are read when the JSON Schema is asked for (json_schema), not by pydantic's
     # use_attribute_docstrings at import, which parses this file for every class: half of the import, paid by
     # every plan and serve that never shows a description.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # defer_build: the schema is built on the first validation (a profile read, or written by plan -o), not at
+    # import; plan shows its launch command from a profile it constructs unvalidated (profile_builder, checked=False).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
     @model_validator(mode="after")
     def _strings(self) -> Any:
@@ -411,6 +412,8 @@ profiles read exactly as before (loading fills the defaults back in)."""
 
 def dump_yaml(profile: Profile, *, header: str | None = None) -> str:
     """Serialise a profile; ``header`` lines become leading comments (e.g. the command that wrote it)."""
+    import yaml  # here, not at import: a plan that writes no profile needs no YAML (~15 ms of imports)
+
     data = profile.model_dump(mode="json", exclude_none=False)
     defaults = Profile(model=profile.model).model_dump(mode="json", exclude_none=False)
     for path in _OMIT_WHEN_DEFAULT:

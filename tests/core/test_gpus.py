@@ -166,3 +166,19 @@ def resources_text() -> str:
     from importlib import resources
 
     return resources.files("qwendeploy").joinpath("data/gpus.yaml").read_text(encoding="utf-8")
+
+
+def test_the_catalog_schema_is_built_on_first_read_not_at_import() -> None:
+    """Importing core.gpus builds no pydantic model of gpus.yaml (nor imports YAML); the first lookup does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import qwendeploy.core.gpus as g\n"
+        "names = ('qwendeploy.core.gpu_entries', 'yaml')\n"
+        "before = [n in sys.modules for n in names]\n"
+        "g.find_gpu('L40S')\n"
+        "print(*before, *[n in sys.modules for n in names])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert r.stdout.split() == ["False", "False", "True", "True"]

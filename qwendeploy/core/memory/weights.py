@@ -92,8 +92,14 @@ def weight_shard(
     lm_head = vocab_rows * spec.hidden_size if (last and has_head) else 0
     final_norm = bd.final_norm if last else 0
     linear = replicated = 0.0
+    # Layers of one kind are one shared value (params.param_breakdown): each kind's shard is computed once, and
+    # the sum still runs layer by layer, in order, so the figures are the same to the last bit.
+    shards: dict[int, tuple[float, float]] = {}
     for layer in mine:
-        lin, rep = _layer_shard(layer, spec, tp, ep)
+        shard = shards.get(id(layer))
+        if shard is None:
+            shard = shards[id(layer)] = _layer_shard(layer, spec, tp, ep)
+        lin, rep = shard
         linear += lin
         replicated += rep
     dt = DTYPE_BYTES[dtype]

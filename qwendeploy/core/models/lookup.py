@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
-from qwendeploy.core import safe_yaml
+from qwendeploy.core import catalog_cache, safe_yaml
 from qwendeploy.core.models.catalog_format import ModelCatalogError, name_part
 from qwendeploy.core.models.hf_config import spec_from_hf_config
 from qwendeploy.core.models.spec import ModelSpec
@@ -61,11 +61,22 @@ def parse_model_catalog(text: str) -> tuple[ModelSpec, ...]:
     return tuple(specs)
 
 
+@dataclass(frozen=True)
+class ModelCatalog:
+    """The built catalog as :mod:`qwendeploy.core.catalog_cache` remembers it."""
+
+    specs: tuple[ModelSpec, ...]
+
+
+def _build(text: str) -> ModelCatalog:
+    return ModelCatalog(parse_model_catalog(text))
+
+
 @functools.cache
 def catalog() -> tuple[ModelSpec, ...]:
     """Every model in the built-in catalog, in file order (loaded once)."""
     text = resources.files("qwendeploy").joinpath("data/models.yaml").read_text(encoding="utf-8")
-    return parse_model_catalog(text)
+    return catalog_cache.load("models", text, _build, ModelCatalog).specs
 
 
 @functools.cache
