@@ -9,7 +9,10 @@
    (median of 5), what that first run costs;
 2. the seed case on a simulated inventory, rich output and --json, median of 5 (the median, not the best: a user
    sees a typical run);
-3. the search alone over 8 nodes × 8 H100 for Qwen2.5-72B at 131072 tokens, in-process, best of 5.
+3. the search alone over 8 nodes × 8 H100 for Qwen2.5-72B at 131072 tokens, in-process, best of 5;
+4. the floor under 1.: a Typer app with one command that has plan's parameters (names, types, defaults, read from
+   cli/plan.py without importing it) and an empty body, run the same way — what Typer (0.29 imports pydantic and
+   builds one TypeAdapter per option) costs before any qwendeploy code runs.
 
 qwendeploy's bytecode is compiled first, as ``pip install`` leaves an installed copy: where PYTHONDONTWRITEBYTECODE
 is set (it is on the development machines), an uncompiled checkout would compile every module from source on every
@@ -18,6 +21,7 @@ run, and the figure would measure the compiler (60–110 ms of the median here) 
 
 from __future__ import annotations
 
+import ast
 import compileall
 import os
 import subprocess
@@ -67,6 +71,33 @@ def search_time() -> tuple[float, int]:
     return best, n
 
 
+def typer_floor_source() -> tuple[str, int]:
+    """Python source of a Typer app whose one command takes plan's parameters and does nothing."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "qwendeploy", "cli", "plan.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "plan")
+    args = fn.args.args
+    defaults = [None] * (len(args) - len(fn.args.defaults)) + list(fn.args.defaults)
+    params = []
+    for a, d in zip(args, defaults, strict=True):
+        ann = a.annotation
+        base = ann.slice.elts[0] if isinstance(ann, ast.Subscript) and isinstance(ann.slice, ast.Tuple) else ann
+        text = ast.unparse(base) if base is not None else "str"
+        kind = next((t for t in ("bool", "int", "float") if t in text), "str")
+        optional = "None" in text
+        typ = f"{kind} | None" if optional else kind
+        if d is None:
+            params.append(f"{a.arg}: {typ}")
+        else:
+            value = ast.literal_eval(d) if isinstance(d, ast.Constant) else None
+            params.append(f"{a.arg}: {typ} = {value!r}" if value is not None or optional else f"{a.arg}: str = ''")
+    return (
+        "import typer\napp = typer.Typer()\n@app.command()\ndef plan(" + ", ".join(params) + "):\n    pass\n"
+        "@app.command()\ndef other():\n    pass\napp()\n"
+    ), len(params)
+
+
 def compile_package() -> None:
     """Bytecode for every qwendeploy module (``__pycache__``, ignored by git), as an installed copy has it."""
     import qwendeploy
@@ -93,3 +124,9 @@ if __name__ == "__main__":
         f"--json {json_wall * 1000:.0f} ms wall (target < 500 ms)"
     )
     print(f"search 8 nodes x 8 H100, 72B @131072: {search * 1000:.1f} ms for {n} candidates")
+    src, n_params = typer_floor_source()
+    floor = median_wall([sys.executable, "-c", src, "plan", "Qwen/Qwen2.5-72B-Instruct"], runs)
+    print(
+        f"floor: a Typer app with plan's {n_params} parameters and an empty body "
+        f"(median of {runs}): {floor * 1000:.0f} ms"
+    )
