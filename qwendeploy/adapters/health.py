@@ -13,21 +13,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from qwendeploy.core.server_address import client_url
+
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-_WILDCARD = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}
-
-
-def probe_host(bind_host: str) -> str:
-    """Where to probe a server bound to ``bind_host``: loopback for a wildcard bind, else the address itself."""
-    return _WILDCARD.get(bind_host, bind_host)
-
-
-def base_url(bind_host: str, port: int) -> str:
-    h = probe_host(bind_host)
-    if ":" in h and not h.startswith("["):
-        h = f"[{h}]"
-    return f"http://{h}:{port}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +44,7 @@ class HttpHealth:
     """Probes one server. ``api_key`` is only sent to /v1/models."""
 
     def __init__(self, host: str, port: int, *, api_key: str | None = None, timeout: float = 1.0) -> None:
-        self.url = base_url(host, port)
+        self.url = client_url(host, port)
         self.api_key = api_key
         self.timeout = timeout
 

@@ -34,13 +34,14 @@ from typing import Any, Literal
 import psutil
 
 from qwendeploy.adapters import process, serve_guard
-from qwendeploy.adapters.health import HttpHealth, base_url
+from qwendeploy.adapters.health import HttpHealth
 from qwendeploy.core.diagnosis.startup import StartupReport, compare
 from qwendeploy.core.diagnosis.startup import summary as startup_summary
 from qwendeploy.core.docker_args import DockerSpec, render_docker
 from qwendeploy.core.profile import Profile
 from qwendeploy.core.restart import Policy, after_failure, diagnose_lines
 from qwendeploy.core.serve_phases import PHASE_ORDER, phase_of
+from qwendeploy.core.server_address import client_url
 from qwendeploy.core.vllm_args import LaunchSpec, display_command
 from qwendeploy.errors import LaunchFailed
 
@@ -351,8 +352,8 @@ class Supervisor:
                         self._emit(
                             "ready",
                             r.name,
-                            f"ready after {took:.1f}s at {base_url(spec.host, spec.port)}",
-                            url=base_url(spec.host, spec.port),
+                            f"ready after {took:.1f}s at {client_url(spec.host, spec.port)}",
+                            url=client_url(spec.host, spec.port),
                             seconds=took,
                             served_model_name=spec.served_model_name,
                             api_key_env=spec.api_key_env,

@@ -27,7 +27,7 @@ from qwendeploy.app.ports import (
 from qwendeploy.core.checks import Check
 from qwendeploy.core.docker_args import build_docker_specs, docker_image, render_docker
 from qwendeploy.core.profile import Profile, check_host
-from qwendeploy.core.server_address import client_host
+from qwendeploy.core.server_address import client_url
 from qwendeploy.core.vllm_args import LaunchSpec, build_launch_specs, render_spec
 from qwendeploy.errors import BadInput, PreflightFailed
 
@@ -260,7 +260,7 @@ def run(prepared: Prepared, ports: ServePorts, observer: ServeObserver) -> int:
 
 def clients(profile: Profile, endpoints: Sequence[tuple[str, int]]) -> str:
     """How clients reach the replicas (one endpoint with vLLM's data-parallel mode, else N of them)."""
-    urls = [f"http://{client_host(host)}:{port}/v1" for host, port in endpoints]
+    urls = [f"{client_url(host, port)}/v1" for host, port in endpoints]
     dp = profile.placement.data_parallel_size
     if dp <= 1:
         return f"one endpoint, {urls[0]}" if urls else ""

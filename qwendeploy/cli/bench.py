@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from qwendeploy.cli.errors import user_errors
-from qwendeploy.core.server_address import client_host
+from qwendeploy.core.server_address import client_url
 from qwendeploy.errors import BadInput
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def _bench(
         from qwendeploy.adapters.profile_files import read_profile
 
         prof = read_profile(target)
-        url = f"http://{client_host(prof.server.host)}:{prof.server.port}"
+        url = client_url(prof.server.host, prof.server.port)
         name = prof.name
         api_key_env = api_key_env or prof.server.api_key_env
         if prof.placement.data_parallel_size > 1 and prof.placement.data_parallel_mode == "servers":

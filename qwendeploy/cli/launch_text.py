@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qwendeploy.core.planner import Plan
-from qwendeploy.core.server_address import client_host
+from qwendeploy.core.server_address import client_url
 from qwendeploy.core.vllm_args import LaunchSpec
 
 
@@ -45,7 +45,7 @@ def wrapped_command(argv: Sequence[str], env_set: Mapping[str, str] | None = Non
 
 
 def endpoints(specs: Sequence[LaunchSpec]) -> list[str]:
-    return [f"http://{client_host(s.host)}:{s.port}/v1" for s in specs]
+    return [f"{client_url(s.host, s.port)}/v1" for s in specs]
 
 
 def reach_words(specs: Sequence[LaunchSpec], dp: int) -> str:

@@ -9,9 +9,19 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 """vLLM's own default ``--port``; data-parallel servers take port, port+1, …"""
 
-_WILDCARD_BINDS = ("0.0.0.0", "::", "")
+_LOOPBACK_FOR_WILDCARD = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}
+"""A wildcard bind answers on this host's loopback of the same family (an IPv6-only stack has no 127.0.0.1)."""
 
 
 def client_host(bind_host: str) -> str:
-    """The host a client on this machine connects to: IPv4 loopback for a wildcard bind, else the bind address."""
-    return "127.0.0.1" if bind_host in _WILDCARD_BINDS else bind_host
+    """The host a client on this machine connects to: the loopback of the wildcard's family for a wildcard bind,
+    else the bind address."""
+    return _LOOPBACK_FOR_WILDCARD.get(bind_host, bind_host)
+
+
+def client_url(bind_host: str, port: int) -> str:
+    """``http://HOST:PORT`` for a client on this machine, an IPv6 address in brackets."""
+    host = client_host(bind_host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

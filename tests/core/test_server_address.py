@@ -13,7 +13,7 @@ from qwendeploy.core.memory import CURRENT_VLLM, EngineSettings, accounting_for
 from qwendeploy.core.memory.accounting import DEFAULT_GPU_MEMORY_UTILIZATION
 from qwendeploy.core.profile import EngineSection, ServerSection
 from qwendeploy.core.profile_builder import profile_from_plan
-from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT, client_host
+from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT, client_host, client_url
 
 
 def test_every_server_default_is_the_one_constant() -> None:
@@ -33,7 +33,23 @@ def test_gpu_memory_utilization_defaults_follow_the_current_release() -> None:
 
 @pytest.mark.parametrize(
     ("bind", "dial"),
-    [("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("", "127.0.0.1"), ("10.0.0.5", "10.0.0.5"), ("node1", "node1")],
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("", "127.0.0.1"),
+        ("::", "::1"),
+        ("[::]", "::1"),
+        ("10.0.0.5", "10.0.0.5"),
+        ("node1", "node1"),
+    ],
 )
-def test_a_client_dials_loopback_for_a_wildcard_bind(bind: str, dial: str) -> None:
+def test_a_client_dials_the_loopback_of_a_wildcard_binds_family(bind: str, dial: str) -> None:
     assert client_host(bind) == dial
+
+
+@pytest.mark.parametrize(
+    ("bind", "url"),
+    [("0.0.0.0", "http://127.0.0.1:8000"), ("::", "http://[::1]:8000"), ("fd00::5", "http://[fd00::5]:8000")],
+)
+def test_a_client_url_brackets_an_ipv6_host(bind: str, url: str) -> None:
+    """One rule for every place that prints or dials the server: serve's banner, plan's endpoints, bench, health."""
+    assert client_url(bind, 8000) == url
