@@ -10,13 +10,22 @@ DEFAULT_BLOCK_SIZE = 16
 """vLLM's default ``--block-size`` (tokens per KV-cache block)."""
 
 
+DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+"""vLLM's API-server defaults for ``--max-num-seqs`` / ``--max-num-batched-tokens`` on a GPU under 70 GiB (or an
+A100); larger GPUs get LARGE_GPU_MAX_NUM_SEQS / LARGE_GPU_MAX_NUM_BATCHED_TOKENS (core.planner.rules.default_batching
+picks)."""
+LARGE_GPU_MAX_NUM_SEQS = 1024
+LARGE_GPU_MAX_NUM_BATCHED_TOKENS = 8192
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """The vLLM engine arguments that change memory."""
 
     max_model_len: int
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     kv_cache_dtype: str = "auto"
     dtype: str = "auto"

@@ -12,6 +12,12 @@ from qwendeploy.core.memory import (
     KV_DTYPE_BYTES,
     effective_quantization,
 )
+from qwendeploy.core.memory.settings import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    LARGE_GPU_MAX_NUM_BATCHED_TOKENS,
+    LARGE_GPU_MAX_NUM_SEQS,
+)
 from qwendeploy.core.models import ModelSpec, catalog
 from qwendeploy.core.networks import find_network
 from qwendeploy.core.units import GiB, human_size
@@ -123,8 +129,8 @@ def default_batching(gpu: Gpu) -> Batching:
     Large GPUs (≥ 70 GiB, not A100) get 1024 / 8192, others 256 / 2048 (vLLM's ``EngineArgs`` defaults).
     """
     if gpu.total_bytes >= 70 * GiB and "A100" not in gpu.name.upper():
-        return Batching(max_num_seqs=1024, max_num_batched_tokens=8192)
-    return Batching(max_num_seqs=256, max_num_batched_tokens=2048)
+        return Batching(max_num_seqs=LARGE_GPU_MAX_NUM_SEQS, max_num_batched_tokens=LARGE_GPU_MAX_NUM_BATCHED_TOKENS)
+    return Batching(max_num_seqs=DEFAULT_MAX_NUM_SEQS, max_num_batched_tokens=DEFAULT_MAX_NUM_BATCHED_TOKENS)
 
 
 def _model_limit(spec: ModelSpec) -> int:
