@@ -82,25 +82,42 @@ FLAGS: tuple[FlagRule, ...] = (
 """Profile field → vLLM flag. Server flags (--host, --port, --served-model-name, --api-key) and
 --data-parallel-size depend on the replica and are added by ``build_launch_specs``."""
 
-REMOVED_FLAGS: Mapping[str, str] = {
-    "--rope-scaling": "model.hf_overrides (rope_parameters)",
-    "--rope-theta": "model.hf_overrides (rope_parameters.rope_theta)",
-    "--swap-space": "nothing (removed)",
-    "--max-seq-len-to-capture": "--max-cudagraph-capture-size",
-    "--cuda-graph-sizes": "--cudagraph-capture-sizes",
-    "--num-scheduler-steps": "nothing (removed)",
-    "--use-v2-block-manager": "nothing (removed)",
-    "--worker-use-ray": "placement.distributed_executor_backend: ray",
-    "--engine-use-ray": "placement.distributed_executor_backend: ray",
-    "--preemption-mode": "nothing (removed)",
-    "--tokenizer-pool-size": "nothing (removed)",
-    "--disable-frontend-multiprocessing": "nothing (removed)",
-    "--disable-async-output-proc": "nothing (removed)",
-    "--guided-decoding-backend": "--structured-outputs-config",
-    "--speculative-model": "--speculative-config",
-    "--num-speculative-tokens": "--speculative-config",
-    "--task": "--runner / --convert",
-    "--device": "CUDA_VISIBLE_DEVICES (placement.gpus)",
+
+@dataclass(frozen=True)
+class RemovedFlag:
+    """What replaces a flag current vLLM rejects: on a ``vllm serve`` command line, and in a qwendeploy profile
+    (None: nothing, drop it)."""
+
+    serve: str | None
+    profile: str | None
+
+
+_HF_OVERRIDES = "--hf-overrides with the same JSON under the config's key (a qwendeploy profile: model.hf_overrides)"
+_DROP = RemovedFlag(None, None)
+
+REMOVED_FLAGS: Mapping[str, RemovedFlag] = {
+    "--rope-scaling": RemovedFlag(_HF_OVERRIDES, "model.hf_overrides (rope_parameters)"),
+    "--rope-theta": RemovedFlag(_HF_OVERRIDES, "model.hf_overrides (rope_parameters.rope_theta)"),
+    "--swap-space": _DROP,
+    "--max-seq-len-to-capture": RemovedFlag("--max-cudagraph-capture-size", "--max-cudagraph-capture-size"),
+    "--cuda-graph-sizes": RemovedFlag("--cudagraph-capture-sizes", "--cudagraph-capture-sizes"),
+    "--num-scheduler-steps": _DROP,
+    "--use-v2-block-manager": _DROP,
+    "--worker-use-ray": RemovedFlag(
+        "--distributed-executor-backend ray", "placement.distributed_executor_backend: ray"
+    ),
+    "--engine-use-ray": RemovedFlag(
+        "--distributed-executor-backend ray", "placement.distributed_executor_backend: ray"
+    ),
+    "--preemption-mode": _DROP,
+    "--tokenizer-pool-size": _DROP,
+    "--disable-frontend-multiprocessing": _DROP,
+    "--disable-async-output-proc": _DROP,
+    "--guided-decoding-backend": RemovedFlag("--structured-outputs-config", "--structured-outputs-config"),
+    "--speculative-model": RemovedFlag("--speculative-config", "--speculative-config"),
+    "--num-speculative-tokens": RemovedFlag("--speculative-config", "--speculative-config"),
+    "--task": RemovedFlag("--runner / --convert", "--runner / --convert"),
+    "--device": RemovedFlag("CUDA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES (placement.gpus)"),
 }
 """Flags older vLLM releases had and vLLM 0.33 rejects ("unrecognized arguments", exit 2)."""
 
@@ -222,7 +239,7 @@ def check_extra_args(extra: Sequence[str]) -> None:
             raise BadInput(
                 f"engine.extra_args has {name}, which current vLLM no longer accepts (exit 2, "
                 f'"unrecognized arguments").',
-                hint=f"Use {REMOVED_FLAGS[name]} instead.",
+                hint=f"Use {REMOVED_FLAGS[name].profile or 'nothing (removed)'} instead.",
             )
         if name == "--api-key":
             raise BadInput(

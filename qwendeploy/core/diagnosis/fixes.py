@@ -177,18 +177,6 @@ _REQUEST_PARAMETERS = frozenset({"--temperature", "--top-p", "--top-k", "--max-t
 """Sampling parameters people pass to the server: in vLLM they belong to each request."""
 
 
-def _replacement(flag: str) -> str:
-    """What replaces a removed flag, said for someone running ``vllm serve`` (REMOVED_FLAGS speaks of profiles)."""
-    instead = REMOVED_FLAGS[flag]
-    if instead == "nothing (removed)":
-        return "drop it"
-    if instead.startswith("model.hf_overrides"):
-        return "--hf-overrides with the same JSON under the config's key (a qwendeploy profile: model.hf_overrides)"
-    if instead.startswith("placement.distributed_executor_backend"):
-        return "--distributed-executor-backend ray"
-    return f"use {instead}"
-
-
 def _argument_hint(v: Mapping[str, str]) -> tuple[str, str]:
     """What vLLM's argument parser rejected (``rejected``, quoted for the summary) and what to do about it
     (``argument_hint``, one sentence for the fix), from an "unrecognized arguments" or "invalid choice" line."""
@@ -212,7 +200,8 @@ def _argument_hint(v: Mapping[str, str]) -> tuple[str, str]:
     name = first.split("=", 1)[0]
     name = "--" + name[2:].replace("_", "-") if name.startswith("--") else name
     if name in REMOVED_FLAGS:
-        return rejected, f"{name} was removed from vLLM: {_replacement(name)}."
+        instead = REMOVED_FLAGS[name].serve
+        return rejected, f"{name} was removed from vLLM: {f'use {instead}' if instead else 'drop it'}."
     if name in _REQUEST_PARAMETERS:
         return rejected, (
             f"{name} is a request parameter, not a server flag: send it with each request, or set the server's "
