@@ -17,8 +17,11 @@ def sampler_warmup_bytes(spec: ModelSpec, *, rows: int, cal: Calibration) -> int
     return int(cal.warmup_base_bytes + rows * spec.vocab_size * cal.warmup_bytes_per_logit)
 
 
-def _forward_per_token(spec: ModelSpec, *, tp: int, cal: Calibration) -> tuple[float, float]:
-    """(elements per token at the forward peak, MLP width) on one TP rank."""
+def _forward_bytes(
+    spec: ModelSpec, *, tp: int, layers: int, tokens: int, dt: int, scale: float, cal: Calibration
+) -> tuple[float, float]:
+    """(bytes at the forward peak over ``tokens`` tokens — 0 on a stage without decoder layers, MLP width) on one TP
+    rank: ``tokens`` × elements per token × ``dt`` × ``scale``."""
     h = spec.hidden_size
     q_local = spec.num_attention_heads * spec.head_dim / tp
     kv_local = kv_heads_per_rank(spec.num_key_value_heads, tp) * spec.head_dim
@@ -30,7 +33,8 @@ def _forward_per_token(spec: ModelSpec, *, tp: int, cal: Calibration) -> tuple[f
         mlp_width = k * per_expert * cal.activation_moe_scale
     else:
         mlp_width = spec.intermediate_size / tp * cal.activation_mlp_factor
-    return cal.activation_hidden_factor * h + mlp_width + q_local + 2 * kv_local, mlp_width
+    per_token = cal.activation_hidden_factor * h + mlp_width + q_local + 2 * kv_local
+    return (tokens * per_token * dt * scale if layers > 0 else 0.0), mlp_width
 
 
 def activation_bytes(
@@ -105,8 +109,7 @@ def _v1_profile_peak(
     tokens = settings.max_num_batched_tokens
     rows = min(settings.max_num_seqs, tokens)
     scale = cal.activation_scale
-    per_token, mlp_width = _forward_per_token(spec, tp=tp, cal=cal)
-    forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+    forward, mlp_width = _forward_bytes(spec, tp=tp, layers=layers, tokens=tokens, dt=dt, scale=scale, cal=cal)
     copies = cal.sort_sampler_fp32_copies if sampler_sorts_vocab else cal.sampler_fp32_copies
     sampler = rows * spec.vocab_size * (dt + 4 * copies) if last_stage else 0
     held = tokens * spec.hidden_size * dt + sampler
@@ -151,8 +154,7 @@ def _v2_profile_peak(
     rows = min(settings.max_num_seqs, tokens)
     hidden_states = tokens * h * dt
     scale = cal.v2_forward_scale
-    per_token, mlp_width = _forward_per_token(spec, tp=tp, cal=cal)
-    forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+    forward, mlp_width = _forward_bytes(spec, tp=tp, layers=layers, tokens=tokens, dt=dt, scale=scale, cal=cal)
     vocab_buffer = vocab_rows_per_rank(spec.vocab_size, tp) * h * dt * cal.v2_vocab_buffer_factor
     sampler = rows * spec.vocab_size * cal.v2_sampler_bytes_per_logit
     if not last_stage:
@@ -207,9 +209,8 @@ def working_bytes(
     (the warm-up runs on the last pipeline stage only)."""
     dt = DTYPE_BYTES[dtype]
     tokens = settings.max_num_batched_tokens
-    per_token, _ = _forward_per_token(spec, tp=tp, cal=cal)
     scale = cal.v2_forward_scale if runner == "v2" else cal.activation_scale
-    forward = tokens * per_token * dt * scale if layers > 0 else 0.0
+    forward, _ = _forward_bytes(spec, tp=tp, layers=layers, tokens=tokens, dt=dt, scale=scale, cal=cal)
     rows = min(settings.max_num_seqs, tokens)
     warmup = sampler_warmup_bytes(spec, rows=rows, cal=cal) if last_stage else 0
     return Explanation(

@@ -42,28 +42,25 @@ def hybrid_settings(
     counts = pp_layer_counts(spec.num_hidden_layers, pp)
     kv_elem = kv_dtype_bytes(settings.kv_cache_dtype, dtype)
     user_block = settings.block_size if settings.block_size != DEFAULT_BLOCK_SIZE else None
-    layouts = []
-    for stage in range(pp):
-        start = sum(counts[:stage])
-        kinds = spec.layer_kinds[start : start + counts[stage]]
-        layouts.append(
-            hybrid_layout(
-                spec, tp=tp, kinds=kinds, kv_bytes=kv_elem, dtype_bytes=DTYPE_BYTES[dtype], block_size=user_block
-            )
-        )
-    block = max(layout.block_size for layout in layouts)
+    stage_kinds = [spec.layer_kinds[sum(counts[:i]) : sum(counts[: i + 1])] for i in range(pp)]
+    block = max(
+        hybrid_layout(
+            spec, tp=tp, kinds=kinds, kv_bytes=kv_elem, dtype_bytes=DTYPE_BYTES[dtype], block_size=user_block
+        ).block_size
+        for kinds in stage_kinds
+    )
     layouts = [
         hybrid_layout(
             spec,
             tp=tp,
-            kinds=spec.layer_kinds[sum(counts[:i]) : sum(counts[: i + 1])],
+            kinds=kinds,
             kv_bytes=kv_elem,
             dtype_bytes=DTYPE_BYTES[dtype],
             block_size=block,
             prefix_caching=acc.hybrid_prefix_caching and settings.enable_prefix_caching,
             tokens_from_concurrency=acc.hybrid_tokens_from_concurrency,
         )
-        for i in range(pp)
+        for kinds in stage_kinds
     ]
     return replace(settings, block_size=block), layouts
 

@@ -4,14 +4,12 @@ One idea a module: ``spec`` (the ``ModelSpec`` value and its quantization and Mo
 (config.json → ``ModelSpec``, with ``hf_fields`` reading one field and ``hf_quantization`` the quantization
 config), ``catalog_format`` (counts and names as models.yaml writes them), ``entries`` (models.yaml's shape,
 validated by pydantic, built on first read) and ``lookup`` (the built-in catalog, loaded on
-first use, found by id or alias). Every name is importable from ``qwendeploy.core.models`` as before.
+first use, found by id or alias). Every name is importable from ``qwendeploy.core.models`` as before; the
+family types (``Task``, ``VisionTower``, ``LinearAttention``) live in ``qwendeploy.core.families``.
 """
 
 from __future__ import annotations
 
-from qwendeploy.core.families import LinearAttention as LinearAttention
-from qwendeploy.core.families import Task as Task
-from qwendeploy.core.families import VisionTower as VisionTower
 from qwendeploy.core.models.catalog_format import ModelCatalogError as ModelCatalogError
 from qwendeploy.core.models.catalog_format import parse_count as parse_count
 from qwendeploy.core.models.hf_config import spec_from_hf_config as spec_from_hf_config

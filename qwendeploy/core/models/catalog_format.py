@@ -27,3 +27,8 @@ def parse_count(value: Any) -> int:
 def name_part(repo_id: str) -> str:
     """The lower-cased name after the ``/`` (``qwen2.5-7b-instruct``): every entry's first alias."""
     return repo_id.rsplit("/", 1)[-1].lower()
+
+
+def entry_aliases(repo_id: str, aliases: tuple[str, ...]) -> tuple[str, ...]:
+    """The names an entry is found by besides its id: its short name, then its own aliases, lower-cased, once each."""
+    return tuple(dict.fromkeys((name_part(repo_id), *(a.lower() for a in aliases))))

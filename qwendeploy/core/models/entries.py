@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qwendeploy.core.families import Task
-from qwendeploy.core.models.catalog_format import ModelCatalogError, name_part, parse_count
+from qwendeploy.core.models.catalog_format import ModelCatalogError, entry_aliases, parse_count
 
 
 class ModelEntry(BaseModel):
@@ -64,7 +64,7 @@ class ModelCatalogFile(BaseModel):
                 raise ValueError(f"{where}.from: {e.from_!r} is not an earlier entry")
             seen.add(e.id.lower())
             earlier.add(e.id)
-            for alias in dict.fromkeys((name_part(e.id), *(a.lower() for a in e.aliases))):
+            for alias in entry_aliases(e.id, e.aliases):
                 if owner.setdefault(alias, e.id) != e.id:
                     raise ValueError(f"{where}.aliases: {alias!r} already names {owner[alias]!r}")
         return self

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from qwendeploy.core import catalog_cache, safe_yaml
-from qwendeploy.core.models.catalog_format import ModelCatalogError, name_part
+from qwendeploy.core.models.catalog_format import ModelCatalogError, entry_aliases, name_part
 from qwendeploy.core.models.hf_config import spec_from_hf_config
 from qwendeploy.core.models.spec import ModelSpec
 from qwendeploy.errors import BadInput
@@ -47,13 +47,12 @@ def parse_model_catalog(text: str) -> tuple[ModelSpec, ...]:
             )
         except BadInput as e:
             raise ModelCatalogError(f"models.yaml entry {entry.id!r}: {e.message}") from None
-        aliases = [name_part(entry.id), *(a.lower() for a in entry.aliases)]
         specs.append(
             replace(
                 spec,
                 yarn_factor=merged.get("yarn_factor", spec.yarn_factor),
                 yarn_original_max_position_embeddings=merged.get("yarn_original_max_position_embeddings"),
-                aliases=tuple(dict.fromkeys(aliases)),
+                aliases=entry_aliases(entry.id, entry.aliases),
                 base_model=(entry.from_ if "quantization_config" in merged["config"] else None),
                 task=merged.get("task") or spec.task,
             )
