@@ -21,7 +21,7 @@ from qwendeploy.core.field_checks import check_argument, check_host, check_ifnam
 from qwendeploy.core.gpus import parse_inventory
 from qwendeploy.core.models import ModelSpec, find_model
 from qwendeploy.core.networks import DEFAULT_NETWORK
-from qwendeploy.core.planner import Plan, PlanRequest, plan
+from qwendeploy.core.planner import Plan, PlanRequest, longest_shorter, plan
 from qwendeploy.core.profile import Profile, describe_errors
 from qwendeploy.core.profile_builder import profile_from_plan
 from qwendeploy.core.releases import NEWEST_MODELLED
@@ -161,7 +161,7 @@ def plan_auto_context(req: PlanRequest) -> Plan:
     result = plan(req)
     if result.fits:
         return replace(result, notes=(auto_context_note(result, shortened=False), *result.notes))
-    longest = max((c.max_model_len_fit or 0 for c in result.candidates if c.status == "shorter"), default=0)
+    longest = longest_shorter(result.candidates)
     if not longest:
         return result  # nothing fits even a short context: the plan says why
     result = plan(replace(req, max_model_len=longest))

@@ -51,3 +51,4 @@ from qwendeploy.core.planner.values import Objective as Objective
 from qwendeploy.core.planner.values import Plan as Plan
 from qwendeploy.core.planner.values import PlanRequest as PlanRequest
 from qwendeploy.core.planner.values import Status as Status
+from qwendeploy.core.planner.values import longest_shorter as longest_shorter
