@@ -247,7 +247,7 @@ def command_line(opts: PlanOptions) -> str:
         parts += ["--objective", opts.objective]
     for attr, flag in _FLAGS:
         value = getattr(opts, attr)
-        if value == defaults[attr] or value is None or value is False:
+        if value == defaults[attr]:  # each default is None, False or the command's default value
             continue
         parts += [flag] if value is True else [flag, str(value)]
     if opts.output is not None:
