@@ -158,12 +158,13 @@ def plan_auto_context(req: PlanRequest) -> Plan:
     """vLLM's ``--max-model-len auto``: the model's own window where it fits, else the longest context that fits
     memory (the planner's ``max_model_len_fit`` of the best shorter candidate), planned at that length; a note
     says which and why."""
-    result = plan(req)
+    # Without suggestions first: they are re-plans, wasted when a shorter context fits (the usual case here).
+    result = plan(req, suggest=False)
     if result.fits:
         return replace(result, notes=(auto_context_note(result, shortened=False), *result.notes))
     longest = longest_shorter(result.candidates)
     if not longest:
-        return result  # nothing fits even a short context: the plan says why
+        return plan(req)  # nothing fits even a short context: the plan says why, and what would fit
     result = plan(replace(req, max_model_len=longest))
     return replace(result, notes=(auto_context_note(result, shortened=True), *result.notes))
 
