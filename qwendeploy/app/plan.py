@@ -21,7 +21,7 @@ from qwendeploy.core.field_checks import check_argument, check_host, check_ifnam
 from qwendeploy.core.gpus import parse_inventory
 from qwendeploy.core.models import ModelSpec, find_model
 from qwendeploy.core.networks import DEFAULT_NETWORK
-from qwendeploy.core.planner import Plan, PlanRequest, plan
+from qwendeploy.core.planner import Plan, PlanRequest, longest_shorter, plan
 from qwendeploy.core.profile import Profile, describe_errors
 from qwendeploy.core.profile_builder import profile_from_plan
 from qwendeploy.core.releases import NEWEST_MODELLED
@@ -158,12 +158,13 @@ def plan_auto_context(req: PlanRequest) -> Plan:
     """vLLM's ``--max-model-len auto``: the model's own window where it fits, else the longest context that fits
     memory (the planner's ``max_model_len_fit`` of the best shorter candidate), planned at that length; a note
     says which and why."""
-    result = plan(req)
+    # Without suggestions first: they are re-plans, wasted when a shorter context fits (the usual case here).
+    result = plan(req, suggest=False)
     if result.fits:
         return replace(result, notes=(auto_context_note(result, shortened=False), *result.notes))
-    longest = max((c.max_model_len_fit or 0 for c in result.candidates if c.status == "shorter"), default=0)
+    longest = longest_shorter(result.candidates)
     if not longest:
-        return result  # nothing fits even a short context: the plan says why
+        return plan(req)  # nothing fits even a short context: the plan says why, and what would fit
     result = plan(replace(req, max_model_len=longest))
     return replace(result, notes=(auto_context_note(result, shortened=True), *result.notes))
 
@@ -247,7 +248,7 @@ def command_line(opts: PlanOptions) -> str:
         parts += ["--objective", opts.objective]
     for attr, flag in _FLAGS:
         value = getattr(opts, attr)
-        if value == defaults[attr] or value is None or value is False:
+        if value == defaults[attr]:  # each default is None, False or the command's default value
             continue
         parts += [flag] if value is True else [flag, str(value)]
     if opts.output is not None:

@@ -8,15 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from qwendeploy.core.cluster import HostNetFacts, RayCluster
-from qwendeploy.core.machine_facts import MachineFacts
-
 if TYPE_CHECKING:  # annotations only, so that app.plan and app.serve start without them
     from collections.abc import Callable, Mapping
 
     from qwendeploy.core.checks import Check
+    from qwendeploy.core.cluster import HostNetFacts, RayCluster
     from qwendeploy.core.docker_args import DockerSpec
     from qwendeploy.core.hardware import Machine
+    from qwendeploy.core.machine_facts import MachineFacts
     from qwendeploy.core.models import ModelSpec
     from qwendeploy.core.profile import Profile
     from qwendeploy.core.vllm_args import LaunchSpec

@@ -63,7 +63,7 @@ def _node_ip(prof: Profile, node_ip: str | None) -> str | None:
 def _check_node_flags(head_address: str | None, ifname: str | None, opts: RayStartOptions) -> None:
     """The flags that reach ``ray start`` and the printed commands, checked like the profile's fields."""
     from qwendeploy.core import limits
-    from qwendeploy.core.profile import check_host, check_ifname
+    from qwendeploy.core.field_checks import check_host, check_ifname
 
     texts: list[tuple[str, str | None, Callable[[str], str]]] = [
         ("HEAD_ADDRESS", head_address, check_host),

@@ -336,18 +336,6 @@ def _explain_blocks(console: Console, est: MemoryEstimate) -> None:
         console.print(f"  = {_shown_value(row['value'], row['unit'])}", highlight=False)
 
 
-def vllm_command(p: Plan) -> str:
-    """The first replica's ``vllm serve`` line with its environment, built exactly as ``serve`` builds it
-    (through the profile and core.vllm_args), so what the plan shows is what will run."""
-    if p.chosen is None:
-        return ""
-    from qwendeploy.core.profile_builder import profile_from_plan
-    from qwendeploy.core.vllm_args import build_launch_specs, shell_command
-
-    specs = build_launch_specs(profile_from_plan(p, checked=False), vllm_bin="vllm", base_env={})
-    return shell_command(specs[0].argv, specs[0].env_set) if specs else ""
-
-
 def one_line(p: Plan) -> str:
     """The breakdown on one plain line, to paste into an issue."""
     c = _shown(p)

@@ -17,15 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qwendeploy.core import limits, safe_yaml
-from qwendeploy.core.field_checks import _CONTROL as _CONTROL
-from qwendeploy.core.field_checks import _MULTILINE_OK as _MULTILINE_OK
-from qwendeploy.core.field_checks import _check_text as _check_text
-from qwendeploy.core.field_checks import _no_leading_dash as _no_leading_dash
-from qwendeploy.core.field_checks import check_argument as check_argument
-from qwendeploy.core.field_checks import check_env_name as check_env_name
-from qwendeploy.core.field_checks import check_host as check_host
-from qwendeploy.core.field_checks import check_ifname as check_ifname
-from qwendeploy.core.field_checks import check_name as check_name
+from qwendeploy.core.field_checks import _check_text, _no_leading_dash, check_env_name, check_ifname, check_name
+from qwendeploy.core.field_checks import check_host as check_host  # re-exported: app/serve.py imports it from here
 from qwendeploy.core.limits import (
     MAX_COUNT,
     MAX_GRACE_S,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from qwendeploy.core.planner import Candidate, Plan, PlanRequest, plan
+from qwendeploy.core.planner import Candidate, Plan, PlanRequest, longest_shorter, plan
 from qwendeploy.core.units import gib_text
 from qwendeploy.errors import BadInput
 
@@ -199,7 +199,7 @@ def _longest_with_yarn(p: Plan, c: Candidate) -> int:
             return 0
         if again.fits:
             return length
-        shorter = max((x.max_model_len_fit or 0 for x in again.candidates if x.status == "shorter"), default=0)
+        shorter = longest_shorter(again.candidates)
         if not shorter or shorter >= length:
             return 0
         length = shorter

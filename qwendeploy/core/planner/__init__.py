@@ -5,7 +5,7 @@ Pure: the caller resolves the model and probes (or simulates) the GPUs; ``plan``
 One idea a module: ``values`` (request, candidate, plan), ``rules`` (vLLM's rules and the request's
 checks), ``assignment`` (GPUs to TP groups and links), ``cost`` (the ranking cost model), ``evaluate`` (one
 placement judged), ``search`` (enumerate, rank, choose), ``suggest`` (what would fit) and ``explain`` (the
-prose). Everything is importable from ``qwendeploy.core.planner`` as before.
+prose). Their public names are importable from ``qwendeploy.core.planner`` as before.
 
 How a candidate is judged (docs/planning.md has the long form):
 
@@ -31,11 +31,6 @@ How a candidate is judged (docs/planning.md has the long form):
 from __future__ import annotations
 
 from qwendeploy.core.planner.assignment import LinkClass as LinkClass
-from qwendeploy.core.planner.assignment import _assign as _assign
-from qwendeploy.core.planner.assignment import _custom_all_reduce as _custom_all_reduce
-from qwendeploy.core.planner.assignment import _dp_options as _dp_options
-from qwendeploy.core.planner.assignment import _skips_busy_gpu as _skips_busy_gpu
-from qwendeploy.core.planner.assignment import _tp_groups as _tp_groups
 from qwendeploy.core.planner.assignment import left_out as left_out
 from qwendeploy.core.planner.assignment import link_class as link_class
 from qwendeploy.core.planner.cost import decode_cost as decode_cost
@@ -43,33 +38,17 @@ from qwendeploy.core.planner.cost import weights_read_fraction as weights_read_f
 from qwendeploy.core.planner.cost_model import DEFAULT_COST as DEFAULT_COST
 from qwendeploy.core.planner.cost_model import Cost as Cost
 from qwendeploy.core.planner.cost_model import CostModel as CostModel
-from qwendeploy.core.planner.evaluate import _evaluate as _evaluate
-from qwendeploy.core.planner.evaluate import _lowered as _lowered
-from qwendeploy.core.planner.explain import _LINK_WORDS as _LINK_WORDS
-from qwendeploy.core.planner.explain import _contrast as _contrast
-from qwendeploy.core.planner.explain import _explain as _explain
-from qwendeploy.core.planner.explain import _holders as _holders
-from qwendeploy.core.planner.explain import _network_lines as _network_lines
-from qwendeploy.core.planner.explain import _tokens as _tokens
 from qwendeploy.core.planner.rules import ONLINE_QUANTIZATION as ONLINE_QUANTIZATION
 from qwendeploy.core.planner.rules import Batching as Batching
-from qwendeploy.core.planner.rules import _check_quantization as _check_quantization
-from qwendeploy.core.planner.rules import _check_request as _check_request
-from qwendeploy.core.planner.rules import _kv_options as _kv_options
-from qwendeploy.core.planner.rules import _model_limit as _model_limit
-from qwendeploy.core.planner.rules import _pp_options as _pp_options
-from qwendeploy.core.planner.rules import _tp_options as _tp_options
 from qwendeploy.core.planner.rules import default_batching as default_batching
 from qwendeploy.core.planner.rules import tp_rule_violation as tp_rule_violation
 from qwendeploy.core.planner.rules import valid_tp_sizes as valid_tp_sizes
 from qwendeploy.core.planner.rules import yarn_override as yarn_override
 from qwendeploy.core.planner.search import plan as plan
 from qwendeploy.core.planner.search import raise_if_infeasible as raise_if_infeasible
-from qwendeploy.core.planner.suggest import _free_the_gpus as _free_the_gpus
-from qwendeploy.core.planner.suggest import _more_gpus as _more_gpus
-from qwendeploy.core.planner.suggest import _suggest as _suggest
 from qwendeploy.core.planner.values import Candidate as Candidate
 from qwendeploy.core.planner.values import Objective as Objective
 from qwendeploy.core.planner.values import Plan as Plan
 from qwendeploy.core.planner.values import PlanRequest as PlanRequest
 from qwendeploy.core.planner.values import Status as Status
+from qwendeploy.core.planner.values import longest_shorter as longest_shorter

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from qwendeploy.core.hardware import Machine
 from qwendeploy.core.planner.explain import _holders, _tokens
-from qwendeploy.core.planner.values import Candidate, Plan, PlanRequest
+from qwendeploy.core.planner.values import Candidate, Plan, PlanRequest, longest_shorter
 from qwendeploy.core.units import gib_text
 from qwendeploy.errors import BadInput
 
@@ -33,7 +33,7 @@ def _suggest(req: PlanRequest, ranked: list[Candidate], max_len: int, replan: Re
         if p.chosen is not None:
             out.append(f"use {variant.id}: fits with {p.chosen.label} (KV cache {_tokens(p.chosen)} tokens).")
             break
-    best_short = max((c.max_model_len_fit or 0 for c in ranked if c.status == "shorter"), default=0)
+    best_short = longest_shorter(ranked)
     if best_short:
         holder = next(c for c in ranked if c.status == "shorter" and c.max_model_len_fit == best_short)
         out.append(f"--max-model-len {best_short}: the longest context that fits ({holder.label}).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,6 +114,11 @@ class Plan:
     @property
     def fits(self) -> bool:
         return self.chosen is not None and self.chosen.fits
+
+
+def longest_shorter(candidates: Iterable[Candidate]) -> int:
+    """The longest context a shorter-context candidate holds with the requested concurrency (0: none does)."""
+    return max((c.max_model_len_fit or 0 for c in candidates if c.status == "shorter"), default=0)
 
 
 # ----------------------------------------------------------------------------------------------------------
