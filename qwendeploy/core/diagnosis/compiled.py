@@ -131,11 +131,7 @@ def phase_of_line(text: str) -> str | None:
     """
     c = compiled()
     m = c.phase_re.search(clean_line(text))
-    if m is None or m.lastgroup is None:
-        return None
-    if m.lastgroup == c.reset_group:
-        return c.catalog.phases[0].name
-    return c.group_phase.get(m.lastgroup)
+    return None if m is None else c.advance(None, m)
 
 
 def phase_label(phase: str | None) -> str:
