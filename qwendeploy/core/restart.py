@@ -126,7 +126,7 @@ def is_deterministic(code: int | None, tail: Sequence[str], findings: Sequence[F
         return True
     if findings:
         top = findings[0]
-        conf = top.confidence if isinstance(top.confidence, int | float) else 0.0
+        conf = top.confidence or 0.0  # None: the diagnosis gave none
         if top.phase and top.phase not in ("serving", "ready") and conf >= 0.5 and top.category != "unknown":
             return True
     return any(_FALLBACK_DETERMINISTIC.search(line) for line in tail)

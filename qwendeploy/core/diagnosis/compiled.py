@@ -82,7 +82,8 @@ def compiled() -> Compiled:
     if resets:
         parts.insert(0, f"(?P<{reset_group}>" + "|".join(re.escape(m) for m in resets) + ")")
     phase_re = re.compile("|".join(parts))
-    phase_gate = re.compile(trie_regex([m for ph in cat.phases for m in (*ph.markers, *ph.reset)]))
+    markers = [m for ph in cat.phases for m in (*ph.markers, *ph.reset)]
+    phase_gate = re.compile(trie_regex(markers))
     sigs: list[Sig] = []
     words: set[str] = set()
     always = False
@@ -97,11 +98,9 @@ def compiled() -> Compiled:
     # The gate runs on the lower-cased line: a superset of the case-sensitive matches, which is all a gate needs.
     gate = re.compile("" if always else trie_regex(words))
     rank = {ph.name: i for i, ph in enumerate(cat.phases)}
-    fact_words = FACT_WORDS
-    fact_gate = re.compile(trie_regex((*fact_words, "nccl")))
+    fact_gate = re.compile(trie_regex((*FACT_WORDS, "nccl")))
     restart = frozenset(m for ph in cat.phases for m in ph.restart)
-    markers = [m for ph in cat.phases for m in (*ph.markers, *ph.reset)]
-    block_words = {w.lower() for w in (*words, *fact_words, *markers, "nccl", "shutdown", "signal=")}
+    block_words = {w.lower() for w in (*words, *FACT_WORDS, *markers, "nccl", "shutdown", "signal=")}
     last = cat.phases[-1]
     others = {m.lower() for ph in cat.phases[:-1] for m in (*ph.markers, *ph.reset)}
     serving_only = {m.lower() for m in last.markers} - others
@@ -131,11 +130,7 @@ def phase_of_line(text: str) -> str | None:
     """
     c = compiled()
     m = c.phase_re.search(clean_line(text))
-    if m is None or m.lastgroup is None:
-        return None
-    if m.lastgroup == c.reset_group:
-        return c.catalog.phases[0].name
-    return c.group_phase.get(m.lastgroup)
+    return None if m is None else c.advance(None, m)
 
 
 def phase_label(phase: str | None) -> str:

@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from qwendeploy.core.diagnosis.catalog import Rule, template_fields
 from qwendeploy.core.diagnosis.compiled import compiled
 from qwendeploy.core.diagnosis.compiled import detect_phase as detect_phase
-from qwendeploy.core.diagnosis.compiled import phase_label as phase_label
 from qwendeploy.core.diagnosis.compiled import phase_of_line as phase_of_line
-from qwendeploy.core.diagnosis.evidence import MachineProcess as MachineProcess
-from qwendeploy.core.diagnosis.facts import HARMFUL_NCCL_ENV as HARMFUL_NCCL_ENV
-from qwendeploy.core.diagnosis.facts import STILL_WRITING_S as STILL_WRITING_S
 from qwendeploy.core.diagnosis.facts import Facts, whole_log_facts
 from qwendeploy.core.diagnosis.fixes import derive, fill
 from qwendeploy.core.diagnosis.fixes import plan_command as plan_command
@@ -34,7 +30,7 @@ from qwendeploy.core.diagnosis.scan import scan_log
 from qwendeploy.core.diagnosis.state import Hit, ScanState
 from qwendeploy.core.diagnosis.values import Diagnosis as Diagnosis
 from qwendeploy.core.diagnosis.values import DiagnosisContext as DiagnosisContext
-from qwendeploy.core.diagnosis.values import Evidence as Evidence
+from qwendeploy.core.diagnosis.values import Evidence
 from qwendeploy.core.diagnosis.values import shown_name as shown_name
 
 MAX_EVIDENCE = 4

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from qwendeploy.core.diagnosis import evidence as evi
+from qwendeploy.core.diagnosis.catalog import Rule
 from qwendeploy.core.diagnosis.compiled import compiled, phase_label
 from qwendeploy.core.diagnosis.lines import quote
 from qwendeploy.core.diagnosis.state import ScanState
@@ -129,16 +130,17 @@ def whole_log_facts(st: ScanState, ctx: DiagnosisContext) -> Facts:
             values.setdefault("nccl_var", name)
             values.setdefault("nccl_value", value)
     f["harmful_nccl_env"] = Fact(bool(env_ev), env_ev)
-    _stall_facts(st, ctx, f, values)
+    _stall_facts(st, ctx, f, values, rule_by_id)
     _machine_facts(st, ctx, f, values)
     return Facts(f, values)
 
 
-def _stall_facts(st: ScanState, ctx: DiagnosisContext, f: dict[str, Fact], values: dict[str, str]) -> None:
+def _stall_facts(
+    st: ScanState, ctx: DiagnosisContext, f: dict[str, Fact], values: dict[str, str], rules: Mapping[str, Rule]
+) -> None:
     """``stalled``: the log ends with no error before the server was ready; where, and for how long."""
     tail = list(st.tail)
     last_phase = compiled().catalog.phases[-1].name
-    rules = {r.id: r for r in compiled().catalog.rules}
     # Only when nothing named a failure: a rule of severity error that fired on a line of its own.
     named = any(
         not rules[rid].signatures[j].supporting and rules[rid].severity == "error" and not rules[rid].requires

@@ -187,8 +187,3 @@ def load_catalog() -> Catalog:
     """The packaged catalog (qwendeploy/data/rules.yaml), parsed once per process."""
     text = resources.files("qwendeploy").joinpath("data/rules.yaml").read_text(encoding="utf-8")
     return parse_catalog(text)
-
-
-def rules() -> tuple[Rule, ...]:
-    """All rules of the packaged catalog, in catalog order."""
-    return load_catalog().rules
