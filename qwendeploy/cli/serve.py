@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from qwendeploy.cli.errors import user_errors
-from qwendeploy.core.server_address import DEFAULT_HOST
+from qwendeploy.core.server_address import DEFAULT_HOST, http_url
 
 if TYPE_CHECKING:  # deferred at run time: `serve --help` must not import rich, psutil or the supervisor
     from rich.console import Console
@@ -125,7 +125,9 @@ def _print_dry_run(prepared: Prepared, path: Path, json_out: bool) -> None:
     for server in prepared.servers:
         r = server.shown
         gpus = ",".join(r["gpus"]) if r["gpus"] else f"from the Ray cluster ({prof.placement.nodes} nodes)"
-        typer.echo(f"# {r['name']}: GPUs {gpus} → http://{r['host']}:{r['port']} (model name {r['served_model_name']})")
+        typer.echo(
+            f"# {r['name']}: GPUs {gpus} → {http_url(r['host'], r['port'])} (model name {r['served_model_name']})"
+        )
         for k, v in r["env"].items():
             typer.echo(f"#   env {shlex.quote(k)}={shlex.quote(v)}")  # quoted: a line break cannot leave the comment
         typer.echo(r["command"])

@@ -19,9 +19,13 @@ def client_host(bind_host: str) -> str:
     return _LOOPBACK_FOR_WILDCARD.get(bind_host, bind_host)
 
 
-def client_url(bind_host: str, port: int) -> str:
-    """``http://HOST:PORT`` for a client on this machine, an IPv6 address in brackets."""
-    host = client_host(bind_host)
+def http_url(host: str, port: int) -> str:
+    """``http://HOST:PORT``, an IPv6 address in brackets."""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+def client_url(bind_host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server bound to ``bind_host``."""
+    return http_url(client_host(bind_host), port)

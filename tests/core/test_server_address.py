@@ -13,7 +13,7 @@ from qwendeploy.core.memory import CURRENT_VLLM, EngineSettings, accounting_for
 from qwendeploy.core.memory.accounting import DEFAULT_GPU_MEMORY_UTILIZATION
 from qwendeploy.core.profile import EngineSection, ServerSection
 from qwendeploy.core.profile_builder import profile_from_plan
-from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT, client_host, client_url
+from qwendeploy.core.server_address import DEFAULT_HOST, DEFAULT_PORT, client_host, client_url, http_url
 
 
 def test_every_server_default_is_the_one_constant() -> None:
@@ -53,3 +53,7 @@ def test_a_client_dials_the_loopback_of_a_wildcard_binds_family(bind: str, dial:
 def test_a_client_url_brackets_an_ipv6_host(bind: str, url: str) -> None:
     """One rule for every place that prints or dials the server: serve's banner, plan's endpoints, bench, health."""
     assert client_url(bind, 8000) == url
+
+
+def test_serve_dry_run_shows_an_ipv6_bind_as_a_valid_url() -> None:
+    assert http_url("fd00::5", 8001) == "http://[fd00::5]:8001" and http_url("0.0.0.0", 8000) == "http://0.0.0.0:8000"
